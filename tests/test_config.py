@@ -1,0 +1,79 @@
+from datetime import date
+
+import pytest
+
+from bzpipe.config import (BuildConfig, IngestConfig, PipelineConfig, TrainConfig, config_record,
+                           load_pipeline_config, load_stage_config, resolve_site)
+from bzpipe.errors import ConfigError
+
+
+def test_defaults_validate():
+    cfg = PipelineConfig()
+    assert cfg.build.grid.n_heights == 128
+    assert cfg.build.patch.blind_zone_rows == 16
+    assert abs(cfg.build.grid.dz_m - 78.125) < 1e-9
+    assert cfg.train.lr == 5e-5 and cfg.train.batch_size == 16
+    assert [s.facility for s in cfg.ingest.site_objects()] == ["C1", "M1"]
+
+
+def test_site_datastream_names():
+    nsa = resolve_site("nsa")
+    assert nsa.datastream("kazr") == "nsaarsclkazr1kolliasC1.c0"
+    assert nsa.datastream("met") == "nsametC1.b1"
+    with pytest.raises(ConfigError, match="unknown site 'xyz'"):
+        resolve_site("xyz")
+
+
+def test_file_then_cli_overrides_and_handed_down_keys(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("store_root: s3://bucket/run1\nsites: [oli]\nstart: 2019-02-01\nend: 2019-02-03\n"
+                 "train:\n  epochs: 7\n  store_root: /elsewhere\n")
+    cfg = load_pipeline_config(f, ["train.epochs=2", "build.patch.width=64"])
+    assert cfg.train.epochs == 2
+    assert cfg.train.store_root == "/elsewhere"          # a stage's own value wins
+    assert cfg.ingest.store_root == "s3://bucket/run1"   # shared value handed down
+    assert cfg.build.sites == ["oli"] and cfg.build.start == date(2019, 2, 1)
+    assert cfg.build.patch.width == 64
+    assert len(cfg.ingest.days()) == 3
+
+
+def test_stage_config_from_pipeline_file_and_flat_file(tmp_path):
+    f = tmp_path / "run.json"
+    f.write_text('{"store_root": "/data", "train": {"epochs": 3}}')
+    t = load_stage_config(TrainConfig, f, ["train.batch_size=4"])
+    assert (t.store_root, t.epochs, t.batch_size) == ("/data", 3, 4)
+    g = tmp_path / "ingest.toml"
+    g.write_text('sites = ["nsa"]\nera5_source = "cds"\n')
+    i = load_stage_config(IngestConfig, g, {"retries": 1})
+    assert i.era5_source == "cds" and i.retries == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    (["build.patch.blind_zone_rows=500"], "blind zone must be shallower"),
+    (["ingest.end=2018-01-01"], "is before start"),
+    (["ingest.era5_levels_hpa=[1000, 900]"], "300 hPa"),
+    (["build.split.fractions=[0.5, 0.5, 0.5]"], "sum to 1"),
+    (["train.epochs=zero"], "train.epochs"),
+    (["train.no_such_field=1"], "no_such_field"),
+])
+def test_invalid_values_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline_config(overrides=override)
+
+
+def test_bad_files_are_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_pipeline_config(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_pipeline_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_pipeline_config(overrides=["train.epochs"])
+
+
+def test_config_record_round_trips():
+    cfg = BuildConfig(sites=["nsa"], version="v2")
+    rec = config_record(cfg)
+    assert rec["type"] == "BuildConfig"
+    assert BuildConfig.model_validate(rec["values"]) == cfg

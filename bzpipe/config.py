@@ -411,3 +411,11 @@ def load_stage_config(model: type[C], path: str | Path | None = None,
 def config_record(config: BaseModel) -> dict[str, Any]:
     """The JSON-able record of a config that every output stores."""
     return {"type": type(config).__name__, "values": config.model_dump(mode="json")}
+
+
+def override_config(config: C, overrides: list[str] | dict[str, Any] | None) -> C:
+    """A copy of ``config`` with dotted-key overrides applied and validated."""
+    if not overrides:
+        return config
+    data = apply_overrides(config.model_dump(mode="json"), overrides)
+    return _validate(type(config), data, "<overrides>")

@@ -42,6 +42,10 @@ class EmptyDataError(InputFileError):
     """The file holds only missing / fill values for a variable that is needed."""
 
 
+class WrongReleaseError(InputFileError):
+    """The file is of another product release than the one expected (e.g. CloudSat R04 vs R05)."""
+
+
 class StoreError(BzpipeError):
     """Reading from or writing to the store failed (permissions, disk full, ...)."""
 

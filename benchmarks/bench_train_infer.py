@@ -1,0 +1,164 @@
+"""Training and MC-dropout inference speed of the full-size UNet3+ (not a test).
+
+    python benchmarks/bench_train_infer.py                  # CPU, and the GPU when there is one
+    python benchmarks/bench_train_infer.py --device cuda --steps 50 --patches 256 --json out.json
+
+Prints, per device: training samples/s (Adam step, deep supervision, batch 16,
+128 x 128 patches, bf16 autocast + channels_last on GPU) and inference patches/s
+with N = 50 MC-dropout passes (passes batched up to --max-batch), with the
+machine it ran on.  Inputs are random: speed does not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bzpipe.masking import mask_blind_zone  # noqa: E402
+from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_predict  # noqa: E402
+from bzpipe.train import supervision_loss  # noqa: E402
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                    gpu_count=torch.cuda.device_count(), bf16=torch.cuda.is_bf16_supported())
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_train(device: torch.device, a: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    model = UNet3Plus(UNet3PlusConfig(in_channels=a.channels + 1)).to(device)
+    gpu = device.type == "cuda"
+    if gpu:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-5)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and a.amp else contextlib.nullcontext()
+    x = torch.randn(a.batch, a.channels, a.size, a.size, device=device)
+    model.train()
+
+    def step() -> None:
+        ramp = torch.randint(0, 9, (a.batch,), device=device)
+        inputs, mask = mask_blind_zone(x, a.size // 8, ramp)
+        if gpu:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with amp:
+            outs = model(inputs, heads=True)
+        loss = supervision_loss(outs, x[:, :1], mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    steps = a.steps if a.steps else (30 if gpu else 2)
+    for _ in range(a.warmup if gpu else 1):
+        step()
+    _sync(device)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    dt = time.perf_counter() - t0
+    out = {"train_samples_per_s": round(steps * a.batch / dt, 2),
+           "train_step_ms": round(1000 * dt / steps, 1),
+           "steps": steps, "batch": a.batch}
+    if gpu:
+        out["train_peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return out
+
+
+def bench_infer(device: torch.device, a: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    model = UNet3Plus(UNet3PlusConfig(in_channels=a.channels + 1)).to(device)
+    gpu = device.type == "cuda"
+    if gpu:
+        model = model.to(memory_format=torch.channels_last)
+    n = a.patches if a.patches else (128 if gpu else 1)
+    max_batch = a.max_batch if a.max_batch else (512 if gpu else 25)
+    x = torch.randn(n, a.channels, a.size, a.size, device=device)
+    inputs, mask = mask_blind_zone(x, a.size // 8, 0)
+    dtype = torch.bfloat16 if gpu and a.amp else None
+    mc_predict(model, inputs[: min(n, 2)], n_passes=2, max_batch=max_batch, autocast_dtype=dtype)  # warm-up
+    _sync(device)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    res = mc_predict(model, inputs, n_passes=a.passes, max_batch=max_batch, x=x, mask=mask,
+                     autocast_dtype=dtype)
+    _sync(device)
+    dt = time.perf_counter() - t0
+    assert res["std"].shape == (n, 1, a.size, a.size)
+    out = {"infer_patches_per_s": round(n / dt, 3), "mc_passes": a.passes, "patches": n,
+           "max_batch": max_batch,
+           "forward_samples_per_s": round(n * a.passes / dt, 1)}
+    if gpu:
+        out["infer_peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", action="append",
+                   help="cpu, cuda, cuda:N (repeatable; default: cpu + cuda if any)")
+    p.add_argument("--size", type=int, default=128, help="patch rows = cols")
+    p.add_argument("--channels", type=int, default=5, help="data channels (5 = 3+_5, 1 = 3+_1); + mask")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=0, help="timed training steps (default 30 GPU, 2 CPU)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--passes", type=int, default=50, help="MC-dropout passes")
+    p.add_argument("--patches", type=int, default=0, help="patches to infer (default 128 GPU, 1 CPU)")
+    p.add_argument("--max-batch", type=int, default=0,
+                   help="samples x passes per forward (default 512 GPU, 25 CPU)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 on GPU")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", help="also write the results here")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    devices = a.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    info = machine_info()
+    print("machine:", json.dumps(info, indent=1))
+    params = UNet3Plus(UNet3PlusConfig(in_channels=a.channels + 1)).num_parameters()
+    print(f"model: UNet3+ filters (32, 64, 128, 256, 512), {a.channels}+1 input channels, "
+          f"{params:,} parameters, "
+          f"{a.size}x{a.size} patches")
+    results = {"machine": info, "parameters": params, "size": a.size, "runs": {}}
+    for dev in devices:
+        device = torch.device(dev)
+        r = {**bench_train(device, a), **bench_infer(device, a)}
+        results["runs"][dev] = r
+        print(f"[{dev}] training: {r['train_samples_per_s']} samples/s ({r['train_step_ms']} ms/step, batch "
+              f"{a.batch}); MC inference (N={a.passes}): {r['infer_patches_per_s']} patches/s "
+              f"({r['forward_samples_per_s']} forward samples/s)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

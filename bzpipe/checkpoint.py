@@ -1,0 +1,150 @@
+"""Checkpoints, the metrics file, and loading a trained model.
+
+Everything lives under ``models/<run_name>/`` in a :class:`bzpipe.store.Store`
+(local folder or s3://), written atomically with a manifest entry::
+
+    checkpoint-last.pt    the state after the latest finished epoch (resume point)
+    checkpoint-best.pt    the state of the epoch with the lowest validation loss
+    metrics.jsonl         one JSON row per epoch: train/val loss, lr, time, ...
+    loss-curve.png        written by the Prefect flow (:func:`loss_curve_png`)
+
+A checkpoint holds only tensors and primitive containers, so it loads with
+``torch.load(weights_only=True)``; the config, normalization, provenance and
+metrics history travel as one JSON string (``meta_json``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import torch
+
+from bzpipe.errors import StoreError
+from bzpipe.model.unet3plus import UNet3Plus, UNet3PlusConfig
+from bzpipe.provenance import sha256_bytes
+from bzpipe.store import Store
+
+CHECKPOINTS = ("last", "best")
+
+
+def as_store(store_or_uri: Store | str) -> Store:
+    return store_or_uri if isinstance(store_or_uri, Store) else Store(store_or_uri)
+
+
+def checkpoint_key(run_name: str, which: str = "last") -> str:
+    if which not in CHECKPOINTS:
+        raise ValueError(f"which must be one of {CHECKPOINTS}, got {which!r}")
+    return Store.model_key(run_name, f"checkpoint-{which}.pt")
+
+
+def metrics_key(run_name: str) -> str:
+    return Store.model_key(run_name, "metrics.jsonl")
+
+
+def save_checkpoint(store: Store, key: str, state: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Serialize ``state`` (+ ``meta`` as JSON) and write it atomically; return its sha256."""
+    payload = dict(state)
+    payload["meta_json"] = json.dumps(meta, sort_keys=True, default=str)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    store.write_bytes(key, data, producer=meta.get("provenance"))
+    return sha256_bytes(data)
+
+
+def read_checkpoint(store: Store, key: str, map_location: str | torch.device = "cpu"
+                    ) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(state, meta, sha256) of a checkpoint; ``torch.load(weights_only=True)``."""
+    try:
+        data = store.read_bytes(key)
+    except FileNotFoundError:
+        raise StoreError(f"{store.uri(key)}: no checkpoint here") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise StoreError(f"{store.uri(key)}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    meta = json.loads(state.pop("meta_json", "{}"))
+    return state, meta, sha256_bytes(data)
+
+
+def write_metrics(store: Store, run_name: str, rows: list[dict[str, Any]],
+                  producer: dict[str, Any] | None = None) -> None:
+    """Rewrite ``metrics.jsonl`` atomically with ``rows`` (one JSON object per line)."""
+    text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
+    store.write_bytes(metrics_key(run_name), text.encode(), producer=producer)
+
+
+def read_metrics(store_or_uri: Store | str, run_name: str) -> list[dict[str, Any]]:
+    """The per-epoch rows of ``metrics.jsonl`` ([] if none yet)."""
+    store = as_store(store_or_uri)
+    try:
+        text = store.read_bytes(metrics_key(run_name)).decode()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def build_model(meta: dict[str, Any]) -> UNet3Plus:
+    """A fresh model with the architecture recorded in a checkpoint's meta."""
+    return UNet3Plus(UNet3PlusConfig(**meta["model"]))
+
+
+def load_model(store_or_uri: Store | str, run_name: str, which: str = "best",
+               device: str | torch.device = "cpu") -> tuple[UNet3Plus, dict[str, Any]]:
+    """The trained model (eval mode, on ``device``) and its meta.
+
+    meta holds ``model`` (architecture), ``channels`` (names of the input
+    channels before the mask channel), ``channel_set``, ``blind_zone_rows``,
+    ``ramp_max_rows``, ``normalization``, ``config`` (config_record),
+    ``provenance``, ``dataset``, ``epoch``, ``val_loss``, plus
+    ``checkpoint_key``, ``checkpoint_uri``, ``checkpoint_sha256`` and ``model_id``.
+    """
+    store = as_store(store_or_uri)
+    key = checkpoint_key(run_name, which)
+    state, meta, sha = read_checkpoint(store, key, map_location=device)
+    model = build_model(meta)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    meta.update(epoch=int(state["epoch"]), val_loss=float(state["val_loss"]),
+                checkpoint_key=key, checkpoint_uri=store.uri(key), checkpoint_sha256=sha)
+    meta["model_id"] = model_id(meta)
+    return model, meta
+
+
+def model_id(meta: dict[str, Any]) -> str:
+    """Short hash of the checkpoint file (12 hex digits); keys outputs of this exact model."""
+    sha = meta.get("checkpoint_sha256")
+    if not sha:
+        raise ValueError("meta has no checkpoint_sha256 (use the meta returned by load_model)")
+    return str(sha)[:12]
+
+
+def loss_curve_png(rows: list[dict[str, Any]], title: str = "") -> bytes:
+    """A PNG of train / validation loss (log scale) and learning rate per epoch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ep = [r["epoch"] for r in rows]
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(ep, [r["train_loss"] for r in rows], "o-", label="train (all heads)")
+    ax.plot(ep, [r["val_loss"] for r in rows], "s-", label="validation (d1, blind zone)")
+    best = [r["epoch"] for r in rows if r.get("is_best")]
+    if best:
+        ax.axvline(best[-1], color="0.6", ls="--", lw=1, label=f"best epoch {best[-1]}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("masked MAE (normalized reflectivity)")
+    if all(r["train_loss"] > 0 and r["val_loss"] > 0 for r in rows):
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "UNet3+ training")
+    ax2 = ax.twinx()
+    ax2.plot(ep, [r["lr"] for r in rows], color="0.8", lw=1)
+    ax2.set_ylabel("learning rate", color="0.5")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -1,0 +1,96 @@
+"""Blind-zone masking and merging, shared by training, evaluation and CloudSat inference.
+
+Tensors are ``(batch, channel, row, col)`` with row 0 = the surface (see
+:mod:`bzpipe.schema`); channel 0 is normalized reflectivity, the other
+channels (ERA-5 t, q, u, v) are available everywhere and are never masked.
+
+The *mask* is a weight in [0, 1] per pixel: 1 in the blind zone (the lowest
+``blind_rows`` rows), falling linearly to 0 over ``ramp_rows`` rows above it,
+0 above.  Every pixel with a weight > 0 is hidden from the model (its
+reflectivity set to 0, the neutral value) and predicted; the merge blends the
+prediction into the observation with that weight, so the filled profile joins
+the observed one smoothly and pixels with weight 0 are returned bit-identical.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: value written into hidden reflectivity pixels (a neutral value; the mask channel says they are hidden)
+HIDDEN_VALUE = 0.0
+
+
+def _per_column(v: int | float | Tensor, batch: int, device: torch.device) -> Tensor:
+    """int, Tensor[B] or Tensor[B, W] -> float Tensor broadcastable to (B, 1, H, W)."""
+    t = torch.as_tensor(v, dtype=torch.float32, device=device)
+    if t.ndim == 0:
+        return t.reshape(1, 1, 1, 1)
+    if t.ndim == 1:
+        if t.shape[0] != batch:
+            raise ValueError(f"per-sample rows need {batch} values, got {t.shape[0]}")
+        return t.reshape(batch, 1, 1, 1)
+    if t.ndim == 2:
+        if t.shape[0] != batch:
+            raise ValueError(f"per-column rows need shape ({batch}, W), got {tuple(t.shape)}")
+        return t.reshape(batch, 1, 1, t.shape[1])
+    raise ValueError(f"rows must be an int, Tensor[B] or Tensor[B, W], got shape {tuple(t.shape)}")
+
+
+def blind_zone_weight(shape: tuple[int, int, int, int], blind_rows: int | Tensor,
+                      ramp_rows: int | Tensor = 0, device: torch.device | str | None = None) -> Tensor:
+    """The mask weight, Tensor[B, 1, H, W] float32 in [0, 1].
+
+    Row ``r`` gets 1 for ``r < blind``; ``1 - (r - blind + 1) / (ramp + 1)`` for
+    ``blind <= r < blind + ramp`` (so ``ramp / (ramp + 1)`` down to ``1 / (ramp + 1)``);
+    0 above.  ``blind_rows`` and ``ramp_rows`` are an int, one value per sample
+    (Tensor[B]) or one per column (Tensor[B, W], e.g. a terrain-dependent blind zone).
+    """
+    b, _, h, w = shape
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    blind = _per_column(blind_rows, b, dev)                     # (B|1, 1, 1, W|1)
+    ramp = _per_column(ramp_rows, b, dev)
+    if (blind < 0).any() or (ramp < 0).any():
+        raise ValueError("blind_rows and ramp_rows must be >= 0")
+    rows = torch.arange(h, dtype=torch.float32, device=dev).reshape(1, 1, h, 1)
+    above = rows - blind + 1.0                                  # 1 at the first row above the blind zone
+    wgt = torch.where(rows < blind, torch.ones((), device=dev),
+                      torch.where(above <= ramp, 1.0 - above / (ramp + 1.0), torch.zeros((), device=dev)))
+    return wgt.expand(b, 1, h, w).contiguous()                  # (B, 1, H, W)
+
+
+def mask_blind_zone(x: Tensor, blind_rows: int | Tensor,
+                    ramp_rows: int | Tensor = 0) -> tuple[Tensor, Tensor]:
+    """Hide the blind zone (plus a ramp above it) from the model.
+
+    Args:
+        x: Tensor[B, C, H, W], normalized, channel 0 = reflectivity, row 0 = surface.
+        blind_rows: rows of the blind zone (int, Tensor[B] or Tensor[B, W]).
+        ramp_rows: rows of the blend ramp above it (int, Tensor[B] or Tensor[B, W]).
+
+    Returns:
+        inputs: Tensor[B, C + 1, H, W]: ``x`` with reflectivity set to 0 where the
+            mask is > 0, and the mask appended as the last channel.
+        mask: Tensor[B, 1, H, W] in [0, 1], 1 = to predict.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"expected (batch, channel, row, col), got shape {tuple(x.shape)}")
+    mask = blind_zone_weight(tuple(x.shape), blind_rows, ramp_rows, device=x.device).to(x.dtype)
+    refl = torch.where(mask > 0, torch.full_like(x[:, :1], HIDDEN_VALUE), x[:, :1])   # (B, 1, H, W)
+    inputs = torch.cat([refl, x[:, 1:], mask], dim=1)                                # (B, C + 1, H, W)
+    return inputs, mask
+
+
+def merge_prediction(pred: Tensor, x: Tensor, mask: Tensor) -> Tensor:
+    """Blend a prediction into the observation: Tensor[B, 1, H, W].
+
+    ``mask * pred + (1 - mask) * obs`` where ``0 < mask < 1`` (the ramp), ``pred``
+    where ``mask == 1`` and ``obs`` itself (bit-identical, NaNs kept) where
+    ``mask == 0``.  ``x`` is Tensor[B, C, H, W] (channel 0 = observed reflectivity)
+    or Tensor[B, 1, H, W]; ``pred`` Tensor[B, 1, H, W] (any float dtype).
+    """
+    obs = x[:, :1]
+    pred = pred.to(obs.dtype)
+    m = mask.to(obs.dtype)
+    blend = m * pred + (1 - m) * obs
+    return torch.where(m <= 0, obs, torch.where(m >= 1, pred, blend))

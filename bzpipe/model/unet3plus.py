@@ -1,0 +1,157 @@
+"""UNet3+ (Huang et al. 2020) for blind-zone inpainting, as in King et al. (2024).
+
+The layout follows ``keras_unet_collection.models.unet_3plus_2d`` that the
+seed used:
+
+* encoder: 5 levels with ``filters`` (32, 64, 128, 256, 512) channels, each
+  2 x (conv3x3 + batch norm + ReLU); max-pooling by 2 between levels,
+  dropout after each pooling;
+* decoder levels 4, 3, 2, 1: full-scale skip connections: every level takes
+  all 5 scales (shallower encoder maps max-pooled down, the same-level encoder
+  map as is, deeper decoder maps (and e5) bilinearly upsampled), each through
+  conv3x3 + BN + ReLU to ``skip`` = filters[0] = 32 channels, concatenated
+  (5 x 32 = 160) and fused by conv3x3(160 -> 160) + BN + ReLU;
+* linear conv3x3 output head on d1; with deep supervision, extra linear
+  conv3x3 heads on e5, d4, d3, d2, bilinearly upsampled to full size;
+* dropout (p = 0.2) after each pooling and on every resampled skip path; it
+  is an ``nn.Dropout`` so MC-dropout inference keeps it on while batch norm
+  uses its running statistics (:mod:`bzpipe.model.mc_dropout`).
+
+Parameter count (``in_channels=5``, default filters, deep supervision):
+6,758,501, the "about 6.8 M" of King et al. (2024): 6,741,600 conv weights and
+biases of the encoder / skip / fusion convs, 1,441 of the final head, 8,932 of
+the four deep-supervision heads and 6,528 batch-norm scales and shifts.  Keras
+would print 6,528 more "non-trainable" parameters (the BN running mean and
+variance, buffers here), 6,765,029 in all; both read as 6.8 M.
+
+Shapes below use B = batch, H, W = rows, cols (divisible by 16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bzpipe.masking import mask_blind_zone, merge_prediction
+
+DEPTH = 5
+
+
+@dataclass
+class UNet3PlusConfig:
+    in_channels: int = 6                 # reflectivity (+ t, q, u, v) + mask channel
+    out_channels: int = 1                # reflectivity
+    filters: tuple[int, ...] = (32, 64, 128, 256, 512)
+    skip: int | None = None              # channels per full-scale skip path; None -> filters[0]
+    dropout: float = 0.2
+    deep_supervision: bool = True
+
+    def __post_init__(self) -> None:
+        self.filters = tuple(int(f) for f in self.filters)
+        if len(self.filters) != DEPTH:
+            raise ValueError(f"UNet3+ here has {DEPTH} levels; got filters={self.filters}")
+        if self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError("in_channels and out_channels must be >= 1")
+
+    @property
+    def skip_channels(self) -> int:
+        return self.skip or self.filters[0]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["filters"] = list(self.filters)
+        return d
+
+
+class ConvBNReLU(nn.Sequential):
+    """conv3x3 (with bias, as in Keras) + batch norm + ReLU; keeps H, W."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class EncoderBlock(nn.Sequential):
+    """2 x ConvBNReLU."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(ConvBNReLU(c_in, c_out), ConvBNReLU(c_out, c_out))
+
+
+class UNet3Plus(nn.Module):
+    def __init__(self, config: UNet3PlusConfig | None = None, **kw) -> None:
+        super().__init__()
+        self.config = cfg = config or UNet3PlusConfig(**kw)
+        f, s = cfg.filters, cfg.skip_channels
+        self.drop = nn.Dropout(cfg.dropout)  # one stateless module, reused on every path
+        self.encoder = nn.ModuleList(
+            [EncoderBlock(cfg.in_channels if i == 0 else f[i - 1], f[i]) for i in range(DEPTH)])
+        # channels of the map each decoder level reads from scale `src`:
+        # encoder maps for src <= level, e5 for src 4, fused decoder maps (5 * s) otherwise
+        fused = DEPTH * s
+        self.skips = nn.ModuleList()   # skips[level][src], level 0..3 (d1..d4)
+        self.fuse = nn.ModuleList()    # fuse[level]
+        for level in range(DEPTH - 1):
+            c_src = [f[src] if (src <= level or src == DEPTH - 1) else fused for src in range(DEPTH)]
+            self.skips.append(nn.ModuleList([ConvBNReLU(c, s) for c in c_src]))
+            self.fuse.append(ConvBNReLU(fused, fused))
+        self.head = nn.Conv2d(fused, cfg.out_channels, 3, padding=1)  # linear output on d1
+        # deep supervision heads on e5, d4, d3, d2 (scale index 4, 3, 2, 1)
+        self.aux_heads = nn.ModuleList(
+            [nn.Conv2d(f[-1] if src == DEPTH - 1 else fused, cfg.out_channels, 3, padding=1)
+             for src in (4, 3, 2, 1)]) if cfg.deep_supervision else None
+
+    def forward(self, x: Tensor, heads: bool = False) -> Tensor | list[Tensor]:
+        """x: Tensor[B, in_channels, H, W] -> Tensor[B, out_channels, H, W] (d1 head, raw, unmerged).
+
+        With ``heads=True`` (needs deep supervision): the list of the 5 outputs
+        [e5, d4, d3, d2, d1], each Tensor[B, out_channels, H, W].
+        """
+        B, C, H, W = x.shape
+        if H % 2 ** (DEPTH - 1) or W % 2 ** (DEPTH - 1):
+            raise ValueError(f"rows and cols must be divisible by {2 ** (DEPTH - 1)}, got {H}x{W}")
+        # ---- encoder: e[i] is (B, f[i], H / 2^i, W / 2^i)
+        e: list[Tensor] = []
+        for i, block in enumerate(self.encoder):
+            if i > 0:
+                x = self.drop(F.max_pool2d(x, 2))      # (B, f[i-1], H / 2^i, W / 2^i)
+            x = block(x)                               # (B, f[i],   H / 2^i, W / 2^i)
+            e.append(x)
+        # ---- decoder: maps[k] is the deepest map available at scale k (e5, then d4, d3, d2, d1)
+        maps: dict[int, Tensor] = {DEPTH - 1: e[-1]}
+        for level in range(DEPTH - 2, -1, -1):       # 3, 2, 1, 0  ==  d4, d3, d2, d1
+            parts = []
+            for src in range(DEPTH):
+                if src < level:                        # shallower encoder map, max-pooled down
+                    t = self.drop(F.max_pool2d(e[src], 2 ** (level - src)))
+                elif src == level:                     # same-scale encoder map (plain U-Net skip)
+                    t = e[src]
+                else:                                  # deeper decoder map (or e5), upsampled
+                    t = self.drop(F.interpolate(maps[src], scale_factor=2 ** (src - level),
+                                                mode="bilinear", align_corners=False))
+                parts.append(self.skips[level][src](t))          # (B, s, H / 2^level, W / 2^level)
+            maps[level] = self.fuse[level](torch.cat(parts, 1))  # (B, 5 s, H / 2^level, W / 2^level)
+        out = self.head(maps[0])                                 # (B, out, H, W)
+        if not heads:
+            return out
+        if self.aux_heads is None:
+            raise ValueError("heads=True needs a model built with deep_supervision=True")
+        outs = [F.interpolate(head(maps[src]), size=(H, W), mode="bilinear", align_corners=False)
+                for head, src in zip(self.aux_heads, (4, 3, 2, 1))]  # 4 x (B, out, H, W)
+        return outs + [out]
+
+    @torch.no_grad()
+    def inpaint(self, x: Tensor, blind_rows: int | Tensor, ramp_rows: int | Tensor = 0) -> Tensor:
+        """Fill the blind zone of x: Tensor[B, C, H, W] (unmasked, channel 0 = reflectivity).
+
+        Masks (:func:`bzpipe.masking.mask_blind_zone`), predicts with the model in
+        its current mode, and merges the prediction into the observation, so only
+        the blind zone (and the ramp above it) changes: Tensor[B, 1, H, W].
+        """
+        inputs, mask = mask_blind_zone(x, blind_rows, ramp_rows)   # (B, C+1, H, W), (B, 1, H, W)
+        return merge_prediction(self(inputs), x, mask)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

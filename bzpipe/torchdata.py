@@ -1,0 +1,171 @@
+"""A torch Dataset over the Zarr patch dataset (layout: :mod:`bzpipe.schema`).
+
+Each item is one patch, Tensor[C, H, W] float32 (normalized, NOT masked;
+channel 0 = reflectivity, row 0 = surface).  Masking happens in the training /
+evaluation loop (:mod:`bzpipe.masking`) so the random ramp can change per batch.
+
+The split's ``x`` array is opened lazily in each process (DataLoader workers
+and DDP ranks open their own handle).  Small splits are read into memory once
+(``cache``); large ones are read per batch through ``__getitems__``, which
+fetches each needed Zarr chunk once per batch rather than once per sample.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import Dataset
+
+from bzpipe.errors import StoreError
+from bzpipe.schema import CHANNELS
+from bzpipe.store import Store
+
+ChannelSet = Literal["3+_1", "3+_5"]
+
+#: channels each model variant reads (King et al. 2024: "3+_1" reflectivity only, "3+_5" + ERA-5 t, q, u, v)
+CHANNEL_SETS: dict[str, tuple[str, ...]] = {"3+_1": CHANNELS[:1], "3+_5": CHANNELS}
+
+#: splits up to this size (bytes, selected channels) are read into memory once by default
+CACHE_LIMIT_BYTES = 256 * 2**20
+
+
+def resolve_dataset_uri(store_root_or_uri: str | Store, version_or_uri: str,
+                        require_complete: bool = True) -> tuple[str, dict[str, Any]]:
+    """(URI of the Zarr dataset, zarr storage options).
+
+    ``version_or_uri`` is a dataset version (``v1`` -> ``<root>/datasets/v1.zarr``)
+    or a full path / ``s3://`` URI.  A version must be complete in the store's
+    manifest unless ``require_complete`` is False.
+    """
+    store = store_root_or_uri if isinstance(store_root_or_uri, Store) else Store(store_root_or_uri)
+    if "://" in version_or_uri or "/" in version_or_uri or version_or_uri.endswith(".zarr"):
+        uri = version_or_uri
+        opts = Store(uri).storage_options if uri.startswith("s3://") else {}
+        return uri, opts
+    key = Store.dataset_key(version_or_uri)
+    if require_complete and not store.is_complete(key):
+        raise StoreError(f"{store.uri(key)}: dataset {version_or_uri!r} is missing or incomplete "
+                         "(no manifest entry); build it first")
+    return store.uri(key), dict(store.storage_options)
+
+
+def _decode_attr(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _open_root(uri: str, storage_options: dict[str, Any]) -> zarr.Group:
+    try:
+        if uri.startswith("s3://"):
+            return zarr.open_group(uri, mode="r", storage_options=storage_options)
+        return zarr.open_group(uri, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:  # type: ignore[attr-defined]
+        raise StoreError(f"{uri}: no Zarr dataset here ({e})") from e
+
+
+class PatchDataset(Dataset):
+    """Patches of one split: ``ds[i]`` -> Tensor[C, H, W] float32.
+
+    Args:
+        store_root_or_uri: store root (local folder or s3://) or a :class:`Store`.
+        version_or_uri: dataset version, or the full URI of a ``.zarr`` dataset.
+        split: ``train``, ``val`` or ``test`` (a group of the dataset).
+        channels: ``"3+_1"`` (reflectivity) or ``"3+_5"`` (+ t, q, u, v), or an explicit list of names.
+        augment: random time flips (the ``col`` axis reversed with probability 1/2).
+        cache: read the whole split into memory (None: when smaller than 256 MiB).
+
+    Attributes: ``uri``, ``channel_names``, ``channel_index``, ``blind_zone_rows``,
+    ``normalization``, ``attrs`` (decoded root attrs), ``shape`` (N, C, H, W).
+    """
+
+    def __init__(self, store_root_or_uri: str | Store, version_or_uri: str, split: str,
+                 channels: ChannelSet | list[str] | tuple[str, ...] = "3+_5", augment: bool = False,
+                 cache: bool | None = None, require_complete: bool = True) -> None:
+        self.uri, self.storage_options = resolve_dataset_uri(store_root_or_uri, version_or_uri,
+                                                             require_complete)
+        self.split = split
+        self.augment = augment
+        root = _open_root(self.uri, self.storage_options)
+        self.attrs = {k: _decode_attr(v) for k, v in root.attrs.items()}
+        if split not in set(root.group_keys()):
+            raise StoreError(f"{self.uri}: no split {split!r} (groups: {sorted(root.group_keys())})")
+        grp = root[split]
+        if "x" not in set(grp.array_keys()):
+            raise StoreError(f"{self.uri}/{split}: variable 'x' missing")
+        arr = grp["x"]
+        if arr.ndim != 4:
+            raise StoreError(f"{self.uri}/{split}/x: expected (sample, channel, row, col), got {arr.shape}")
+        stored = ([str(c) for c in grp["channel"][:]] if "channel" in set(grp.array_keys())
+                  else list(self.attrs.get("channels", CHANNELS)))
+        wanted = CHANNEL_SETS[channels] if isinstance(channels, str) else tuple(channels)
+        missing = [c for c in wanted if c not in stored]
+        if missing:
+            raise StoreError(f"{self.uri}/{split}: channels {missing} not in the dataset ({stored})")
+        self.channel_names = tuple(wanted)
+        self.channel_index = [stored.index(c) for c in wanted]
+        n, _, h, w = arr.shape
+        self.shape = (int(n), len(wanted), int(h), int(w))
+        self.blind_zone_rows = int(self.attrs.get("blind_zone_rows", 0))
+        self.normalization = self.attrs.get("normalization", {})
+        nbytes = int(np.prod(self.shape)) * 4
+        self._cache_on = cache if cache is not None else nbytes <= CACHE_LIMIT_BYTES
+        self._arr: zarr.Array | None = None
+        self._data: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ reading
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_arr"] = None  # every worker / rank opens its own handle
+        return state
+
+    def _array(self) -> zarr.Array:
+        if self._arr is None:
+            self._arr = _open_root(self.uri, self.storage_options)[self.split]["x"]
+        return self._arr
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        """float32 (len(idx), C, H, W) for sample indices ``idx`` (any order)."""
+        if self._cache_on:
+            if self._data is None:
+                self._data = np.ascontiguousarray(self._select(self._array()[...]), dtype=np.float32)
+            return self._data[idx]
+        order = np.argsort(idx)
+        uniq, inv = np.unique(idx[order], return_inverse=True)
+        block = self._select(self._array().get_orthogonal_selection((uniq, slice(None))))
+        out = np.empty((len(idx),) + block.shape[1:], np.float32)
+        out[order] = block[inv]
+        return out
+
+    def _select(self, a: np.ndarray) -> np.ndarray:
+        if self.channel_index == list(range(a.shape[1])):
+            return np.asarray(a, dtype=np.float32)
+        return np.asarray(a[:, self.channel_index], dtype=np.float32)
+
+    def _finish(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))          # (b, C, H, W)
+        if self.augment:
+            flip = torch.rand(t.shape[0]) < 0.5                 # random time flips
+            if flip.any():
+                t[flip] = t[flip].flip(-1)
+        return t
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self._finish(self._read(np.array([i % len(self)])))[0]
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        """Batched read used by DataLoader (one Zarr read per batch)."""
+        batch = self._finish(self._read(np.asarray(indices, dtype=np.int64)))
+        return list(batch.unbind(0))

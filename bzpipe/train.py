@@ -1,0 +1,426 @@
+"""Train the UNet3+ blind-zone inpainting model (single process, DDP, multi-node).
+
+One script for every scale::
+
+    python -m bzpipe.train --config run.yaml --set epochs=3               # laptop, 1 process
+    torchrun --nproc_per_node 4 -m bzpipe.train --config run.yaml        # 4 GPUs, one node
+    srun torchrun --nnodes $N ... -m bzpipe.train --config run.yaml      # several nodes (infra/slurm)
+
+The process group comes from the torchrun environment (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL on GPUs, gloo on CPU.  Each rank
+reads its DistributedSampler shard; only rank 0 writes checkpoints and the
+metrics file (:mod:`bzpipe.checkpoint`).
+
+Per batch: random time flips (dataset), a random ramp of 0..ramp_max_rows rows
+above the blind zone (per sample), the blind zone + ramp hidden
+(:func:`bzpipe.masking.mask_blind_zone`), and the loss = the mean over the
+deep-supervision heads (e5, d4, d3, d2, d1) of the mask-weighted MAE on
+reflectivity.  Validation: the d1 output, the blind zone only (plus
+``val_ramp_rows``), the same masked MAE; early stopping and the best checkpoint
+use it.  Every epoch re-seeds torch from (seed, epoch, rank), so a run resumed
+from ``checkpoint-last.pt`` after a kill continues exactly as if uninterrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from bzpipe.checkpoint import (
+    checkpoint_key,
+    metrics_key,
+    read_checkpoint,
+    save_checkpoint,
+    write_metrics,
+)
+from bzpipe.config import TrainConfig, config_record, load_stage_config
+from bzpipe.errors import BzpipeError, ConfigError
+from bzpipe.masking import mask_blind_zone
+from bzpipe.model.unet3plus import UNet3Plus, UNet3PlusConfig
+from bzpipe.provenance import provenance_record
+from bzpipe.store import Store
+from bzpipe.torchdata import CHANNEL_SETS, PatchDataset
+
+log = logging.getLogger("bzpipe.train")
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def masked_mae(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mask-weighted MAE: sum(mask |pred - target|) / sum(mask); all Tensor[B, 1, H, W] (float32)."""
+    w = mask.float()
+    return (w * (pred.float() - target.float()).abs()).sum() / w.sum().clamp_min(1e-12)
+
+
+def supervision_loss(outputs: Sequence[Tensor], target: Tensor, mask: Tensor) -> Tensor:
+    """Equal-weight mean of :func:`masked_mae` over the (deep-supervision) outputs."""
+    return torch.stack([masked_mae(o, target, mask) for o in outputs]).mean()
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_env() -> DistEnv:
+    """Rank layout from the torchrun / SLURM-torchrun environment (1 process when unset)."""
+    return DistEnv(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)),
+                   local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def pick_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> cuda:<local_rank> when available, else cpu; or an explicit device."""
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def model_config_for(cfg: TrainConfig) -> UNet3PlusConfig:
+    """Architecture of a run: inputs = the channel set + the mask channel."""
+    return UNet3PlusConfig(in_channels=len(CHANNEL_SETS[cfg.channels]) + 1, out_channels=1,
+                           filters=tuple(cfg.filters), dropout=cfg.dropout,
+                           deep_supervision=cfg.deep_supervision)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A well-mixed 63-bit seed for (run seed, epoch, rank)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam; L2 on the conv kernels only, as a Keras ``kernel_regularizer=l2(wd)``.
+
+    Keras adds ``wd * sum(w^2)`` to the loss, i.e. ``2 wd w`` to the gradient;
+    Adam's (coupled) ``weight_decay`` adds ``weight_decay * w``, hence 2 wd.
+    """
+    decay = [p for p in model.parameters() if p.ndim == 4]
+    other = [p for p in model.parameters() if p.ndim != 4]
+    return torch.optim.Adam([{"params": decay, "weight_decay": 2 * cfg.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every rank)."""
+
+    best_uri: str
+    last_uri: str
+    metrics_uri: str
+    best_epoch: int
+    best_val_loss: float
+    last_epoch: int
+    stopped: str                       # "epochs", "early_stopping"
+    history: list[dict[str, Any]] = field(default_factory=list)
+    model: UNet3Plus | None = None     # the final (last-epoch) weights, unwrapped, on the training device
+
+
+class _Amp:
+    """Autocast + GradScaler on GPU (bf16: no scaler needed; fp16: scaler); a no-op on CPU."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        self.enabled = bool(cfg.amp and device.type == "cuda")
+        want_bf16 = cfg.amp_dtype == "bf16" and (not self.enabled or torch.cuda.is_bf16_supported())
+        self.dtype = torch.bfloat16 if want_bf16 else torch.float16
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def _loaders(cfg: TrainConfig, env: DistEnv, device: torch.device
+             ) -> tuple[PatchDataset, PatchDataset, DataLoader, DistributedSampler, DataLoader]:
+    store = Store(cfg.store_root)
+    train_ds = PatchDataset(store, cfg.dataset, "train", channels=cfg.channels, augment=True)
+    val_ds = PatchDataset(store, cfg.dataset, "val", channels=cfg.channels, augment=False)
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise BzpipeError(f"{train_ds.uri}: train ({len(train_ds)}) and val ({len(val_ds)}) splits must not "
+                          "be empty (early stopping uses the validation split)")
+    if not 0 < train_ds.blind_zone_rows < train_ds.shape[2]:
+        raise BzpipeError(f"{train_ds.uri}: root attr blind_zone_rows={train_ds.blind_zone_rows} "
+                          f"does not fit {train_ds.shape[2]} rows")
+    sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=False)
+    pin = device.type == "cuda"
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                          pin_memory=pin, drop_last=len(sampler) > cfg.batch_size,
+                          persistent_workers=cfg.num_workers > 0)
+    val_part = Subset(val_ds, list(range(env.rank, len(val_ds), env.world_size)))  # no padding: exact mean
+    val_dl = DataLoader(val_part, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+                        pin_memory=pin)
+    return train_ds, val_ds, train_dl, sampler, val_dl
+
+
+def average_bn_stats(model: nn.Module, env: DistEnv) -> None:
+    """Average the batch-norm running statistics over the ranks (DDP only syncs them from rank 0
+    at the start of each forward, so after an epoch every rank holds those of its own last batch)."""
+    if not env.distributed:
+        return
+    for name, buf in model.named_buffers():
+        if buf.is_floating_point() and name.endswith(("running_mean", "running_var")):
+            dist.all_reduce(buf)
+            buf.div_(env.world_size)
+
+
+def _all_reduce_sum(values: list[float], device: torch.device, env: DistEnv) -> list[float]:
+    if not env.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def validate(model: UNet3Plus, loader: DataLoader, blind_rows: int, ramp_rows: int, device: torch.device,
+             amp: _Amp, channels_last: bool, max_batches: int | None = None) -> tuple[float, float]:
+    """(sum of mask-weighted |error| of the d1 output, sum of mask weights) over ``loader``."""
+    model.eval()
+    num = den = 0.0
+    for step, xb in enumerate(loader):
+        if max_batches is not None and step >= max_batches:
+            break
+        xb = xb.to(device, non_blocking=True)                         # (B, C, H, W)
+        inputs, mask = mask_blind_zone(xb, blind_rows, ramp_rows)      # (B, C+1, H, W), (B, 1, H, W)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with amp.autocast():
+            pred = model(inputs)                                       # (B, 1, H, W)
+        w = mask.float()
+        num += float((w * (pred.float() - xb[:, :1]).abs()).sum())
+        den += float(w.sum())
+    return num, den
+
+
+def train(cfg: TrainConfig, on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train (or resume) the run ``cfg.run_name``; see the module docstring.
+
+    ``on_epoch_end(row)`` is called on every rank after each epoch's checkpoint is
+    written (an exception there ends training like a kill would).  Re-seeds the
+    global torch RNG every epoch.
+    """
+    env = dist_env()
+    own_group = env.distributed and not dist.is_initialized()
+    device = pick_device(cfg.device, env.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if own_group:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(cfg, env, device, on_epoch_end)
+    finally:
+        if own_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
+           on_epoch_end: Callable[[dict[str, Any]], None] | None) -> TrainResult:
+    store = Store(cfg.store_root)
+    train_ds, val_ds, train_dl, sampler, val_dl = _loaders(cfg, env, device)
+    blind = train_ds.blind_zone_rows
+    channels_last = bool(cfg.channels_last and device.type == "cuda")
+
+    torch.manual_seed(cfg.seed)                      # identical initial weights on every rank
+    mcfg = model_config_for(cfg)
+    model = UNet3Plus(mcfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
+    amp = _Amp(cfg, device)
+
+    ds_entry = store.entry(store.key_of(train_ds.uri)) if train_ds.uri.startswith(store.root) else None
+    ds_sha = ds_entry.sha256 if ds_entry else ""
+    meta: dict[str, Any] = {
+        "model": mcfg.to_dict(), "channels": list(train_ds.channel_names), "channel_set": cfg.channels,
+        "blind_zone_rows": blind, "ramp_max_rows": cfg.ramp_max_rows, "normalization": train_ds.normalization,
+        "dataset": {"uri": train_ds.uri, "sha256": ds_sha, "n_train": len(train_ds), "n_val": len(val_ds)},
+        "config": config_record(cfg), "world_size": env.world_size, "device": device.type,
+        "amp": f"{amp.dtype}".removeprefix("torch.") if amp.enabled else "off",
+        "provenance": provenance_record(cfg, inputs={train_ds.uri: ds_sha}, stage="train"),
+    }
+    history: list[dict[str, Any]] = []
+    best_val, best_epoch, bad_epochs, start_epoch, stopped = float("inf"), 0, 0, 1, ""
+
+    last_key, best_key = checkpoint_key(cfg.run_name, "last"), checkpoint_key(cfg.run_name, "best")
+    if cfg.resume and store.exists(last_key):
+        state, old, _ = read_checkpoint(store, last_key, map_location=device)
+        if old.get("model") != meta["model"] or old.get("channels") != meta["channels"]:
+            raise ConfigError(f"{store.uri(last_key)}: existing run has model {old.get('model')} on "
+                              f"{old.get('channels')}; this config asks for {meta['model']} on "
+                              f"{meta['channels']}. "
+                              "Use another run_name or resume=false.")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if state.get("scaler") and amp.scaler.is_enabled():   # {} when saved by a disabled scaler
+            amp.scaler.load_state_dict(state["scaler"])
+        best_val, best_epoch = float(state["best_val_loss"]), int(state["best_epoch"])
+        bad_epochs, start_epoch = int(state["bad_epochs"]), int(state["epoch"]) + 1
+        history = list(old.get("history", []))
+        # an early stop is final; reaching the old epoch count is not (the config may ask for more)
+        stopped = "early_stopping" if old.get("stopped") == "early_stopping" else ""
+        if env.is_main:
+            log.info("resuming %s from epoch %d (best val %.5f at epoch %d)", cfg.run_name, start_epoch - 1,
+                     best_val, best_epoch)
+
+    net: nn.Module = model
+    if env.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))   # dropout, flips, ramps
+        sampler.set_epoch(epoch)
+        net.train()
+        loss_sum = n_seen = 0.0
+        lr = opt.param_groups[0]["lr"]
+        for step, xb in enumerate(train_dl):
+            if cfg.max_batches_per_epoch is not None and step >= cfg.max_batches_per_epoch:
+                break
+            xb = xb.to(device, non_blocking=True)                                   # (B, C, H, W)
+            ramp = torch.randint(0, cfg.ramp_max_rows + 1, (xb.shape[0],), device=device)
+            inputs, mask = mask_blind_zone(xb, blind, ramp)                          # (B, C+1, H, W)
+            if channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with amp.autocast():
+                outs = net(inputs, heads=cfg.deep_supervision)                       # 5 x (B, 1, H, W)
+            outs = outs if isinstance(outs, list) else [outs]
+            loss = supervision_loss(outs, xb[:, :1], mask)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{cfg.run_name}: non-finite training loss at epoch {epoch} "
+                                         f"step {step}")
+            opt.zero_grad(set_to_none=True)
+            amp.scaler.scale(loss).backward()
+            amp.scaler.step(opt)
+            amp.scaler.update()
+            loss_sum += float(loss.detach()) * xb.shape[0]
+            n_seen += xb.shape[0]
+        average_bn_stats(model, env)                      # identical buffers on every rank
+        vnum, vden = validate(model, val_dl, blind, cfg.val_ramp_rows, device, amp, channels_last,
+                              cfg.max_val_batches)
+        loss_sum, n_seen, vnum, vden = _all_reduce_sum([loss_sum, n_seen, vnum, vden], device, env)
+        sched.step()
+        train_loss = loss_sum / max(n_seen, 1.0)
+        val_loss = vnum / vden if vden > 0 else float("nan")
+        is_best = val_loss < best_val
+        if is_best:
+            best_val, best_epoch, bad_epochs = val_loss, epoch, 0
+        else:
+            bad_epochs += 1
+        if bad_epochs >= cfg.patience:
+            stopped = "early_stopping"
+        elif epoch >= cfg.epochs:
+            stopped = "epochs"
+        dt = time.perf_counter() - t0
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+               "time_s": round(dt, 3),
+               "samples_per_s": round(n_seen / dt, 2) if dt > 0 else None, "is_best": is_best,
+               "best_epoch": best_epoch, "stopped": stopped}
+        history.append(row)
+        if env.is_main:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(),
+                     "scaler": amp.scaler.state_dict(), "epoch": epoch, "val_loss": val_loss,
+                     "best_val_loss": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs}
+            meta_now = dict(meta, history=history, stopped=stopped)
+            if is_best:
+                save_checkpoint(store, best_key, state, meta_now)
+            save_checkpoint(store, last_key, state, meta_now)
+            write_metrics(store, cfg.run_name, history, producer=meta["provenance"])
+            log.info("%s epoch %d: train %.5f val %.5f lr %.2e %.1fs%s%s", cfg.run_name, epoch, train_loss,
+                     val_loss, lr, dt, " *best*" if is_best else "", f" stop: {stopped}" if stopped else "")
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+    if env.distributed:
+        dist.barrier()                                   # rank 0 has written everything
+    last = history[-1] if history else {}
+    return TrainResult(best_uri=store.uri(best_key), last_uri=store.uri(last_key),
+                       metrics_uri=store.uri(metrics_key(cfg.run_name)), best_epoch=best_epoch,
+                       best_val_loss=best_val, last_epoch=int(last.get("epoch", epoch)),
+                       stopped=stopped or "epochs", history=history, model=model)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@contextlib.contextmanager
+def _local_config(path: str | None) -> Iterator[str | None]:
+    """A local path for the config; a copy when given as an s3:// URI (the cluster backends pass one)."""
+    if not path or "://" not in path or path.startswith("file://"):
+        yield path.removeprefix("file://") if path else None
+        return
+    parent, name = path.rsplit("/", 1)
+    data = Store(parent).read_bytes(name)
+    with tempfile.TemporaryDirectory(prefix="bzpipe-cfg-") as d:
+        local = Path(d) / name
+        local.write_bytes(data)
+        yield str(local)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bzpipe.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="train (or whole-pipeline) config: YAML/JSON/TOML path or s3:// URI")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set epochs=3 (repeatable)")
+    a = parser.parse_args(argv)
+    env = dist_env()
+    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
+                        format=f"%(asctime)s [rank {env.rank}] %(name)s: %(message)s")
+    try:
+        with _local_config(a.config) as path:
+            cfg = load_stage_config(TrainConfig, path, a.overrides)
+        result = train(cfg)
+    except BzpipeError as e:
+        print(f"bzpipe.train: error: {e}", file=sys.stderr)
+        return 2
+    if env.is_main:
+        print(result.best_uri)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""UNet3+ architecture, masking / merging, and MC-dropout inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bzpipe.masking import blind_zone_weight, mask_blind_zone, merge_prediction
+from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_dropout_mode, mc_predict
+from bzpipe.model.mc_dropout import quantiles_along0
+from bzpipe.train import supervision_loss
+
+torch.set_num_threads(1)
+TINY = (4, 8, 8, 8, 8)
+
+
+def tiny_model(in_channels: int = 6, ds: bool = True, dropout: float = 0.2) -> UNet3Plus:
+    torch.manual_seed(0)
+    return UNet3Plus(UNet3PlusConfig(in_channels=in_channels, filters=TINY, dropout=dropout,
+                                     deep_supervision=ds))
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+def test_output_and_deep_supervision_shapes():
+    m = tiny_model()
+    x = torch.randn(3, 6, 32, 48)
+    out = m(x)
+    assert out.shape == (3, 1, 32, 48)
+    heads = m(x, heads=True)
+    assert len(heads) == 5 and all(h.shape == (3, 1, 32, 48) for h in heads)
+    # the last head is the final (d1) output; in eval mode (no dropout) the two calls agree
+    m.eval()
+    assert torch.allclose(m(x), m(x, heads=True)[-1])
+    with pytest.raises(ValueError, match="divisible by 16"):
+        m(torch.randn(1, 6, 30, 32))
+    with pytest.raises(ValueError, match="deep_supervision"):
+        tiny_model(ds=False)(x, heads=True)
+
+
+def _expected_parameter_count(cin: int, f: tuple[int, ...], deep_supervision: bool) -> int:
+    """Hand count of UNet3+ as in keras_unet_collection.unet_3plus_2d (conv3x3 with bias + BN)."""
+    conv = lambda ci, co: ci * co * 9 + co  # noqa: E731  3x3 kernel + bias
+    bn = lambda c: 2 * c                    # noqa: E731  gamma + beta (running stats are buffers)
+    s, fused = f[0], 5 * f[0]
+    n, prev = 0, cin
+    for c in f:                                            # encoder: 2 x (conv + BN)
+        n += conv(prev, c) + bn(c) + conv(c, c) + bn(c)
+        prev = c
+    for level in range(4):                                 # d1..d4: 5 skip convs + fusion conv
+        for src in range(5):
+            c_src = f[src] if (src <= level or src == 4) else fused
+            n += conv(c_src, s) + bn(s)
+        n += conv(fused, fused) + bn(fused)
+    n += conv(fused, 1)                                    # final linear head on d1
+    if deep_supervision:                                   # heads on e5, d4, d3, d2
+        n += conv(f[4], 1) + 3 * conv(fused, 1)
+    return n
+
+
+def test_parameter_count_matches_paper():
+    m = UNet3Plus(UNet3PlusConfig(in_channels=5))          # construct only, no forward
+    n = m.num_parameters()
+    assert n == _expected_parameter_count(5, (32, 64, 128, 256, 512), True) == 6_758_501
+    assert abs(n - 6.8e6) / 6.8e6 < 0.01                   # "about 6.8 M parameters"
+    # without the deep-supervision heads the count drops by exactly the four heads
+    m2 = UNet3Plus(UNet3PlusConfig(in_channels=5, deep_supervision=False))
+    assert n - m2.num_parameters() == 512 * 9 + 1 + 3 * (160 * 9 + 1)
+    # the aggregation convs have 5 x 32 = 160 channels
+    assert m.fuse[0][0].in_channels == m.fuse[0][0].out_channels == 160
+    # the tiny config used by the tests follows the same formula
+    assert tiny_model().num_parameters() == _expected_parameter_count(6, TINY, True)
+
+
+def test_every_parameter_gets_a_gradient():
+    m = tiny_model()
+    m.train()
+    x = torch.randn(4, 5, 32, 32)
+    inputs, mask = mask_blind_zone(x, 6, 3)
+    loss = supervision_loss(m(inputs, heads=True), x[:, :1], mask)
+    loss.backward()
+    bias_before_bn = set()
+    for mod in m.modules():   # a conv bias right before batch norm is cancelled by BN's mean removal
+        if isinstance(mod, nn.Sequential) and len(mod) >= 2 and isinstance(mod[1], nn.BatchNorm2d):
+            bias_before_bn.add(id(mod[0].bias))
+    for name, p in m.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        if id(p) in bias_before_bn:
+            assert p.grad.abs().max() < 1e-5, name
+        else:
+            assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def test_mask_weights_hand_computed():
+    w = blind_zone_weight((1, 1, 8, 2), blind_rows=3, ramp_rows=2)
+    np.testing.assert_allclose(w[0, 0, :, 0].numpy(), [1, 1, 1, 2 / 3, 1 / 3, 0, 0, 0], rtol=1e-6)
+    # per-sample ramps and per-column blind zones
+    w = blind_zone_weight((2, 1, 6, 3), blind_rows=torch.tensor([[1, 2, 0], [3, 3, 3]]),
+                          ramp_rows=torch.tensor([0, 1]))
+    np.testing.assert_allclose(w[0, 0, :, 0].numpy(), [1, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(w[0, 0, :, 1].numpy(), [1, 1, 0, 0, 0, 0])
+    np.testing.assert_allclose(w[0, 0, :, 2].numpy(), [0, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(w[1, 0, :, 0].numpy(), [1, 1, 1, 0.5, 0, 0])
+
+
+def test_mask_blind_zone_hides_only_reflectivity():
+    x = torch.randn(2, 5, 16, 8)
+    inputs, mask = mask_blind_zone(x, 4, torch.tensor([0, 2]))
+    assert inputs.shape == (2, 6, 16, 8) and mask.shape == (2, 1, 16, 8)
+    assert torch.equal(inputs[:, -1:], mask)
+    assert torch.equal(inputs[:, 1:5], x[:, 1:5])                   # ERA-5 never masked
+    assert (inputs[0, 0, :4] == 0).all() and torch.equal(inputs[0, 0, 4:], x[0, 0, 4:])
+    assert (inputs[1, 0, :6] == 0).all() and torch.equal(inputs[1, 0, 6:], x[1, 0, 6:])
+
+
+def test_merge_keeps_unmasked_pixels_bit_identical():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 16, 8, generator=g) * 1e3
+    x[0, 0, 10, 3] = float("nan")                                    # missing gate above the ramp
+    x[1, 0, 12, 0] = 1.234567e-30
+    _, mask = mask_blind_zone(x, 5, torch.tensor([0, 3, 6]))
+    pred = torch.randn(3, 1, 16, 8, generator=g)
+    merged = merge_prediction(pred, x, mask)
+    keep = (mask == 0).expand_as(merged)
+    a = merged[keep].view(torch.int32)
+    b = x[:, :1][keep].view(torch.int32)
+    assert torch.equal(a, b)                                         # bit-identical, NaN included
+    full = (mask == 1).expand_as(merged)
+    assert torch.equal(merged[full], pred[full])                     # blind zone = prediction
+    r = 5                                                            # sample 1, first ramp row: weight 3/4
+    torch.testing.assert_close(merged[1, 0, r], 0.75 * pred[1, 0, r] + 0.25 * x[1, 0, r])
+
+
+def test_inpaint_changes_only_the_blind_zone_and_ramp():
+    m = tiny_model().eval()
+    x = torch.randn(2, 5, 32, 32)
+    out = m.inpaint(x, 6, 2)
+    assert out.shape == (2, 1, 32, 32)
+    assert torch.equal(out[:, :, 8:], x[:, :1, 8:])                   # above blind zone + ramp: untouched
+    inputs, _ = mask_blind_zone(x, 6, 2)
+    assert torch.equal(out[:, :, :6], m(inputs)[:, :, :6])            # blind zone: the model's prediction
+    assert not torch.equal(out[:, :, 6:8], x[:, :1, 6:8])             # ramp: a blend
+
+
+# --------------------------------------------------------------------------- MC dropout
+
+
+def test_mc_dropout_spread_and_deterministic_mode():
+    m = tiny_model(dropout=0.5)
+    x = torch.randn(2, 5, 32, 32)
+    inputs, mask = mask_blind_zone(x, 8, 2)
+    m.train()
+    torch.manual_seed(0)
+    stoch = mc_predict(m, inputs, n_passes=12, max_batch=5)          # 5 -> passes split over several calls
+    assert stoch["mean"].shape == stoch["std"].shape == (2, 1, 32, 32)
+    assert stoch["quantiles"].shape == (3, 2, 1, 32, 32)
+    assert float(stoch["std"].mean()) > 1e-3
+    q = stoch["quantiles"]
+    assert (q[0] <= q[1]).all() and (q[1] <= q[2]).all()
+    assert m.training and m.drop.training                            # modes restored afterwards
+    det = mc_predict(m, inputs, n_passes=7, max_batch=4, deterministic=True)
+    assert float(det["std"].max()) < 1e-6
+    m.eval()
+    torch.testing.assert_close(det["mean"], m(inputs), rtol=1e-5, atol=1e-6)
+    # merged with the observation: zero spread exactly outside the blind zone + ramp
+    merged = mc_predict(m, inputs, n_passes=6, x=x, mask=mask)
+    assert torch.equal(merged["std"][(mask == 0)], torch.zeros(int((mask == 0).sum())))
+    assert float(merged["std"][mask == 1].mean()) > 1e-3
+
+
+def test_mc_dropout_mode_uses_running_batch_norm_stats():
+    m = tiny_model()
+    m.train()
+    with mc_dropout_mode(m):
+        bns = [mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
+        assert bns and not any(b.training for b in bns)
+        assert m.drop.training
+    with mc_dropout_mode(m, active=False):
+        assert not m.drop.training
+    assert all(mod.training for mod in m.modules())
+
+
+def test_quantiles_match_numpy():
+    s = torch.randn(50, 3, 4)
+    got = quantiles_along0(s, (0.05, 0.5, 0.95)).numpy()
+    np.testing.assert_allclose(got, np.quantile(s.numpy(), [0.05, 0.5, 0.95], axis=0), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,103 @@
+"""Prefect flow: evaluate a trained model against REP, MAR, Telea and Navier-Stokes; write the report.
+
+    python -m flows.evaluate --config run.yaml --set evaluate.mc_passes=20
+
+Loads the split (``EvalConfig.split``, default ``test``) of the dataset and the
+model ``models/<run_name>/checkpoint-<checkpoint>.pt``, fills the blind zone
+with every method on the same masked patches, scores them with the same mask
+(:mod:`bzpipe.evaluate`), and writes ``reports/<run_name>/`` (scores.json, PNG
+figures, a self-contained index.html) to the store.  Prefect artifacts: a
+markdown table of the scores with bootstrap intervals and the plain verdict
+("is the U-Net ahead of REP and MAR on MAE and cloud-presence CSI?"), and
+links to the report and its figures.  Returns the URI of ``index.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from bzpipe import evaluate as bzeval
+from bzpipe.checkpoint import checkpoint_key
+from bzpipe.config import EvalConfig
+from bzpipe.errors import StoreError
+from bzpipe.store import Store
+from bzpipe.torchdata import resolve_dataset_uri
+from flows.common import resolve_config
+
+
+def artifact_slug(text: str) -> str:
+    """Prefect artifact keys: lower-case letters, digits and dashes."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-") or "run"
+
+
+@task(name="check-evaluation-inputs", retries=2, retry_delay_seconds=5, cache_policy=NONE)
+def check_inputs(cfg: EvalConfig) -> dict[str, str]:
+    """The dataset (complete in the manifest) and the checkpoint must exist; return their URIs."""
+    store = Store(cfg.store_root)
+    dataset_uri, _ = resolve_dataset_uri(store, cfg.dataset)
+    ckpt = checkpoint_key(cfg.run_name, cfg.checkpoint)
+    if not store.exists(ckpt):
+        raise StoreError(f"{store.uri(ckpt)}: no trained model; run the train flow for {cfg.run_name!r} "
+                         "first")
+    return {"dataset": dataset_uri, "checkpoint": store.uri(ckpt)}
+
+
+@task(name="evaluate-and-report", retries=0, cache_policy=NONE)
+def evaluate_and_report(cfg: EvalConfig) -> dict[str, Any]:
+    """Predict, score and write the report; returns URIs, the verdict and the markdown table."""
+    logger = get_run_logger()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) < cfg.batch_size:
+            logger.info("predicted %d / %d patches", done, total)
+
+    return bzeval.evaluate_and_report(cfg, progress=progress)
+
+
+@task(name="publish-evaluation-artifacts", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def publish_artifacts(run_name: str, report: dict[str, Any]) -> None:
+    slug = artifact_slug(run_name)
+    create_markdown_artifact(markdown=f"# Evaluation of `{run_name}`\n\n{report['markdown']}\n\n"
+                             f"Report: {report['index']}", key=f"evaluation-{slug}",
+                             description="blind-zone scores with bootstrap intervals")
+    create_link_artifact(link=_link(report["index"]), link_text=f"evaluation report {run_name}",
+                         key=f"evaluation-report-{slug}")
+
+
+def _link(uri: str) -> str:
+    return uri if "://" in uri else f"file://{uri}"
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(config: EvalConfig | None = None, config_path: str | None = None,
+             overrides: list[str] | None = None) -> str:
+    """Evaluate ``models/<run_name>`` on the dataset's ``split``; return the report URI (index.html)."""
+    cfg = resolve_config(EvalConfig, config, config_path, overrides)
+    inputs = check_inputs(cfg)
+    logger = get_run_logger()
+    logger.info("evaluating %s on %s", inputs["checkpoint"], inputs["dataset"])
+    report = evaluate_and_report(cfg)
+    publish_artifacts(cfg.run_name, report)
+    logger.info(report["verdict"]["headline"])
+    for reason in report["verdict"]["reasons"]:
+        logger.info("  - %s", reason)
+    return str(report["index"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m flows.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", dest="config_path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    a = p.parse_args(argv)
+    print(evaluate(config_path=a.config_path, overrides=a.overrides))
+
+
+if __name__ == "__main__":
+    main()

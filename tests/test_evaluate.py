@@ -1,0 +1,163 @@
+"""Evaluation end to end on a tiny dataset + a tiny trained U-Net; the one-mask rule; the flow."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _zarr_fixture import write_tiny_dataset
+from bzpipe import evaluate as ev
+from bzpipe.checkpoint import load_model
+from bzpipe.config import EvalConfig, TrainConfig
+from bzpipe.metrics import mae
+from bzpipe.schema import norm_to_dbz
+from bzpipe.store import Store
+from bzpipe.torchdata import PatchDataset
+
+torch.set_num_threads(1)
+FAST = dict(dataset="tiny", run_name="tiny_run", mc_passes=4, n_bootstrap=40, batch_size=4, n_cases=2,
+            xai_samples=4)
+
+
+@pytest.fixture(scope="module")
+def trained_root(tmp_path_factory) -> Path:
+    """A tiny dataset (blind zone 4 of 32 rows) and a U-Net trained on it for 2 epochs."""
+    from bzpipe.train import train
+
+    root = tmp_path_factory.mktemp("evalstore") / "store"
+    write_tiny_dataset(root, n={"train": 8, "val": 4, "test": 8}, rows=32, cols=32, blind_zone_rows=4)
+    train(TrainConfig(store_root=str(root), dataset="tiny", run_name="tiny_run", filters=(4, 8, 8, 8, 8),
+                      batch_size=4, lr=1e-3, epochs=2, device="cpu", amp=False))
+    return root
+
+
+def test_predict_fields_shapes_and_baselines_on_the_same_patches(trained_root: Path):
+    cfg = EvalConfig(store_root=str(trained_root), **FAST)
+    model, meta = load_model(trained_root, "tiny_run")
+    ds = PatchDataset(trained_root, "tiny", "test", channels=meta["channels"])
+    f = ev.predict_fields(model, ds, cfg, indices=np.array([1, 3, 6]))
+    assert f.truth.shape == (3, 4, 32) and f.row_above.shape == (3, 32) and f.base_above.shape == (3, 32)
+    assert set(f.preds) == {"UNET", "REP", "MAR", "TELEA", "NS"}
+    x = torch.stack(ds.__getitems__([1, 3, 6])).numpy()
+    np.testing.assert_array_equal(f.truth, norm_to_dbz(x[:, 0, :4]))
+    np.testing.assert_array_equal(f.row_above, norm_to_dbz(x[:, 0, 4]))
+    for r in range(4):  # REP = the first observed row, copied down
+        np.testing.assert_array_equal(f.preds["REP"][:, r], f.row_above)
+    assert np.all(f.spread >= 0) and f.spread.shape == (3, 4, 32)
+    lo, hi = f.quantiles[0.05], f.quantiles[0.95]
+    both = np.isfinite(lo) & np.isfinite(hi)
+    assert np.all(lo[both] <= hi[both] + 1e-4)
+    assert list(f.sites) == ["oli", "oli", "nsa"] and f.heights.shape == (32,)
+
+
+def _hand_fields() -> ev.EvalFields:
+    """4 patches, blind zone 2 x 3; pixel (0, 0) of every patch has high spread and all the errors."""
+    truth = np.full((4, 2, 3), -10.0)
+    rep = truth.copy()
+    rep[:, 0, 0] = 40.0          # REP wrong by 50 dBZ only at the high-spread pixel
+    unet = truth.copy()
+    unet[:, 0, 0] = 0.0          # U-Net wrong by 10 dBZ there
+    spread = np.ones_like(truth)
+    spread[:, 0, 0] = 5.0
+    return ev.EvalFields(indices=np.arange(4), truth=truth, preds={"UNET": unet, "REP": rep},
+                         row_above=np.full((4, 3), -10.0), base_above=np.full((4, 3), np.nan), spread=spread,
+                         quantiles={}, sites=np.array(["nsa", "oli", "nsa", "oli"], dtype=object),
+                         times=np.zeros(4, "datetime64[ns]"), heights=np.arange(6) * 100.0 + 50.0)
+
+
+def test_one_mask_excludes_the_same_pixels_for_every_method():
+    f = _hand_fields()
+    cfg = EvalConfig(n_bootstrap=20)
+    valid, base, info = ev.build_mask(f, None)
+    assert valid.all() and info["excluded"] == 0
+    s = ev.score_fields(f, valid, base, cfg)
+    assert s["scores"]["all"]["REP"]["MAE"].estimate == pytest.approx(50 / 6)
+    assert s["scores"]["all"]["UNET"]["MAE"].estimate == pytest.approx(10 / 6)
+    valid, base, info = ev.build_mask(f, 0.8)  # cut at the 0.8 quantile of the spread: 1 dBZ
+    assert info["excluded"] == 4 and info["spread_cut_dbz"] == 1.0 and not valid[:, 0, 0].any()
+    s = ev.score_fields(f, valid, base, cfg)
+    # the baseline loses its errors at exactly the pixels the U-Net does: both perfect now
+    assert s["scores"]["all"]["REP"]["MAE"].estimate == 0.0
+    assert s["scores"]["all"]["UNET"]["MAE"].estimate == 0.0
+    assert s["mask"]["excluded"] == 4
+    d = s["differences"]["all"]["REP"]["MAE"]
+    assert d.estimate == 0.0 and d.low == 0.0 and d.high == 0.0
+    assert set(s["scores"]) == {"all", "nsa", "oli"} and s["n_patches"] == {"all": 4, "nsa": 2, "oli": 2}
+
+
+def test_select_cases_prefers_blind_zone_echo_from_each_site():
+    f = _hand_fields()
+    f.truth[1] = np.nan  # oli patch 1 clear
+    f.truth[3, 0] = np.nan  # oli patch 3 half clear
+    assert ev.select_cases(f, 2).tolist() == [0, 3]
+    assert ev.select_cases(f, 0).size == 0
+
+
+def test_run_evaluation_and_report(trained_root: Path):
+    cfg = EvalConfig(store_root=str(trained_root), spread_exclusion_quantile=0.95, **FAST)
+    store = Store(trained_root)
+    out = ev.evaluate_and_report(cfg, store)
+    index_key = store.key_of(out["index"])
+    assert index_key == "reports/tiny_run/index.html" and store.is_complete(index_key)
+    page = store.read_bytes(index_key).decode()
+    assert page.count("data:image/png;base64,") == 8 and "<img" in page and 'src="http' not in page
+    for name, uri in out["figures"].items():
+        assert store.read_bytes(store.key_of(uri))[:8] == b"\x89PNG\r\n\x1a\n", name
+    doc = store.read_json("reports/tiny_run/scores.json")
+    summ = doc["summary"]
+    assert summ["mask"]["excluded"] > 0
+    assert "the same pixels are excluded for every method" in summ["mask"]["rule"]
+    assert doc["provenance"]["config"]["values"]["spread_exclusion_quantile"] == 0.95
+    assert any(k.endswith("checkpoint-best.pt") for k in doc["provenance"]["inputs"])
+    # the verdict follows from the numbers, and the page says it plainly either way
+    sc = summ["scores"]["all"]
+    mae_u, csi_u = sc["UNET"]["MAE"]["estimate"], sc["UNET"]["cloud"]["CSI"]["estimate"]
+    ahead = all(mae_u < sc[b]["MAE"]["estimate"] and csi_u is not None and sc[b]["cloud"]["CSI"]["estimate"]
+                is not None and csi_u > sc[b]["cloud"]["CSI"]["estimate"] for b in ("REP", "MAR"))
+    assert doc["verdict"]["ahead"] == ahead == out["verdict"]["ahead"]
+    if ahead:
+        assert "the U-Net is ahead of REP and MAR" in page
+    else:
+        assert "The U-Net is NOT ahead of REP and MAR" in page and "Why this may be so" in page
+    # scored MAE of a baseline = the metric applied with the same mask, averaged over patches
+    res = ev.run_evaluation(cfg, store)
+    per = mae(res.fields.preds["MAR"], res.fields.truth, res.valid)
+    assert res.summary["scores"]["all"]["MAR"]["MAE"].estimate == pytest.approx(float(np.nanmean(per)))
+    assert res.xai is not None and set(res.xai["drop_channel"]) == {"none", "t", "q", "u", "v"}
+    assert math.isfinite(res.summary["uncertainty"]["spread_skill_ratio"])
+
+
+@pytest.mark.prefect
+def test_evaluate_flow_writes_report_and_artifacts(prefect_server, trained_root: Path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.evaluate import evaluate
+
+    cfg = EvalConfig(store_root=str(trained_root), xai=False, **FAST)
+    uri = evaluate(config=cfg, overrides=["n_cases=1"])
+    store = Store(trained_root)
+    assert uri == store.uri("reports/tiny_run/index.html") and store.is_complete(store.key_of(uri))
+    with get_client(sync_client=True) as client:
+        arts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["evaluation-tiny-run", "evaluation-report-tiny-run"])))}
+    assert set(arts) == {"evaluation-tiny-run", "evaluation-report-tiny-run"}
+    md = arts["evaluation-tiny-run"].data
+    assert "| UNET |" in md and "| REP |" in md and "MAE (dBZ)" in md and "U-Net" in md
+    doc = json.loads(store.read_bytes("reports/tiny_run/scores.json"))
+    assert doc["config"]["n_cases"] == 1
+
+
+def test_evaluate_flow_fails_clearly_without_a_model(tmp_path: Path):
+    from bzpipe.errors import StoreError
+    from flows.evaluate import check_inputs
+
+    root = tmp_path / "store"
+    write_tiny_dataset(root, n=2, rows=32, cols=32, blind_zone_rows=4)
+    with pytest.raises(StoreError, match="no trained model"):
+        check_inputs.fn(EvalConfig(store_root=str(root), dataset="tiny", run_name="nothing"))

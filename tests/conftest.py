@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyproj  # noqa: F401  - before eccodes (via cfgrib), else the interpreter crashes on exit
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -1,0 +1,171 @@
+"""Synthetic CloudSat 2B-GEOPROF granules along a polar orbit passing near NSA / OLI.
+
+Geometry: a great circle with the CloudSat inclination (98.2 deg, so the
+track's highest latitude is 81.8 deg), 0.16 s and ~1.1 km between profiles,
+passing within 30 km of the chosen site at a point near the middle of the
+granule.  Bins: 125 of 239.83 m, bin 0 at the top (about 25 km MSL).
+
+Curtain: the site's true reflectivity (:func:`.scene.reflectivity_curtain`)
+with along-track distance mapped to time by frozen advection at 10 m s-1,
+averaged in linear units over the ~480 m pulse; then the CPR's view of it:
+1 dB speckle, detection above -30 dBZ (cloud mask 20 / 30 / 40 with
+increasing margin), noise values (mask 0) where nothing is detected, strong
+surface echo in the surface bin and decaying clutter in the 4 bins above it
+(mask 5, "likely ground clutter"), fill (NaN) below the surface.  DEM and
+land/sea flag follow a crude North-Slope geography (coastal plain, Brooks
+Range, Alaska Range; Arctic Ocean north of the coast, Gulf of Alaska south).
+
+The HDF-EOS2 writing is :func:`.cloudsat_hdf.write_geoprof_granule`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from bzpipe.config import Site, SyntheticConfig, resolve_site
+from bzpipe.sources.synthetic.noise import hash_normal, hash_uniform, make_key
+from bzpipe.sources.synthetic.scene import along_track_curtain
+
+INCLINATION_DEG = 98.2
+PROFILE_INTERVAL_S = 0.16
+PROFILE_SPACING_M = 1100.0
+N_BINS = 125
+BIN_SPACING_M = 239.83
+TOP_BIN_HEIGHT_M = 24940.0
+EARTH_RADIUS_M = 6_371_000.0
+ADVECTION_M_S = 10.0
+DETECTION_DBZ = -30.0
+LAND, OCEAN = 1, 2
+_REF_ORBIT = (67551, datetime(2019, 1, 2, 17, 58, 51, tzinfo=timezone.utc))
+ORBIT_PERIOD_S = 86400.0 / 14.5625
+
+
+def granule_number_for(start: datetime) -> int:
+    """Orbit (granule) number of a start time, from a real R05 granule and the orbit period."""
+    start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    return max(1, _REF_ORBIT[0] + int(np.floor((start - _REF_ORBIT[1]).total_seconds() / ORBIT_PERIOD_S)))
+
+
+def _destination(lat0: float, lon0: float, az_deg: float, dist_m: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Points at great-circle distances ``dist_m`` from (lat0, lon0) along azimuth ``az_deg``."""
+    p1, l1, az = np.radians(lat0), np.radians(lon0), np.radians(az_deg)
+    d = np.asarray(dist_m, dtype=np.float64) / EARTH_RADIUS_M
+    p2 = np.arcsin(np.sin(p1) * np.cos(d) + np.cos(p1) * np.sin(d) * np.cos(az))
+    l2 = l1 + np.arctan2(np.sin(az) * np.sin(d) * np.cos(p1), np.cos(d) - np.sin(p1) * np.sin(p2))
+    return np.degrees(p2), (np.degrees(l2) + 180.0) % 360.0 - 180.0
+
+
+def track(site: Site, n_profiles: int, key: np.uint64) -> dict[str, np.ndarray]:
+    """Latitude, longitude, signed along-track distance (m) from closest approach, and the
+    closest-approach profile index ``i_over``."""
+    u = hash_uniform(key, np.arange(4, dtype=np.int64))
+    ascending = u[0] < 0.5
+    cross_m = (2.0 * u[1] - 1.0) * 30_000.0
+    i_over = int(n_profiles * (0.4 + 0.2 * u[2]))
+    cos_lat = np.cos(np.radians(site.latitude))
+    az = np.degrees(np.arcsin(np.clip(np.cos(np.radians(INCLINATION_DEG)) / cos_lat, -1.0, 1.0)))
+    az = az if ascending else 180.0 - az
+    plat, plon = _destination(site.latitude, site.longitude, az + 90.0, np.array([cross_m]))
+    s = (np.arange(n_profiles) - i_over) * PROFILE_SPACING_M
+    lat, lon = _destination(float(plat[0]), float(plon[0]), az, s)
+    return {"latitude": lat, "longitude": lon, "along_m": s, "i_over": np.array(i_over)}
+
+
+def geography(lat: np.ndarray, lon: np.ndarray, key: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """(DEM elevation m MSL, land/sea flag 1 land / 2 ocean) of a crude Alaskan North Slope."""
+    coast = 71.4 + (lon + 157.0) * (70.3 - 71.4) / 9.0
+    land = (lat < coast) & (lat > 59.5) & (lon > -168.0) & (lon < -141.0)
+    cell = np.round(lat * 200).astype(np.int64) * 100_000 + np.round(lon * 50).astype(np.int64)
+    rough = 25.0 * hash_normal(key, cell)
+    elev = (5.0 + np.minimum(150.0 * np.clip(coast - lat, 0.0, None), 400.0)
+            + 1500.0 * np.exp(-((lat - 68.3) / 0.5) ** 2)  # Brooks Range
+            + 2000.0 * np.exp(-((lat - 63.2) / 0.4) ** 2)  # Alaska Range
+            + rough)
+    dem = np.where(land, np.maximum(elev, 1.0), 0.0)
+    return np.round(dem), np.where(land, LAND, OCEAN).astype(np.uint8)
+
+
+def geoprof_arrays(start: datetime, n_profiles: int, seed: int, site: str | Site | None = None
+                   ) -> dict[str, np.ndarray | int | str]:
+    """Everything :func:`generate_cloudsat_granule` writes, as arrays (see the module docstring)."""
+    start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    gkey = make_key(seed, "cloudsat", int(start.timestamp()))
+    if site is None:
+        site = ("nsa", "oli")[int(hash_uniform(gkey, np.array([7], dtype=np.int64))[0] * 2)]
+    site = resolve_site(site)
+    tr = track(site, n_profiles, gkey)
+    lat, lon, along = tr["latitude"], tr["longitude"], tr["along_m"]
+    i_over = int(tr["i_over"])
+    profile_time = np.arange(n_profiles) * PROFILE_INTERVAL_S
+    dem, lsf = geography(lat, lon, make_key(seed, "cloudsat-dem"))
+
+    offset = 120.0 * np.sin(np.radians(2.0 * lat + lon))
+    height = np.round(TOP_BIN_HEIGHT_M + offset[:, None] - BIN_SPACING_M * np.arange(N_BINS)[None, :])
+    agl = height - dem[:, None]
+
+    # true reflectivity on a fine AGL grid, then averaged over the pulse for every bin
+    t_over = start.timestamp() + i_over * PROFILE_INTERVAL_S
+    grid = np.arange(30.0, 12000.0, 60.0)
+    true = along_track_curtain(site, t_over, along, grid, seed, advection_m_s=ADVECTION_M_S)
+    lin = np.where(np.isfinite(true), 10.0 ** (np.nan_to_num(true, nan=-99.0) / 10.0), 0.0)
+    sub = agl[:, :, None] + np.array([-120.0, -60.0, 0.0, 60.0, 120.0])[None, None, :]
+    idx = np.clip(np.round((sub - grid[0]) / 60.0).astype(int), 0, grid.size - 1)
+    inside = (sub >= 0.0) & (sub <= grid[-1] + 30.0)
+    rows = np.arange(n_profiles)[:, None, None]
+    z_mean = np.where(inside, lin[rows, idx], 0.0).mean(axis=2)
+    with np.errstate(divide="ignore"):
+        dbz = np.where(z_mean > 0, 10.0 * np.log10(z_mean), -np.inf)
+
+    cell = np.arange(n_profiles, dtype=np.int64)[:, None] * 1024 + np.arange(N_BINS, dtype=np.int64)[None, :]
+    dbz = dbz + 1.0 * hash_normal(gkey, cell, stream=1)
+    detected = dbz >= DETECTION_DBZ
+    mask = np.select([dbz >= DETECTION_DBZ + 5.0, dbz >= DETECTION_DBZ + 3.0, detected], [40, 30, 20], 0)
+    noise = np.minimum(-36.0 + 2.0 * hash_normal(gkey, cell, stream=2), DETECTION_DBZ - 0.5)
+    refl = np.where(detected, dbz, noise)
+
+    # surface echo and clutter: surface bin = the bin whose centre is nearest the DEM
+    surf_bin = np.argmin(np.abs(agl), axis=1)
+    bins = np.arange(N_BINS)[None, :]
+    above = surf_bin[:, None] - bins  # 0 at the surface bin, k for k bins above it
+    surf_dbz = np.where(lsf == OCEAN, 40.0, 30.0)[:, None] + 3.0 * hash_normal(gkey, cell, stream=3)
+    clutter = surf_dbz - 12.0 * above
+    is_clutter = (above >= 0) & (above <= 4) & (clutter > refl)
+    refl = np.where(is_clutter, clutter, refl)
+    mask = np.where(is_clutter, 5, mask)
+    below = above < 0
+    refl = np.where(below, np.nan, refl)
+    mask = np.where(below, 0, mask)
+    return {"reflectivity_dbz": refl.astype(np.float32), "height_m": height,
+            "cloud_mask": mask.astype(np.int8),
+            "latitude": lat, "longitude": lon, "profile_time_s": profile_time, "dem_elevation_m": dem,
+            "land_sea_flag": lsf, "granule_number": granule_number_for(start), "site": site.name,
+            "closest_approach_index": i_over}
+
+
+def generate_cloudsat_granule(path_dir: str | os.PathLike[str], start: datetime, n_profiles: int | None,
+                              seed: int, cfg: SyntheticConfig, site: str | Site | None = None) -> Path:
+    """Write one synthetic 2B-GEOPROF granule (real file name and HDF-EOS2 layout) into ``path_dir``.
+
+    ``n_profiles`` defaults to ``cfg.cloudsat_profiles``; ``site`` (NSA or OLI by
+    default, chosen from the seed and start time) is where the track passes.
+    """
+    from bzpipe.sources.synthetic.cloudsat_hdf import write_geoprof_granule
+
+    n = int(n_profiles or cfg.cloudsat_profiles)
+    if n < 2:
+        raise ValueError("a granule needs at least 2 profiles")
+    start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    arr = geoprof_arrays(start, n, seed, site)
+    return write_geoprof_granule(
+        Path(path_dir), reflectivity_dbz=arr["reflectivity_dbz"], height_m=arr["height_m"],
+        cloud_mask=arr["cloud_mask"], latitude=arr["latitude"], longitude=arr["longitude"],
+        profile_time_s=arr["profile_time_s"], start=start, dem_elevation_m=arr["dem_elevation_m"],
+        land_sea_flag=arr["land_sea_flag"], granule_number=int(arr["granule_number"]))
+
+
+__all__ = ["generate_cloudsat_granule", "geoprof_arrays", "granule_number_for", "track"]

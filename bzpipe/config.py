@@ -156,6 +156,15 @@ class IngestConfig(SitesAndTimes):
     retry_delay_s: float = Field(5.0, ge=0)
     request_timeout_s: float = Field(120.0, gt=0)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    kazr_datastream: str | None = Field(
+        None, description="KaZR datastream class (e.g. kazrge); default: each site's kazr_datastream")
+    kazr_level: str | None = Field(None, description="KaZR data level (e.g. a1); default: each site's")
+    arm_live_url: str = Field("https://adc.arm.gov", description="ARM Live Data Webservice base URL")
+    cds_poll_max_s: float = Field(120.0, gt=0, description="longest wait between CDS job status polls")
+    arm_username_secret: str = Field("arm-username", description="Prefect Secret block (flows, if no env)")
+    arm_token_secret: str = Field("arm-token", description="Prefect Secret block (flows, if no env)")
+    cds_key_secret: str = Field("cds-api-key", description="Prefect Secret block (flows, if no env)")
+    tmp_dir: str | None = Field(None, description="local folder for downloads in flight; default: system temp")
 
     @field_validator("era5_levels_hpa")
     @classmethod
@@ -172,7 +181,7 @@ class GridConfig(BaseModel):
 
     n_heights: int = Field(128, ge=16)
     top_m: float = Field(10000.0, gt=0, description="top of the height grid above ground, m")
-    time_step_s: float = Field(4.0, gt=0)
+    time_step_s: float = Field(4.0, gt=0, description="output time step; bins [t, t + step) labelled by t")
 
     @property
     def dz_m(self) -> float:
@@ -208,17 +217,26 @@ class BuildConfig(SitesAndTimes):
     grid: GridConfig = Field(default_factory=GridConfig)
     patch: PatchConfig = Field(default_factory=PatchConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
-    cold_threshold_c: float = -2.0
+    cold_threshold_c: float | None = Field(
+        -2.0, description="keep samples whose surface temperature stays below this (degC); None keeps all")
+    met_max_gap_s: float = Field(600.0, gt=0, description="longest met gap bridged by interpolation, s")
+    era5_max_gap_s: float = Field(3 * 3600.0, gt=0, description="longest ERA-5 gap bridged in time, s")
     era5_columns: Literal["nearest", "bilinear"] = "nearest"
+    chunk_samples: int = Field(8, ge=1, description="samples per Zarr chunk of x")
+    region_samples: int = Field(128, ge=1, description="samples per region write (multiple of chunk_samples)")
+    overwrite: bool = Field(False, description="replace a complete dataset version built with another config")
     version: str = Field("v1", pattern=r"^[A-Za-z0-9_.-]+$", description="dataset version name")
     dask_address: str | None = Field(None, description="existing scheduler; env DASK_SCHEDULER_ADDRESS")
     n_workers: int = Field(2, ge=1)
     threads_per_worker: int = Field(1, ge=1)
+    dask_processes: bool = Field(True, description="LocalCluster workers as processes (False: threads)")
 
     @model_validator(mode="after")
     def _patch_fits(self) -> "BuildConfig":
         if self.patch.blind_zone_rows >= self.grid.n_heights:
             raise ValueError("blind zone must be shallower than the height grid")
+        if self.region_samples % self.chunk_samples:
+            raise ValueError("region_samples must be a multiple of chunk_samples")
         return self
 
 
@@ -243,6 +261,17 @@ class TrainConfig(StageConfig):
     amp: bool = True
     backend: Literal["local", "torchrun", "kubernetes", "slurm"] = "local"
     nproc_per_node: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1, description="nodes (kubernetes / slurm backends)")
+    resume: bool = Field(True, description="continue from models/<run_name>/checkpoint-last.pt if it exists")
+    amp_dtype: Literal["bf16", "fp16"] = Field("bf16", description="GPU autocast dtype (fp16: + GradScaler)")
+    channels_last: bool = Field(True, description="channels_last memory format on GPU")
+    max_val_batches: int | None = Field(None, ge=1)
+    val_ramp_rows: int = Field(0, ge=0, description="ramp above the blind zone for the validation loss")
+    image: str = Field("bzpipe:latest", description="container image (kubernetes backend)")
+    k8s_namespace: str = "default"
+    slurm_partition: str | None = None
+    slurm_time: str = "24:00:00"
+    wait: bool = Field(True, description="cluster backends: block until the job ends")
 
 
 class EvalConfig(StageConfig):
@@ -258,6 +287,37 @@ class EvalConfig(StageConfig):
     cloud_fraction_threshold: float = 0.05
     precip_threshold_dbz: float = -20.0
     max_patches: int | None = Field(None, ge=1)
+    checkpoint: Literal["best", "last"] = "best"
+    ramp_rows: int = Field(0, ge=0, description="rows above the blind zone also hidden from the U-Net")
+    baselines: tuple[str, ...] = Field(("REP", "MAR", "TELEA", "NS"), description="of REP, MAR, TELEA, NS")
+    mar_window: int = Field(17, ge=1, description="marching-average window (odd), pixels")
+    inpaint_radius: float = Field(5.0, gt=0, description="cv2.inpaint neighbourhood radius, pixels")
+    confidence: float = Field(0.9, gt=0, lt=1, description="bootstrap interval level")
+    batch_size: int = Field(16, ge=1, description="patches per model batch")
+    mc_max_batch: int = Field(64, ge=1, description="samples x passes per forward pass")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    n_cases: int = Field(3, ge=0, description="example curtains in the report")
+    spread_skill_bins: int = Field(10, ge=1)
+    xai: bool = True
+    xai_samples: int = Field(16, ge=1, description="patches for saliency and drop-channel importance")
+    drop_channel: Literal["mean", "shuffle"] = Field(
+        "mean", description="drop a channel by its training mean (0 standardized) or by shuffling patches")
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        v = tuple(b.upper() for b in v)
+        unknown = [b for b in v if b not in ("REP", "MAR", "TELEA", "NS")]
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}; choose from REP, MAR, TELEA, NS")
+        return v
+
+    @field_validator("mar_window")
+    @classmethod
+    def _odd_window(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"mar_window must be odd, got {v}")
+        return v
 
 
 class InferConfig(StageConfig):
@@ -272,6 +332,16 @@ class InferConfig(StageConfig):
     dask_address: str | None = None
     n_workers: int = Field(2, ge=1)
     expected_release: str | None = Field("R05", description="granules of another release are quarantined")
+    which: str = Field("best", description="checkpoint of the run to apply (best, last)")
+    cloud_mask_min: int | None = Field(20, ge=0, le=40, description="CPR cloud mask for echo; None: all")
+    max_profiles: int | None = Field(None, ge=1, description="only the first N profiles (tests, benchmarks)")
+    threads_per_worker: int = Field(1, ge=1)
+    era5_source: Literal["offline", "cds"] = Field("offline", description="fetches missing ERA-5 (5-ch models)")
+    emit_dedupe_s: float = Field(3600.0, ge=0, description="the scanner re-emits a granule only after this")
+    scan_interval_s: float = Field(600.0, gt=0, description="schedule of the landing scanner")
+    plot: bool = Field(True, description="write a curtain PNG beside each output")
+    sites: list[str | Site] = Field(default_factory=lambda: ["nsa", "oli"],
+                                    description="sites whose ERA-5 boxes a 5-channel model reads along the track")
 
 
 class PipelineConfig(BaseModel):
@@ -361,6 +431,13 @@ def _hand_down(data: dict[str, Any]) -> dict[str, Any]:
         for k, v in shared.items():
             if k in fields:
                 section.setdefault(k, v)
+    # later stages read what earlier ones wrote: link their names unless set explicitly
+    version = data["build"].get("version")
+    run = data["train"].get("run_name")
+    for stage, key, value in (("train", "dataset", version), ("evaluate", "dataset", version),
+                              ("evaluate", "run_name", run), ("infer", "run_name", run)):
+        if value is not None:
+            data[stage].setdefault(key, value)
     return data
 
 

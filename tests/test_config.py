@@ -77,3 +77,10 @@ def test_config_record_round_trips():
     rec = config_record(cfg)
     assert rec["type"] == "BuildConfig"
     assert BuildConfig.model_validate(rec["values"]) == cfg
+
+
+def test_later_stages_follow_earlier_names():
+    cfg = load_pipeline_config(overrides=["build.version=v9", "train.run_name=r2", "infer.run_name=other"])
+    assert cfg.train.dataset == "v9" and cfg.evaluate.dataset == "v9"
+    assert cfg.evaluate.run_name == "r2"
+    assert cfg.infer.run_name == "other"   # an explicit value is kept

@@ -1,0 +1,326 @@
+"""Ingest raw files into the store: plan the items of a site list and date range, fetch one item.
+
+An item is one file: a KaZR or surface-met file of one ARM datastream, or one
+ERA-5 site-month.  Fetching one item follows the same path whatever the
+source (``offline`` = the synthetic generator, ``arm`` = ARM Live, ``cds`` =
+the Copernicus CDS):
+
+1. skip it if the store already holds it with a manifest entry whose checksum
+   matches the stored bytes;
+2. fetch it into a private temporary folder;
+3. verify it: non-empty, and readable by bzpipe's reader for its kind (a
+   truncated or garbled file fails here);
+4. put it into the store atomically and record its checksum, size and
+   provenance in the manifest.
+
+A failure anywhere leaves the store as it was: no partial file under the key,
+no manifest entry.  Store layout::
+
+    raw/kazr/<site>/<ARM file name>
+    raw/met/<site>/<ARM file name>
+    raw/era5/<site>/era5_<site>_<YYYYMM>.nc
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from bzpipe.config import IngestConfig, Site, resolve_site
+from bzpipe.credentials import ArmCredentials, CdsCredentials
+from bzpipe.errors import (AuthenticationError, BzpipeError, ConfigError, DownloadError, EmptyDataError,
+                           InputFileError, StoreError)
+from bzpipe.provenance import provenance_record, sha256_file
+from bzpipe.store import Store
+
+log = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("kazr", "met", "era5")
+
+#: netCDF-C / HDF5 are not thread-safe: generating and decoding files is serialized within a
+#: process (flows run tasks in threads); network transfers are not.
+NETCDF_LOCK = threading.Lock()
+
+
+class IngestFailedError(BzpipeError):
+    """Some items could not be ingested; ``failed`` maps each store key to its error message."""
+
+    def __init__(self, failed: dict[str, str], total: int) -> None:
+        self.failed = dict(failed)
+        lines = "\n".join(f"  {k}: {m}" for k, m in sorted(self.failed.items()))
+        super().__init__(f"{len(self.failed)} of {total} ingest item(s) failed:\n{lines}")
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    """One file to ingest.  Plain strings only, so that it travels as a task parameter."""
+
+    kind: str
+    site: str
+    name: str
+    source: str
+    datastream: str = ""
+    day: str = ""
+    month: str = ""
+
+    @property
+    def key(self) -> str:
+        return Store.raw_key(self.kind, self.name, self.site)
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | IngestItem) -> IngestItem:
+        return d if isinstance(d, IngestItem) else cls(**d)
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What happened to one item: ``fetched`` or ``skipped`` (already complete)."""
+
+    key: str
+    kind: str
+    site: str
+    source: str
+    status: Literal["fetched", "skipped"]
+    sha256: str
+    size: int
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- sites, names
+
+
+def site_for(cfg: IngestConfig, site: str | Site) -> Site:
+    """The site with the config's KaZR datastream / level overrides applied."""
+    s = resolve_site(site)
+    pairs = (("kazr_datastream", cfg.kazr_datastream), ("kazr_level", cfg.kazr_level))
+    update = {k: v for k, v in pairs if v}
+    return s.model_copy(update=update) if update else s
+
+
+def arm_datastream(cfg: IngestConfig, site: str | Site, kind: str) -> str:
+    """Full ARM datastream of ``kind`` (kazr, met) at ``site``, e.g. ``nsaarsclkazr1kolliasC1.c0``."""
+    s = site_for(cfg, site)
+    return s.datastream("kazr") if kind == "kazr" else s.datastream("met")
+
+
+def era5_file_name(site: str, year: int, month: int) -> str:
+    return f"era5_{site}_{year:04d}{month:02d}.nc"
+
+
+def months(cfg: IngestConfig) -> list[tuple[int, int]]:
+    return sorted({(d.year, d.month) for d in cfg.days()})
+
+
+def arm_kinds(cfg: IngestConfig, kinds: Iterable[str]) -> list[str]:
+    return [k for k in ("kazr", "met") if k in kinds and (k == "kazr" or cfg.fetch_met)]
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_era5(cfg: IngestConfig) -> list[IngestItem]:
+    """One item per site-month of the date range (the file always holds the whole month)."""
+    return [IngestItem(kind="era5", site=s.name, name=era5_file_name(s.name, y, m), source=cfg.era5_source,
+                       month=f"{y:04d}-{m:02d}")
+            for s in cfg.site_objects() for (y, m) in months(cfg)]
+
+
+def plan_arm_offline(cfg: IngestConfig, kind: str) -> list[IngestItem]:
+    """One item per site-day: the names the synthetic generator writes (real ARM naming)."""
+    from bzpipe.sources import synthetic
+
+    name_of = synthetic.kazr_file_name if kind == "kazr" else synthetic.met_file_name
+    items = []
+    for s in cfg.site_objects():
+        site = site_for(cfg, s)
+        ds = arm_datastream(cfg, site, kind)
+        for d in cfg.days():
+            items.append(IngestItem(kind=kind, site=site.name, name=name_of(site, d), source="offline",
+                                    datastream=ds, day=d.isoformat()))
+    return items
+
+
+def plan_arm_remote(cfg: IngestConfig, site: str, kind: str, creds: ArmCredentials) -> list[IngestItem]:
+    """Ask ARM Live which files of the site's ``kind`` datastream exist in the date range."""
+    from bzpipe.sources.arm.download import list_arm_files, parse_arm_name
+
+    ds = arm_datastream(cfg, site, kind)
+    names = list_arm_files(creds, ds, cfg.start, cfg.end, base_url=cfg.arm_live_url,
+                           timeout_s=cfg.request_timeout_s)
+    return [IngestItem(kind=kind, site=resolve_site(site).name, name=n, source="arm", datastream=ds,
+                       day=parse_arm_name(n).day.isoformat()) for n in names]
+
+
+def plan(cfg: IngestConfig, kinds: Iterable[str] = KINDS, *,
+         arm: ArmCredentials | None = None) -> list[IngestItem]:
+    """Every item of the config's sites and date range (queries ARM Live for the ``arm`` source)."""
+    kinds = list(kinds)
+    items: list[IngestItem] = []
+    for kind in arm_kinds(cfg, kinds):
+        if cfg.kazr_source == "offline":
+            items += plan_arm_offline(cfg, kind)
+        else:
+            if arm is None:
+                raise AuthenticationError("ARM Live credentials are needed for kazr_source='arm' "
+                                          "(ARM_USERNAME, ARM_TOKEN)")
+            for s in cfg.site_objects():
+                items += plan_arm_remote(cfg, s.name, kind, arm)
+    if "era5" in kinds:
+        items += plan_era5(cfg)
+    return items
+
+
+# --------------------------------------------------------------------------- one item
+
+
+def is_present(store: Store, key: str) -> bool:
+    """True if ``key`` is in the store with a manifest entry whose checksum matches its bytes."""
+    if not store.is_complete(key):
+        return False
+    if store.verify(key):
+        return True
+    log.warning("%s: stored bytes do not match the manifest checksum; fetching again", store.uri(key))
+    return False
+
+
+def verify_file(kind: str, path: Path) -> None:
+    """Raise :class:`InputFileError` unless ``path`` is a non-empty file bzpipe's reader can load.
+
+    A complete file that only holds missing values (a clear-sky radar day, an outage) is kept:
+    it is what the service has, and later stages skip it.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        raise InputFileError(path, "downloaded file is missing or empty")
+    if kind == "kazr":
+        from bzpipe.sources.arm.reader import read_kazr as reader
+    elif kind == "met":
+        from bzpipe.sources.arm.reader import read_met as reader
+    elif kind == "era5":
+        from bzpipe.sources.era5.reader import read_era5 as reader
+    else:
+        raise ValueError(f"unknown ingest kind {kind!r}")
+    try:
+        with NETCDF_LOCK:
+            ds = reader(path)
+            try:
+                ds.load()
+            finally:
+                ds.close()
+    except EmptyDataError as e:
+        log.warning("%s: complete but without usable data (%s); stored as delivered", path.name, e.problem)
+    except InputFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure means the file is not usable
+        raise InputFileError(path, f"not readable as {kind} ({type(e).__name__}: {e})") from e
+
+
+def fetch(item: IngestItem, cfg: IngestConfig, dest_dir: Path, *, arm: ArmCredentials | None = None,
+          cds: CdsCredentials | None = None) -> tuple[Path, dict[str, Any]]:
+    """Fetch ``item`` into ``dest_dir``; return the local file and what to record about its source."""
+    site = site_for(cfg, item.site)
+    if item.source == "offline":
+        from bzpipe.sources import synthetic
+
+        with NETCDF_LOCK:
+            if item.kind == "era5":
+                y, m = (int(x) for x in item.month.split("-"))
+                path = synthetic.write_era5_month(dest_dir, site, y, m, cfg.era5_levels_hpa, cfg.era5_box_deg,
+                                                  cfg.seed, layout="cds")
+            else:
+                writer = synthetic.write_kazr_day if item.kind == "kazr" else synthetic.write_met_day
+                path = writer(dest_dir, site, date.fromisoformat(item.day), cfg.synthetic, cfg.seed)
+        path = Path(path)
+        if path.name != item.name:
+            raise DownloadError(f"offline generator wrote {path.name}, expected {item.name}")
+        return path, {"source": "offline", "generator": "bzpipe.sources.synthetic"}
+    if item.source == "arm":
+        from bzpipe.sources.arm.download import download_arm_file
+
+        if arm is None:
+            raise AuthenticationError("ARM Live credentials are missing (ARM_USERNAME, ARM_TOKEN)")
+        path = download_arm_file(arm, item.name, dest_dir, base_url=cfg.arm_live_url,
+                                 timeout_s=cfg.request_timeout_s)
+        return path, {"source": "arm", "service": cfg.arm_live_url, "datastream": item.datastream}
+    if item.source == "cds":
+        from bzpipe.sources.era5.download import DATASET, download_era5_month
+
+        if cds is None:
+            raise AuthenticationError("CDS credentials are missing (CDSAPI_URL/CDSAPI_KEY or ~/.cdsapirc)")
+        y, m = (int(x) for x in item.month.split("-"))
+        path, request = download_era5_month(cds, site, y, m, cfg.era5_levels_hpa, cfg.era5_box_deg,
+                                            dest_dir / item.name, timeout_s=cfg.request_timeout_s,
+                                            poll_max_s=cfg.cds_poll_max_s)
+        return path, {"source": "cds", "service": cds.url, "dataset": DATASET, "request": request}
+    raise ConfigError(f"unknown source {item.source!r} for {item.key}")
+
+
+def present_outcome(item: IngestItem, store: Store) -> IngestOutcome | None:
+    """A ``skipped`` outcome if the item is already complete in the store, else None."""
+    if not is_present(store, item.key):
+        return None
+    e = store.entry(item.key)
+    assert e is not None
+    log.info("%s: already present (sha256 %s), skipped", item.key, e.sha256[:12])
+    return IngestOutcome(item.key, item.kind, item.site, item.source, "skipped", e.sha256, e.size,
+                         "already present with matching checksum")
+
+
+def ingest_item(item: IngestItem | dict[str, Any], cfg: IngestConfig, store: Store | None = None, *,
+                arm: ArmCredentials | None = None, cds: CdsCredentials | None = None,
+                force: bool = False,
+                fetch_slot: Callable[[], AbstractContextManager[Any]] | None = None) -> IngestOutcome:
+    """Skip, or fetch + verify + atomically store one item (see the module docstring).
+
+    ``fetch_slot``: a context manager held around the fetch alone (not the checks or the
+    upload), e.g. a slot of a per-service concurrency limit.
+    """
+    item = IngestItem.from_dict(item)
+    store = store or Store(cfg.store_root)
+    key = item.key
+    if not force and (done := present_outcome(item, store)) is not None:
+        return done
+    tmp_parent = cfg.tmp_dir
+    if tmp_parent:
+        Path(tmp_parent).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bzpipe-dl-", dir=tmp_parent) as d:
+        with fetch_slot() if fetch_slot else contextlib.nullcontext():
+            path, source_info = fetch(item, cfg, Path(d), arm=arm, cds=cds)
+        verify_file(item.kind, path)
+        digest = sha256_file(path)
+        producer = provenance_record(cfg, stage="ingest", kind=item.kind, site=item.site, **source_info)
+        entry = store.put_file(path, key, producer=producer, sha256=digest)
+    log.info("%s: stored (%d bytes, sha256 %s)", key, entry.size, entry.sha256[:12])
+    return IngestOutcome(key, item.kind, item.site, item.source, "fetched", entry.sha256, entry.size)
+
+
+# --------------------------------------------------------------------------- retry policy
+
+_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether retrying can help: not for rejected credentials or requests, bad config, a full or
+    read-only store, or a file that downloads fine but cannot be read."""
+    if isinstance(exc, (AuthenticationError, ConfigError)):
+        return False
+    if isinstance(exc, StoreError):
+        cause = exc.__cause__
+        return not (isinstance(cause, OSError) and cause.errno in _PERMANENT_ERRNOS)
+    if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
+        return False
+    return bool(getattr(exc, "retryable", True))

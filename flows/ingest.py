@@ -1,0 +1,291 @@
+"""Prefect flows that fill ``raw/`` in the store: ``ingest_kazr``, ``ingest_era5`` and ``ingest``.
+
+Each takes a site list and date range as an :class:`~bzpipe.config.IngestConfig`
+(or a config file, plus ``key=value`` overrides) and runs one task per file
+(ARM) or per site-month (ERA-5):
+
+* retries with exponential backoff, except for errors that a retry cannot fix
+  (rejected credentials or requests, a full or read-only store):
+  ``retry_condition_fn`` asks :func:`bzpipe.ingest.is_retryable`;
+* at most ``arm_concurrency`` / ``cds_concurrency`` requests in flight per
+  service, across all flow runs: Prefect global concurrency limits ``arm-live``
+  and ``cds`` (created with the config's values when missing, left as they are
+  when an operator has already set them);
+* a progress artifact while it runs and a table artifact of every item:
+  fetched, skipped (already present with a matching checksum) or failed;
+* a failed item does not stop the others; the flow ends Failed and its message
+  lists what failed.
+
+Credentials are resolved inside each task that needs them, from the
+environment (``ARM_USERNAME``/``ARM_TOKEN``, ``CDSAPI_URL``/``CDSAPI_KEY`` or
+``~/.cdsapirc``) or from Prefect Secret blocks named in the config; they are
+never task or flow parameters, so Prefect never records them.
+
+Run: ``python -m flows.ingest [--config FILE] [--set key=value ...] [--what kazr|era5|all]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.futures import as_completed
+from prefect.tasks import exponential_backoff
+
+from bzpipe.config import IngestConfig
+from bzpipe.credentials import (DEFAULT_CDS_URL, ArmCredentials, CdsCredentials, arm_credentials_from_env,
+                                cds_credentials_from_env, redact, register_secrets)
+from bzpipe.errors import AuthenticationError
+from bzpipe.ingest import (IngestFailedError, IngestItem, arm_datastream, arm_kinds, ingest_item,
+                           is_retryable, plan_arm_offline, plan_arm_remote, plan_era5, present_outcome)
+from bzpipe.store import Store
+from flows import logging_setup  # noqa: F401  (bzpipe's log lines reach the Prefect UI)
+from flows.common import resolve_config
+
+ARM_LIMIT = "arm-live"
+CDS_LIMIT = "cds"
+REPORT_KEY = "ingest-report"
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def _secret(name: str) -> str | None:
+    """The value of a Prefect Secret block, or None if there is no such block."""
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(name).get()
+    except ValueError:  # no block document of that name
+        return None
+    return str(value) if value else None
+
+
+def arm_credentials(cfg: IngestConfig) -> ArmCredentials:
+    """ARM Live credentials from the environment, else from the configured Secret blocks."""
+    creds = arm_credentials_from_env()
+    if creds is None:
+        user, token = _secret(cfg.arm_username_secret), _secret(cfg.arm_token_secret)
+        if user and token:
+            creds = ArmCredentials(user, token)
+            register_secrets(creds.secrets)
+    if creds is None:
+        raise AuthenticationError(
+            "no ARM Live credentials: set ARM_USERNAME and ARM_TOKEN, or create the Prefect Secret blocks "
+            f"{cfg.arm_username_secret!r} and {cfg.arm_token_secret!r}")
+    return creds
+
+
+def cds_credentials(cfg: IngestConfig) -> CdsCredentials:
+    """CDS credentials from the environment / ``~/.cdsapirc``, else from the configured Secret block."""
+    creds = cds_credentials_from_env()
+    if creds is None:
+        key = _secret(cfg.cds_key_secret)
+        if key:
+            creds = CdsCredentials(os.environ.get("CDSAPI_URL") or DEFAULT_CDS_URL, key)
+            register_secrets(creds.secrets)
+    if creds is None:
+        raise AuthenticationError(
+            "no CDS API key: set CDSAPI_URL and CDSAPI_KEY, write ~/.cdsapirc, or create the Prefect Secret "
+            f"block {cfg.cds_key_secret!r}")
+    return creds
+
+
+# --------------------------------------------------------------------------- limits, retries
+
+
+def ensure_concurrency_limits(cfg: IngestConfig,
+                              names: Sequence[str] = (ARM_LIMIT, CDS_LIMIT)) -> dict[str, int]:
+    """Create the per-service global concurrency limits if missing; return the limits in force."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    wanted = {ARM_LIMIT: cfg.arm_concurrency, CDS_LIMIT: cfg.cds_concurrency}
+    out = {}
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                out[name] = client.read_global_concurrency_limit_by_name(name).limit
+                continue
+            except ObjectNotFound:
+                pass
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=wanted[name], active=True))
+            except ObjectAlreadyExists:  # another run created it meanwhile
+                pass
+            out[name] = client.read_global_concurrency_limit_by_name(name).limit
+    return out
+
+
+def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn``: retry unless the error is one a retry cannot fix (e.g. HTTP 401)."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - classify whatever the task raised
+        return is_retryable(exc)
+    return True
+
+
+def with_retries(t: Any, cfg: IngestConfig) -> Any:
+    """``t`` with the config's retries, exponential backoff from ``retry_delay_s``, and no retry for
+    permanent errors."""
+    return t.with_options(retries=cfg.retries,
+                          retry_delay_seconds=exponential_backoff(backoff_factor=cfg.retry_delay_s),
+                          retry_condition_fn=retry_unless_permanent)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@task(name="list-arm-files", cache_policy=NO_CACHE, persist_result=False)
+def list_arm_files_task(cfg: IngestConfig, site: str, kind: str) -> list[dict[str, str]]:
+    """Ask ARM Live which files of ``site``'s ``kind`` datastream exist in the date range."""
+    creds = arm_credentials(cfg)
+    with concurrency(ARM_LIMIT, occupy=1):
+        items = plan_arm_remote(cfg, site, kind, creds)
+    get_run_logger().info("ARM Live lists %d file(s) of %s", len(items), arm_datastream(cfg, site, kind))
+    return [i.to_dict() for i in items]
+
+
+@task(name="ingest-file", task_run_name="ingest-{item[name]}", cache_policy=NO_CACHE, persist_result=False)
+def ingest_file_task(item: dict[str, str], cfg: IngestConfig) -> dict[str, Any]:
+    """Skip, or fetch + verify + store one file; holds a slot of the service's limit while it downloads."""
+    logger = get_run_logger()
+    it = IngestItem.from_dict(item)
+    store = Store(cfg.store_root)
+    done = present_outcome(it, store)
+    if done is None:
+        arm = arm_credentials(cfg) if it.source == "arm" else None
+        cds = cds_credentials(cfg) if it.source == "cds" else None
+        limit = {"arm": ARM_LIMIT, "cds": CDS_LIMIT}.get(it.source)
+        slot = (lambda: concurrency(limit, occupy=1)) if limit else None
+        done = ingest_item(it, cfg, store, arm=arm, cds=cds, force=True, fetch_slot=slot)
+    logger.info("%s: %s (%d bytes)", done.key, done.status, done.size)
+    return done.to_dict()
+
+
+# --------------------------------------------------------------------------- flows
+
+
+def _row(item: IngestItem, status: str, size: int | None = None, sha256: str = "", message: str = "") -> dict:
+    return {"key": item.key, "kind": item.kind, "site": item.site, "source": item.source, "status": status,
+            "size": size if size is not None else "", "sha256": sha256[:16], "message": message}
+
+
+def _error_text(state: Any) -> str:
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as e:  # noqa: BLE001
+        exc = e
+    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else (state.message or "failed")
+    return redact(text)
+
+
+def run_ingest(cfg: IngestConfig, kinds: Sequence[str]) -> dict[str, Any]:
+    """Plan, fetch every item in parallel tasks, report; raise IngestFailedError if any item failed."""
+    logger = get_run_logger()
+    remote = ("kazr" in kinds and cfg.kazr_source == "arm") or ("era5" in kinds and cfg.era5_source == "cds")
+    if remote:
+        limits = ensure_concurrency_limits(cfg)
+        logger.info("concurrency limits in force: %s", limits)
+
+    rows: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    fetch = with_retries(ingest_file_task, cfg)
+    futures: dict[Any, IngestItem] = {}
+
+    def submit(items: list[IngestItem]) -> None:
+        futures.update({fetch.submit(i.to_dict(), cfg): i for i in items})
+
+    listings = []
+    for kind in arm_kinds(cfg, kinds):
+        if cfg.kazr_source == "offline":
+            submit(plan_arm_offline(cfg, kind))
+        else:
+            lister = with_retries(list_arm_files_task, cfg)
+            listings += [(s.name, kind, lister.submit(cfg, s.name, kind)) for s in cfg.site_objects()]
+    if "era5" in kinds:
+        submit(plan_era5(cfg))  # ERA-5 months start while ARM Live is still being asked for its lists
+    for site, kind, fut in listings:
+        fut.wait()  # sets the in-memory final state (the API's copy carries no result data)
+        if fut.state.is_completed():
+            submit([IngestItem.from_dict(d) for d in fut.result()])
+        else:
+            key = f"raw/{kind}/{site}/ (listing of {arm_datastream(cfg, site, kind)})"
+            failed[key] = _error_text(fut.state)
+            rows.append({"key": key, "kind": kind, "site": site, "source": "arm", "status": "failed",
+                         "size": "", "sha256": "", "message": failed[key]})
+
+    total = len(futures)
+    logger.info("ingest plan: %d item(s) for sites %s, %s..%s", total,
+                [s.name for s in cfg.site_objects()], cfg.start, cfg.end)
+    progress_id = create_progress_artifact(0.0, description=f"ingest of {total} file(s)")
+    done = 0
+    for fut in as_completed(list(futures)):
+        item = futures[fut]
+        fut.wait()
+        if fut.state.is_completed():
+            out = fut.result()
+            rows.append(_row(item, out["status"], out["size"], out["sha256"], out.get("message", "")))
+        else:
+            failed[item.key] = _error_text(fut.state)
+            rows.append(_row(item, "failed", message=failed[item.key]))
+            logger.error("%s failed: %s", item.key, failed[item.key])
+        done += 1
+        update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
+    if total == 0:
+        update_progress_artifact(progress_id, 100.0)
+
+    rows.sort(key=lambda r: r["key"])
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("fetched", "skipped", "failed")}
+    create_table_artifact(rows, key=REPORT_KEY, description=(
+        f"# Ingest {cfg.start}..{cfg.end}\n\nstore `{cfg.store_root}`: {counts['fetched']} fetched, "
+        f"{counts['skipped']} skipped (already present, checksum matches), {counts['failed']} failed"))
+    logger.info("ingest done: %s", counts)
+    if failed:
+        raise IngestFailedError(failed, total=len(rows))
+    return {"counts": counts, "items": rows}
+
+
+@flow(name="ingest-kazr")
+def ingest_kazr(config: IngestConfig | None = None, config_path: str | None = None,
+                overrides: list[str] | None = None) -> dict[str, Any]:
+    """KaZR (and, with ``fetch_met``, surface met) files for the sites and dates."""
+    return run_ingest(resolve_config(IngestConfig, config, config_path, overrides), ("kazr", "met"))
+
+
+@flow(name="ingest-era5")
+def ingest_era5(config: IngestConfig | None = None, config_path: str | None = None,
+                overrides: list[str] | None = None) -> dict[str, Any]:
+    """ERA-5 pressure-level months for the sites and dates."""
+    return run_ingest(resolve_config(IngestConfig, config, config_path, overrides), ("era5",))
+
+
+@flow(name="ingest")
+def ingest(config: IngestConfig | None = None, config_path: str | None = None,
+           overrides: list[str] | None = None) -> dict[str, Any]:
+    """Everything the dataset build needs: KaZR, met and ERA-5."""
+    return run_ingest(resolve_config(IngestConfig, config, config_path, overrides), ("kazr", "met", "era5"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flows.ingest", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="YAML/JSON/TOML file (ingest section or a whole pipeline file)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--what", choices=("all", "kazr", "era5"), default="all")
+    a = p.parse_args(argv)
+    fl = {"all": ingest, "kazr": ingest_kazr, "era5": ingest_era5}[a.what]
+    state = fl(config_path=a.config, overrides=a.overrides or None, return_state=True)
+    return 0 if state.is_completed() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""The leak-free split: decorrelation time, blocks, assignment, and the no-overlap property."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bzpipe.split import (NS, SPLITS, assign_blocks, autocorrelation, efolding_time, make_blocks,
+                          make_split, place_patches, season_of, usable_intervals)
+
+
+def ns(t: str) -> int:
+    return int(np.datetime64(t, "ns").astype(np.int64))
+
+
+def ar1(n: int, tau_steps: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    phi = np.exp(-1.0 / tau_steps)
+    x = np.zeros(n)
+    e = rng.standard_normal(n) * np.sqrt(1 - phi**2)
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + e[i]
+    return x
+
+
+def test_efolding_time_of_an_ar1_series_with_gaps() -> None:
+    x = ar1(100_000, tau_steps=50.0)
+    tau, found = efolding_time(x, step_s=4.0, max_lag_s=2000.0)
+    assert found and tau == pytest.approx(200.0, rel=0.1)        # 50 steps of 4 s
+    x[20_000:30_000] = np.nan                                     # a gap: pairs across it are not used
+    x[::97] = np.nan
+    tau_gap, _ = efolding_time(x, step_s=4.0, max_lag_s=2000.0)
+    assert tau_gap == pytest.approx(200.0, rel=0.1)
+    acf = autocorrelation(x, 10)
+    assert acf[0] == 1.0 and np.all(np.diff(acf) < 0.05)
+
+
+def test_efolding_not_reached_is_conservative() -> None:
+    x = np.linspace(0, 1, 500)                                     # a trend: never decorrelates
+    assert efolding_time(x, 60.0, 600.0) == (600.0, False)
+    assert efolding_time(np.ones(100), 60.0, 600.0) == (600.0, False)  # constant: undefined
+
+
+def test_blocks_align_to_epoch_and_seasons() -> None:
+    b = make_blocks(ns("2019-02-27T05:00"), ns("2019-03-02T00:00"), 24 * 3600 * NS)
+    edges = b[:, 0].astype("datetime64[ns]").astype(str)
+    assert edges[0].startswith("2019-02-27T05") and edges[1].startswith("2019-02-28T00")
+    assert "2019-03-01T00:00:00.000000000" in edges                 # season boundary
+    assert np.all(b[1:, 0] == b[:-1, 1])
+    assert list(season_of(b[:, 0])) == ["DJF", "DJF", "MAM"]
+    assert list(season_of(np.array(["2019-12-01", "2019-06-30", "2019-10-01"], dtype="datetime64[ns]"))) \
+        == ["DJF", "JJA", "SON"]
+
+
+def test_assignment_hits_fractions_per_site_and_season() -> None:
+    rng = np.random.default_rng(3)
+    n = 400
+    amounts = rng.uniform(0, 10, (n, 2))
+    amounts[:, 1] *= rng.random(n) > 0.3                           # site 2 has gaps
+    strata = np.where(np.arange(n) < 200, "DJF", "MAM")
+    lab = assign_blocks(amounts, strata, (0.7, 0.15, 0.15), seed=1)
+    for s in ("DJF", "MAM"):
+        for site in range(2):
+            a = amounts[strata == s, site]
+            share = [a[lab[strata == s] == k].sum() / a.sum() for k in range(3)]
+            np.testing.assert_allclose(share, [0.7, 0.15, 0.15], atol=0.03)
+    assert np.array_equal(lab, assign_blocks(amounts, strata, (0.7, 0.15, 0.15), seed=1))  # seeded
+    only_train = assign_blocks(amounts, strata, (1.0, 0.0, 0.0))
+    assert np.all(only_train == 0)
+
+
+def test_intervals_leave_the_gap_between_splits() -> None:
+    blocks = np.array([[0, 100], [100, 200], [200, 300], [300, 400]], dtype=np.int64)
+    iv = usable_intervals(blocks, np.array([0, 0, 1, 0]), gap_ns=30)
+    assert iv.tolist() == [[0, 185, 0], [215, 285, 1], [315, 400, 0]]
+
+
+def test_place_patches_fill_runs() -> None:
+    m = np.array([1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1], bool)
+    assert place_patches(m, 3, 3).tolist() == [0, 6, 9]
+    assert place_patches(m, 3, 1).tolist() == [0, 1, 2, 6, 7, 8, 9, 10]
+    assert place_patches(np.zeros(5, bool), 2, 1).size == 0
+
+
+@st.composite
+def timelines(draw):  # type: ignore[no-untyped-def]
+    n = draw(st.integers(5, 2500))
+    step_s = draw(st.sampled_from([1.0, 4.0, 60.0, 300.0]))
+    start = draw(st.sampled_from(["2019-02-27T20:00", "2019-05-31T23:30", "2019-07-10T00:00",
+                                  "2019-11-30T12:34:56"]))
+    f = np.array(draw(st.lists(st.integers(0, 10), min_size=3, max_size=3)), float)
+    if f.sum() == 0:
+        f[0] = 1
+    n_sites = draw(st.integers(1, 3))
+    density = draw(st.floats(0.05, 1.0))
+    seed = draw(st.integers(0, 2**16))
+    return dict(n=n, step_s=step_s, t0=ns(start), fractions=tuple(f / f.sum()), n_sites=n_sites,
+                density=density, seed=seed, gap_steps=draw(st.integers(0, 300)),
+                block_steps=draw(st.integers(1, 800)), width=draw(st.integers(1, 64)),
+                stride=draw(st.integers(1, 64)), run=draw(st.integers(1, 200)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(timelines())
+def test_no_patch_of_one_split_comes_near_another_split(tl) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(tl["seed"])
+    n, step_ns = tl["n"], int(tl["step_s"] * NS)
+    valid = {}
+    for k in range(tl["n_sites"]):  # runs of valid data of random length
+        runs = np.repeat(rng.random(n // tl["run"] + 1) < tl["density"], tl["run"])[:n]
+        valid[f"s{k}"] = runs & (rng.random(n) < 0.98)
+    gap_s = tl["gap_steps"] * tl["step_s"]
+    plan = make_split(valid, tl["t0"], tl["step_s"], fractions=tl["fractions"], gap_s=gap_s,
+                      block_s=tl["block_steps"] * tl["step_s"], seed=tl["seed"])
+    labels = plan.labels(n)
+    gap = plan.gap_ns
+    assert gap >= int(round(gap_s * NS))
+    iv = plan.intervals
+    # intervals of different splits are at least one gap apart
+    for a in iv:
+        for b in iv:
+            if a[2] != b[2]:
+                assert a[1] + gap <= b[0] or b[1] + gap <= a[0], (a, b)
+    patches = {k: [] for k in range(3)}
+    for _site, m in valid.items():
+        for k in range(3):
+            for s in place_patches(m & (labels == k), tl["width"], tl["stride"]):
+                assert m[s:s + tl["width"]].all()
+                t0 = tl["t0"] + int(s) * step_ns
+                patches[k].append((t0, t0 + tl["width"] * step_ns))
+    for k in range(3):
+        own = iv[iv[:, 2] == k]
+        other = iv[iv[:, 2] != k]
+        for p0, p1 in patches[k]:
+            # inside one interval of its own split ...
+            assert np.any((own[:, 0] <= p0) & (p1 <= own[:, 1]))
+            # ... and away from the time span (plus gap) of every other split
+            assert not np.any((p0 < other[:, 1] + gap) & (other[:, 0] - gap < p1))
+    # and so, no two patches of different splits come closer than the gap
+    for a in range(3):
+        for b in range(a + 1, 3):
+            if patches[a] and patches[b]:
+                pa, pb = np.array(patches[a]), np.array(patches[b])
+                near = (pa[:, None, 0] < pb[None, :, 1] + gap) & (pb[None, :, 0] - gap < pa[:, None, 1])
+                assert not near.any()
+    # a split with a zero fraction gets nothing
+    for k, f in enumerate(tl["fractions"]):
+        if f == 0:
+            assert not patches[k]
+    assert set(plan.info["blocks_per_split"]) == set(SPLITS)

@@ -1,0 +1,178 @@
+"""Many granules: the Dask cluster, the batch run, and the landing-area bookkeeping.
+
+* :func:`dask_client` connects to ``InferConfig.dask_address`` (or
+  ``$DASK_SCHEDULER_ADDRESS``) or starts a LocalCluster of ``n_workers``
+  processes; each worker loads the model once (:func:`~bzpipe.infer.predict.cached_model`).
+* :func:`run_batch` maps :func:`~bzpipe.infer.granule.process_granule` over
+  granule keys; a failing granule becomes a ``failed`` result, the rest go on.
+* :func:`pending_granules` lists landing files that still need work for a model
+  (no complete output, not quarantined), :func:`should_emit` / :func:`record_emitted`
+  keep the scanner from announcing one twice within a dedupe window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
+from typing import Any
+
+from bzpipe.config import InferConfig
+from bzpipe.errors import InputFileError
+from bzpipe.infer.granule import GranuleResult, granule_id_of, process_granule
+from bzpipe.quarantine import is_quarantined
+from bzpipe.store import Store
+
+EMITTED_PREFIX = "state/emitted"
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def dask_client(cfg: InferConfig) -> Iterator[Any]:
+    """A ``distributed.Client``: the configured / environment scheduler, else a LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    address = cfg.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        client = Client(address)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
+
+
+def process_safely(store_root: str, key: str, cfg_json: dict[str, Any], model_id: str | None,
+                   era5_keys: Sequence[str] | None = None) -> dict[str, Any]:
+    """:func:`process_granule` that turns any error into a ``failed`` result (for Dask maps)."""
+    cfg = InferConfig.model_validate(cfg_json)
+    try:
+        return process_granule(store_root, key, cfg, model_id=model_id, era5_keys=era5_keys).to_dict()
+    except Exception as e:  # noqa: BLE001 - one granule must not stop the batch
+        res = GranuleResult(granule=posixpath.basename(key), status="failed", model_id=model_id or "",
+                            reason=f"{type(e).__name__}: {e}", category=type(e).__name__)
+        log.error("granule %s failed:\n%s", key, traceback.format_exc())
+        return res.to_dict()
+
+
+def run_batch(client: Any, store_root: str, keys: Sequence[str], cfg: InferConfig,
+              model_id: str | None = None) -> list[dict[str, Any]]:
+    """Process granules in parallel on a Dask ``client``; one result dict per key, in order.
+
+    ``client=None`` runs them one after the other in this process.
+    """
+    cfg_json = cfg.model_dump(mode="json")
+    if client is None:
+        return [process_safely(store_root, k, cfg_json, model_id) for k in keys]
+    futures = client.map(process_safely, [store_root] * len(keys), list(keys), [cfg_json] * len(keys),
+                         [model_id] * len(keys), pure=False, key=[f"granule-{posixpath.basename(k)}"
+                                                                  for k in keys])
+    return client.gather(futures)
+
+
+# --------------------------------------------------------------------------- landing area
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    """A granule file found in the landing area."""
+
+    uri: str
+    name: str
+    granule_id: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def landing_store(store: Store, landing: str) -> tuple[Store, str]:
+    """``(store, prefix)`` to list: the main store + a relative prefix, or a store at a landing URI."""
+    if landing.startswith("s3://") or landing.startswith("file://") or os.path.isabs(landing):
+        return Store(landing), ""
+    return store, landing.strip("/")
+
+
+def list_landing(store: Store, landing: str) -> list[LandingFile]:
+    """CloudSat granule files (``*.hdf`` with a CloudSat name) under the landing prefix, sorted."""
+    ls, prefix = landing_store(store, landing)
+    out = []
+    for key in ls.list(prefix, suffix=".hdf"):
+        name = posixpath.basename(key)
+        try:
+            gid = granule_id_of(name)
+        except InputFileError:
+            gid = ""
+        try:
+            size = int(ls.fs.size(ls.uri(key)))
+        except OSError:
+            size = -1
+        out.append(LandingFile(uri=ls.uri(key), name=name, granule_id=gid, size=size))
+    return out
+
+
+def pending_granules(store: Store, files: Sequence[LandingFile], model_id: str) -> list[LandingFile]:
+    """Files that have no complete output for ``model_id`` and are not quarantined.
+
+    A file whose name is not a CloudSat granule name is pending (processing it quarantines it).
+    """
+    out = []
+    for f in files:
+        if is_quarantined(store, f.name):
+            continue
+        if f.granule_id and store.is_complete(Store.output_key(model_id, f.granule_id)):
+            continue
+        out.append(f)
+    return out
+
+
+def idempotency_key(name: str, model_id: str, size: int | None = None) -> str:
+    """Key that identifies one unit of work: the granule file (name, size) with one model."""
+    return f"cloudsat:{name}:{size if size is not None else ''}:{model_id}"
+
+
+def emitted_key(model_id: str, name: str) -> str:
+    return f"{EMITTED_PREFIX}/{model_id}/{name}.json"
+
+
+def should_emit(store: Store, model_id: str, name: str, dedupe_s: float, now: datetime | None = None) -> bool:
+    """False if this granule was announced for this model less than ``dedupe_s`` seconds ago."""
+    try:
+        rec = store.read_json(emitted_key(model_id, name))
+    except FileNotFoundError:
+        return True
+    now = now or datetime.now(timezone.utc)
+    last = datetime.fromisoformat(rec["emitted_at"])
+    return (now - last).total_seconds() >= dedupe_s
+
+
+def record_emitted(store: Store, model_id: str, f: LandingFile, event_id: str = "",
+                   now: datetime | None = None) -> None:
+    """Remember that ``f`` was announced (for :func:`should_emit`)."""
+    now = now or datetime.now(timezone.utc)
+    store.write_json(emitted_key(model_id, f.name), {**f.to_dict(), "model_id": model_id, "event_id": event_id,
+                                                     "emitted_at": now.isoformat()}, manifest=False)
+
+
+def select_by_date(files: Sequence[LandingFile], start: date | None, end: date | None) -> list[LandingFile]:
+    """Files whose granule start day lies in ``[start, end]`` (inclusive; None = open)."""
+    from bzpipe.sources.cloudsat import granule_info
+
+    out = []
+    for f in files:
+        try:
+            day = granule_info(f.name).start.date()
+        except InputFileError:
+            continue
+        if (start is None or day >= start) and (end is None or day <= end):
+            out.append(f)
+    return out

@@ -1,0 +1,233 @@
+"""One granule from the store to its output: idempotent, atomic, quarantining bad input.
+
+:func:`process_granule` is what a Dask worker (or a Prefect task) runs for one
+granule key: it skips a granule whose output for this model is complete, reads
+and checks the granule (bad ones are quarantined with the reason), fills the blind
+zone and writes the Zarr output and its curtain PNG, recording provenance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import posixpath
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from torch import nn
+
+from bzpipe.config import InferConfig, resolve_site
+from bzpipe.errors import InputFileError, StoreError
+from bzpipe.infer.fill import channels_of, fill_granule
+from bzpipe.infer.output import curtain_png, png_key, write_output
+from bzpipe.infer.predict import cached_model
+from bzpipe.provenance import provenance_record, sha256_file
+from bzpipe.quarantine import category, quarantine
+from bzpipe.store import ManifestEntry, Store
+
+log = logging.getLogger(__name__)
+
+RAW_PREFIX = "raw/cloudsat"
+
+
+@dataclass
+class GranuleResult:
+    """What happened to one granule: ``done``, ``skipped`` (output complete), ``quarantined`` or ``failed``."""
+
+    granule: str
+    status: str
+    granule_id: str = ""
+    model_id: str = ""
+    output_key: str = ""
+    plot_key: str = ""
+    reason: str = ""
+    category: str = ""
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    n_profiles: int = 0
+    n_filled_bins: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def granule_id_of(name_or_uri: str) -> str:
+    """``YYYYDDDHHMMSS_NNNNN`` from a granule file name (raises InputFileError for other names)."""
+    from bzpipe.sources.cloudsat import granule_info
+
+    return granule_info(name_or_uri).granule_id
+
+
+def stage_granule(store: Store, uri: str) -> str:
+    """The store key of a granule under ``raw/cloudsat/``.
+
+    A granule already there is used as is; one elsewhere (the landing area, another
+    bucket, a local folder) is copied to ``raw/cloudsat/<name>`` atomically with its
+    checksum in the manifest, unless a complete copy of the same size is there.
+    """
+    with contextlib.suppress(StoreError):
+        key = store.key_of(uri)
+        if key.startswith(RAW_PREFIX + "/") and store.exists(key):
+            return key
+    name = posixpath.basename(str(uri).rstrip("/"))
+    key = f"{RAW_PREFIX}/{name}"
+    import fsspec
+
+    from bzpipe.store import s3_storage_options
+
+    src = uri.removeprefix("file://")
+    fs, path = fsspec.core.url_to_fs(src, **(s3_storage_options() if src.startswith("s3://") else {}))
+    entry = store.entry(key)
+    if entry is not None and store.exists(key) and entry.size == int(fs.size(path)):
+        return key
+    producer = {"stage": "stage", "source": uri}
+    if fs.protocol in ("file", ("file", "local")) or "://" not in src:
+        store.put_file(src, key, producer=producer)
+    else:
+        with fs.open(path, "rb") as f, store.atomic_local_file(key, producer=producer) as tmp:
+            tmp.write_bytes(f.read())
+    return key
+
+
+def read_checked(store: Store, key: str, expected_release: str | None,
+                 require_reflectivity: bool = True) -> tuple[xr.Dataset, str]:
+    """Read a granule from the store, check its release; returns ``(ds, sha256 of the file)``.
+
+    Raises the reader's :class:`~bzpipe.errors.InputFileError` subclasses (naming the file).
+    """
+    from bzpipe.sources.cloudsat import check_release, read_granule
+
+    entry = store.entry(key)
+    with store.local_path(key) as path:
+        digest = entry.sha256 if entry is not None else sha256_file(path)
+        ds = read_granule(path, require_reflectivity=require_reflectivity, source=store.uri(key))
+        ds.load()
+    if expected_release:
+        check_release(ds, expected_release)
+    return ds, digest
+
+
+def era5_keys_for(store: Store, sites: Sequence[Any], times: np.ndarray) -> list[str]:
+    """Keys of the stored ERA-5 site-months (``raw/era5/<site>/era5_<site>_<YYYYMM>.nc``) for the
+    months the profile ``times`` span; only those present in the store."""
+    t = np.asarray(times).astype("datetime64[M]")
+    months = sorted({str(m) for m in np.unique(t)})
+    keys = []
+    for s in sites:
+        name = resolve_site(s).name
+        for m in months:
+            key = Store.raw_key("era5", f"era5_{name}_{m.replace('-', '')}.nc", name)
+            if store.is_complete(key):
+                keys.append(key)
+    return keys
+
+
+def load_era5(store: Store, keys: Sequence[str]) -> list[xr.Dataset]:
+    """Read stored ERA-5 files into memory (:func:`bzpipe.sources.era5.read_era5`)."""
+    from bzpipe.sources.era5 import read_era5
+
+    out = []
+    for key in keys:
+        with store.local_path(key) as path:
+            out.append(read_era5(path).load())
+    return out
+
+
+def fill_and_write(store: Store, ds: xr.Dataset, model: nn.Module, meta: dict[str, Any], cfg: InferConfig, *,
+                   model_id: str, inputs: dict[str, str], era5: Sequence[xr.Dataset] | None = None,
+                   reflectivity: np.ndarray | None = None, timings: dict[str, float] | None = None,
+                   **provenance_extra: Any) -> tuple[str, ManifestEntry, xr.Dataset]:
+    """Fill ``ds`` and write ``outputs/cloudsat/<model_id>/<granule_id>.zarr`` (+ the PNG when ``cfg.plot``).
+
+    ``inputs`` maps input URIs to their sha256 (granule, checkpoint, ERA-5 files) for the
+    provenance record.  Returns ``(output key, manifest entry, output Dataset)``.
+    """
+    timings = timings if timings is not None else {}
+    gid = str(ds.attrs.get("granule_id", ""))
+    out = fill_granule(ds, model, meta, cfg, era5=era5, model_id=model_id, timings=timings,
+                       reflectivity=reflectivity)
+    t0 = time.perf_counter()
+    key = Store.output_key(model_id, gid)
+    prov = provenance_record(cfg, inputs=inputs, stage="infer", granule_id=gid,
+                             granule_source=ds.attrs.get("source_file", ""), model_id=model_id,
+                             model_checkpoint=meta.get("checkpoint_uri", ""),
+                             model_checkpoint_sha256=meta.get("checkpoint_sha256", ""), **provenance_extra)
+    entry = write_output(store, key, out, prov)
+    if cfg.plot:
+        store.write_bytes(png_key(key), curtain_png(out), producer={"stage": "infer", "of": key,
+                                                                     "model_id": model_id})
+    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
+    return key, entry, out
+
+
+def process_granule(store_root: str, granule_key: str, cfg: InferConfig, *, model_id: str | None = None,
+                    era5_keys: Sequence[str] | None = None, force: bool = False) -> GranuleResult:
+    """Fill one stored granule with the configured model; never raises for a bad input file.
+
+    Args:
+        store_root: the store (local folder or s3://...).
+        granule_key: key of the granule file in the store (e.g. ``raw/cloudsat/<name>.hdf``).
+        cfg: the inference config (run_name / which choose the model).
+        model_id: the model id the caller planned with (checked against the checkpoint).
+        era5_keys: ERA-5 files for 5-channel models (default: the configured sites' months
+            found in the store).
+        force: recompute even when the output is complete.
+
+    Returns a :class:`GranuleResult`; input errors (corrupt, missing SDS, all fill, wrong
+    release, bad name) quarantine the granule and return ``status="quarantined"``.
+    Other errors (store, model) propagate.
+    """
+    t_start = time.perf_counter()
+    store = Store(store_root)
+    name = posixpath.basename(granule_key)
+    res = GranuleResult(granule=name, status="failed")
+    model, meta, mid = cached_model(store.root, cfg.run_name, cfg.which, cfg.device, expected_id=model_id)
+    res.model_id = mid
+    try:
+        res.granule_id = granule_id_of(name)
+        out_key = Store.output_key(mid, res.granule_id)
+        res.output_key = out_key
+        if not force and store.is_complete(out_key):
+            res.status, res.reason = "skipped", "output for this model is complete"
+            res.seconds = time.perf_counter() - t_start
+            return res
+        t0 = time.perf_counter()
+        ds, digest = read_checked(store, granule_key, cfg.expected_release)
+        res.timings["read"] = time.perf_counter() - t0
+    except InputFileError as e:
+        rec = quarantine(store, granule_key, e, model_id=mid, store_key=granule_key)
+        log.warning("quarantined %s: %s", name, e)
+        res.status, res.reason, res.category = "quarantined", str(e), rec["category"]
+        res.seconds = time.perf_counter() - t_start
+        return res
+    inputs = {store.uri(granule_key): digest,
+              str(meta.get("checkpoint_uri", "")): str(meta.get("checkpoint_sha256", ""))}
+    era5 = None
+    if channels_of(meta) == 5:
+        t0 = time.perf_counter()
+        keys = list(era5_keys) if era5_keys is not None else era5_keys_for(store, cfg.sites, ds["time"].values)
+        era5 = load_era5(store, keys)
+        for k in keys:
+            e = store.entry(k)
+            inputs[store.uri(k)] = e.sha256 if e else ""
+        res.timings["read"] += time.perf_counter() - t0
+    try:
+        key, entry, out = fill_and_write(store, ds, model, meta, cfg, model_id=mid, inputs=inputs, era5=era5,
+                                         timings=res.timings, granule_sha256=digest)
+    except InputFileError as e:   # e.g. no valid heights at all
+        quarantine(store, granule_key, e, model_id=mid, store_key=granule_key)
+        log.warning("quarantined %s: %s", name, e)
+        res.status, res.reason, res.category = "quarantined", str(e), category(e)
+        res.seconds = time.perf_counter() - t_start
+        return res
+    res.status = "done"
+    res.plot_key = png_key(key) if cfg.plot else ""
+    res.n_profiles = int(out.sizes["profile"])
+    res.n_filled_bins = int(out["filled_flag"].values.sum())
+    res.seconds = time.perf_counter() - t_start
+    log.info("%s -> %s (%.1f s)", name, store.uri(key), res.seconds)
+    return res

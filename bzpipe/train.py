@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -252,6 +253,14 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[dict[str, Any]], None] | Non
             dist.destroy_process_group()
 
 
+def _build_values(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The build config values recorded in a dataset's root attributes ({} if absent)."""
+    rec = attrs.get("config")
+    if isinstance(rec, str):
+        rec = json.loads(rec)
+    return rec.get("values", {}) if isinstance(rec, dict) else {}
+
+
 def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
            on_epoch_end: Callable[[dict[str, Any]], None] | None) -> TrainResult:
     store = Store(cfg.store_root)
@@ -268,11 +277,14 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
     amp = _Amp(cfg, device)
 
+    built = _build_values(train_ds.attrs)
     ds_entry = store.entry(store.key_of(train_ds.uri)) if train_ds.uri.startswith(store.root) else None
     ds_sha = ds_entry.sha256 if ds_entry else ""
     meta: dict[str, Any] = {
         "model": mcfg.to_dict(), "channels": list(train_ds.channel_names), "channel_set": cfg.channels,
         "blind_zone_rows": blind, "ramp_max_rows": cfg.ramp_max_rows, "normalization": train_ds.normalization,
+        # the grid and patch the model was trained on, so inference needs nothing but the checkpoint
+        "grid": built.get("grid", {}), "patch": built.get("patch", {}),
         "dataset": {"uri": train_ds.uri, "sha256": ds_sha, "n_train": len(train_ds), "n_val": len(val_ds)},
         "config": config_record(cfg), "world_size": env.world_size, "device": device.type,
         "amp": f"{amp.dtype}".removeprefix("torch.") if amp.enabled else "off",

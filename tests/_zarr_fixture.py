@@ -88,7 +88,9 @@ def write_tiny_dataset(root: str | Path, *, version: str = "tiny", n: int | dict
     norm = default_normalization()
     norm.update({v: {"mean": 0.0, "std": 1.0} for v in CHANNELS[1:]})
     attrs = {"normalization": json.dumps(norm), "blind_zone_rows": blind_zone_rows,
-             "channels": list(CHANNELS), "config": json.dumps({"type": "tiny-test-fixture"}),
+             "channels": list(CHANNELS), "config": json.dumps({"type": "BuildConfig", "values": {
+                 "grid": {"n_heights": rows, "top_m": rows * 78.125, "time_step_s": 4.0},
+                 "patch": {"width": cols, "blind_zone_rows": blind_zone_rows}}}),
              "provenance": json.dumps({"code_version": "test", "inputs": {}})}
     zarr.open_group(uri, mode="r+").attrs.update(attrs)
     store.record(key, sha256=sha256_json({"counts": counts, "seed": seed, "rows": rows, "cols": cols}),

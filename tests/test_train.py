@@ -87,6 +87,7 @@ def test_train_writes_checkpoints_metrics_and_loads(tiny_root: Path):
         assert meta["config"]["values"]["filters"] == [4, 8, 8, 8, 8]
         assert meta["normalization"]["reflectivity"]["dbz_min"] == -60.0
         assert meta["blind_zone_rows"] == 4 and meta["channels"] == ["reflectivity", "t", "q", "u", "v"]
+        assert meta["grid"]["n_heights"] == 32 and meta["patch"]["width"] == 32   # inference needs only this
     model, meta = load_model(str(tiny_root), "unet3p", which="best")
     assert meta["epoch"] == res.best_epoch
     assert model_id(meta) == sha256_bytes(store.read_bytes(checkpoint_key("unet3p", "best")))[:12]

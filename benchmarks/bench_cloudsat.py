@@ -17,15 +17,13 @@ regridding and writing scale with profiles; inference with profiles x passes).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,20 +32,6 @@ FULL_PASSES = 50
 STAGES = ("read", "regrid", "inference", "write")
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_properties(0).name
-    return info
 
 
 def save_model(store_root: str, filters: tuple[int, ...], channels: int, n_heights: int, top_m: float,

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,22 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bzpipe.masking import mask_blind_zone  # noqa: E402
 from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_predict  # noqa: E402
 from bzpipe.train import supervision_loss  # noqa: E402
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    gpu_count=torch.cuda.device_count(), bf16=torch.cuda.is_bf16_supported())
-    return info
 
 
 def _sync(device: torch.device) -> None:

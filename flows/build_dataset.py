@@ -18,7 +18,6 @@ Run: ``python -m flows.build_dataset [--config FILE] [--set key=value ...] [--da
 
 from __future__ import annotations
 
-import argparse
 import re
 from typing import Any
 
@@ -31,7 +30,7 @@ from bzpipe.config import BuildConfig
 from bzpipe.dataset import (build_recipe, check_existing, colocate_day, load_plan, plan_dataset, save_plan,
                             write_dataset)
 from bzpipe.store import Store
-from flows.common import resolve_config
+from flows.common import cli_parser, resolve_config
 
 
 @task(name="colocate-site-day", task_run_name="colocate-{inputs[site]}-{inputs[day]}", retries=2,
@@ -123,12 +122,10 @@ def build_dataset(config: BuildConfig | None = None, config_path: str | None = N
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", help="YAML / JSON / TOML config (a build section or a whole pipeline file)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    ap = cli_parser("build_dataset", __doc__)
     ap.add_argument("--dask-address", help="existing dask scheduler (else $DASK_SCHEDULER_ADDRESS or local)")
     a = ap.parse_args(argv)
-    print(build_dataset(config_path=a.config, overrides=a.set or None, dask_address=a.dask_address))
+    print(build_dataset(config_path=a.config_path, overrides=a.overrides or None, dask_address=a.dask_address))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -22,3 +23,16 @@ def resolve_config(model: type[C], config: C | dict[str, Any] | None = None,
         return load_stage_config(model, config_path, overrides)
     base = config if isinstance(config, model) else load_stage_config(model, None, config)
     return override_config(base, overrides)
+
+
+def cli_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """``python -m flows.<module>`` argument parser with the shared ``--config`` / ``--set`` options.
+
+    Parsed values land in ``config_path`` and ``overrides`` (the flows' parameter names).
+    """
+    p = argparse.ArgumentParser(prog=f"python -m flows.{module}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", dest="config_path", help="YAML/JSON/TOML file (a stage section or a whole pipeline file)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    return p

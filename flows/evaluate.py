@@ -14,7 +14,6 @@ links to the report and its figures.  Returns the URI of ``index.html``.
 
 from __future__ import annotations
 
-import argparse
 import re
 from typing import Any
 
@@ -28,7 +27,7 @@ from bzpipe.config import EvalConfig
 from bzpipe.errors import StoreError
 from bzpipe.store import Store
 from bzpipe.torchdata import resolve_dataset_uri
-from flows.common import resolve_config
+from flows.common import cli_parser, resolve_config
 
 
 def artifact_slug(text: str) -> str:
@@ -91,10 +90,7 @@ def evaluate(config: EvalConfig | None = None, config_path: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m flows.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", dest="config_path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = cli_parser("evaluate", __doc__)
     a = p.parse_args(argv)
     print(evaluate(config_path=a.config_path, overrides=a.overrides))
 

@@ -26,7 +26,6 @@ Run: ``python -m flows.ingest [--config FILE] [--set key=value ...] [--what kazr
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -46,7 +45,7 @@ from bzpipe.ingest import (IngestFailedError, IngestItem, arm_datastream, arm_ki
                            is_retryable, plan_arm_offline, plan_arm_remote, plan_era5, present_outcome)
 from bzpipe.store import Store
 from flows import logging_setup  # noqa: F401  (bzpipe's log lines reach the Prefect UI)
-from flows.common import resolve_config
+from flows.common import cli_parser, resolve_config
 
 ARM_LIMIT = "arm-live"
 CDS_LIMIT = "cds"
@@ -277,13 +276,11 @@ def ingest(config: IngestConfig | None = None, config_path: str | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.ingest", description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="YAML/JSON/TOML file (ingest section or a whole pipeline file)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = cli_parser("ingest", __doc__)
     p.add_argument("--what", choices=("all", "kazr", "era5"), default="all")
     a = p.parse_args(argv)
     fl = {"all": ingest, "kazr": ingest_kazr, "era5": ingest_era5}[a.what]
-    state = fl(config_path=a.config, overrides=a.overrides or None, return_state=True)
+    state = fl(config_path=a.config_path, overrides=a.overrides or None, return_state=True)
     return 0 if state.is_completed() else 1
 
 

@@ -8,7 +8,6 @@ deployed and run on its own; this flow only hands the store URIs along.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ from bzpipe.config import PipelineConfig, load_pipeline_config, override_config
 from bzpipe.provenance import provenance_record
 from bzpipe.store import Store
 from flows.build_dataset import build_dataset
+from flows.common import cli_parser
 from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.reprocess import reprocess_granule
@@ -72,13 +72,10 @@ def pipeline(config: PipelineConfig | None = None, config_path: str | None = Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="YAML/JSON/TOML pipeline config file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    p = cli_parser("pipeline", __doc__)
     p.add_argument("--no-granule", action="store_true", help="skip the CloudSat sample granule")
     a = p.parse_args(argv)
-    state = pipeline(config_path=a.config, overrides=a.overrides or None,
+    state = pipeline(config_path=a.config_path, overrides=a.overrides or None,
                      sample_granule=not a.no_granule, return_state=True)
     if not state.is_completed():
         print(f"pipeline ended {state.type.value}: {state.message}")

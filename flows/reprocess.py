@@ -37,7 +37,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import posixpath
 from collections.abc import Sequence
 from datetime import date, timedelta
@@ -53,7 +52,7 @@ from bzpipe.infer import batch as bz_batch
 from bzpipe.infer.granule import RAW_PREFIX, process_granule, stage_granule
 from bzpipe.quarantine import quarantined
 from bzpipe.store import Store
-from flows.common import resolve_config
+from flows.common import cli_parser, resolve_config
 
 GRANULE_EVENT = "bzpipe.granule.arrived"
 PROCESS_FLOW = "reprocess-granule"
@@ -313,11 +312,9 @@ def deployments(cfg: InferConfig, *, scan: bool = True) -> list[Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.reprocess", description=__doc__.splitlines()[0])
+    p = cli_parser("reprocess", __doc__)
     p.add_argument("what", choices=["serve", "granule", "backfill", "scan"])
     p.add_argument("uri", nargs="?", help="granule URI (granule)")
-    p.add_argument("--config", dest="config_path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--start", type=date.fromisoformat)
     p.add_argument("--end", type=date.fromisoformat)
     p.add_argument("--granule", dest="granules", action="append", default=None)

@@ -17,7 +17,6 @@ store URI of the best checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -40,7 +39,7 @@ from bzpipe.checkpoint import checkpoint_key, loss_curve_png, read_metrics
 from bzpipe.config import TrainConfig
 from bzpipe.errors import BzpipeError
 from bzpipe.store import Store
-from flows.common import resolve_config
+from flows.common import cli_parser, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 K8S_TEMPLATE = REPO / "infra" / "k8s" / "train-job.yaml"
@@ -259,10 +258,7 @@ def train(config: TrainConfig | None = None, config_path: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", dest="config_path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = cli_parser("train", __doc__)
     a = p.parse_args(argv)
     print(train(config_path=a.config_path, overrides=a.overrides))
 

@@ -49,7 +49,7 @@ case "$cmd" in
   main)
     ensure_env
     export PYTHONUNBUFFERED=1 MPLBACKEND=Agg PREFECT_LOGGING_EXTRA_LOGGERS=${PREFECT_LOGGING_EXTRA_LOGGERS:-bzpipe}
-    export PREFECT_HOME=${PREFECT_HOME:-$REPO/.prefect}
+    export PREFECT_HOME=${PREFECT_HOME:-$REPO/.prefect} PREFECT_SERVER_ANALYTICS_ENABLED=${PREFECT_SERVER_ANALYTICS_ENABLED:-false}
     if [ "$#" -eq 0 ]; then set -- --config flows/configs/offline-demo.yaml; fi
     exec "$VENV/bin/python" -m flows.pipeline "$@"
     ;;

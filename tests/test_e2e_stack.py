@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -79,11 +80,19 @@ class Stack:
     # ----------------------------------------------------------------- REST
     def call(self, path: str, body: Any = None, method: str | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.api + path, data=data, method=method or ("POST" if data else "GET"),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            raw = resp.read()
-        return json.loads(raw) if raw else None
+        # a busy 2-core machine can stall the server for a while: retry reads (not creations)
+        tries = 3 if data is None or path.endswith("/filter") else 1
+        for attempt in range(tries):
+            req = urllib.request.Request(self.api + path, data=data, method=method or ("POST" if data else "GET"),
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    raw = resp.read()
+                return json.loads(raw) if raw else None
+            except (TimeoutError, urllib.error.URLError) as e:
+                if isinstance(e, urllib.error.HTTPError) or attempt == tries - 1:
+                    raise
+                time.sleep(2)
 
     def deployment(self, flow: str, name: str) -> dict[str, Any]:
         return self.call(f"/deployments/name/{flow}/{name}")

@@ -191,3 +191,15 @@ def test_quantiles_match_numpy():
     s = torch.randn(50, 3, 4)
     got = quantiles_along0(s, (0.05, 0.5, 0.95)).numpy()
     np.testing.assert_allclose(got, np.quantile(s.numpy(), [0.05, 0.5, 0.95], axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_output_heads_start_at_no_echo():
+    torch.manual_seed(0)
+    model = UNet3Plus(UNet3PlusConfig(in_channels=6, filters=(4, 8, 8, 8, 8))).eval()
+    for h in [model.head, *model.aux_heads]:
+        assert torch.all(h.bias == -1.0)
+    with torch.no_grad():
+        out = model(torch.randn(2, 6, 32, 32), heads=True)
+    # an untrained model predicts "no echo" on average, at every head
+    for o in out:
+        assert abs(float(o.mean()) + 1.0) < 0.5

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bzpipe.masking import mask_blind_zone, merge_prediction
+from bzpipe.schema import NO_ECHO
 
 DEPTH = 5
 
@@ -48,6 +49,10 @@ class UNet3PlusConfig:
     skip: int | None = None              # channels per full-scale skip path; None -> filters[0]
     dropout: float = 0.2
     deep_supervision: bool = True
+    # initial bias of the linear output heads: the normalized "no echo" value (schema.NO_ECHO), the most
+    # common blind-zone value, so training starts from "nothing there" instead of spending its first
+    # hundreds of Adam steps moving the output from 0 to -1
+    output_bias: float = NO_ECHO
 
     def __post_init__(self) -> None:
         self.filters = tuple(int(f) for f in self.filters)
@@ -102,6 +107,8 @@ class UNet3Plus(nn.Module):
         self.aux_heads = nn.ModuleList(
             [nn.Conv2d(f[-1] if src == DEPTH - 1 else fused, cfg.out_channels, 3, padding=1)
              for src in (4, 3, 2, 1)]) if cfg.deep_supervision else None
+        for h in [self.head, *(self.aux_heads or [])]:
+            nn.init.constant_(h.bias, cfg.output_bias)
 
     def forward(self, x: Tensor, heads: bool = False) -> Tensor | list[Tensor]:
         """x: Tensor[B, in_channels, H, W] -> Tensor[B, out_channels, H, W] (d1 head, raw, unmerged).

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+import flows.logging_setup  # noqa: F401  (bzpipe.* log lines into the Prefect UI)
 from bzpipe.config import load_stage_config, override_config
 
 C = TypeVar("C", bound=BaseModel)

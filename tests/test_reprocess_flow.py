@@ -129,6 +129,14 @@ def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = N
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def test_scan_before_any_model_announces_nothing(prefect_server, store_root):
+    from flows.reprocess import scan_landing
+
+    write_granule(store_root / "landing" / "cloudsat", n=64, number=67401)
+    assert scan_landing(config=_cfg(store_root)) == []          # no failed scan every few minutes
+    assert not Store(store_root).list("state/emitted")
+
+
 def test_granule_event_triggers_reprocessing_once(prefect_server, store_root, tmp_path):
     import asyncio
 

@@ -247,6 +247,8 @@ class TrainConfig(StageConfig):
     filters: tuple[int, int, int, int, int] = (32, 64, 128, 256, 512)
     dropout: float = Field(0.2, ge=0, lt=1)
     deep_supervision: bool = True
+    rep_prior: bool = Field(False, description="start from the REP fill and predict a correction "
+                            "(see bzpipe.model.UNet3PlusConfig); off in the paper's model")
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(5e-5, gt=0)

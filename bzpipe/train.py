@@ -115,7 +115,7 @@ def model_config_for(cfg: TrainConfig) -> UNet3PlusConfig:
     """Architecture of a run: inputs = the channel set + the mask channel."""
     return UNet3PlusConfig(in_channels=len(CHANNEL_SETS[cfg.channels]) + 1, out_channels=1,
                            filters=tuple(cfg.filters), dropout=cfg.dropout,
-                           deep_supervision=cfg.deep_supervision)
+                           deep_supervision=cfg.deep_supervision, rep_prior=cfg.rep_prior)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:

@@ -203,3 +203,28 @@ def test_output_heads_start_at_no_echo():
     # an untrained model predicts "no echo" on average, at every head
     for o in out:
         assert abs(float(o.mean()) + 1.0) < 0.5
+
+
+def test_rep_prior_starts_from_the_rep_baseline():
+    from bzpipe.baselines import repeat_fill
+    from bzpipe.masking import mask_blind_zone
+    from bzpipe.model.unet3plus import rep_fill
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 5, 32, 32) * 1.5 - 0.5
+    model = UNet3Plus(UNet3PlusConfig(in_channels=6, filters=(4, 8, 8, 8, 8), rep_prior=True)).eval()
+    for h in [model.head, *model.aux_heads]:          # an untrained head's weights are small, not zero:
+        torch.nn.init.zeros_(h.weight)                 # zero them to see the prior alone
+    inputs, mask = mask_blind_zone(x, 6, 0)
+    with torch.no_grad():
+        outs = model(inputs, heads=True)
+    rep = torch.from_numpy(repeat_fill(x[:, 0].numpy(), 6))
+    for o in outs:
+        torch.testing.assert_close(o[:, 0, :6], rep[:, :6])
+    # per-column blind zones and a ramp: hidden pixels take the first visible row of their column
+    rows = torch.tensor([[2, 5] * 16] * 3)
+    inputs, mask = mask_blind_zone(x, rows, 3)
+    filled = rep_fill(inputs[:, :1], inputs[:, -1:])
+    assert torch.equal(filled[0, 0, :5, 0], x[0, 0, 5, 0].expand(5))
+    assert torch.equal(filled[0, 0, :8, 1], x[0, 0, 8, 1].expand(8))
+    assert torch.equal(filled[:, :, 8:], x[:, :1, 8:])

@@ -53,6 +53,11 @@ class UNet3PlusConfig:
     # common blind-zone value, so training starts from "nothing there" instead of spending its first
     # hundreds of Adam steps moving the output from 0 to -1
     output_bias: float = NO_ECHO
+    # REP prior (off in the paper's model): hidden reflectivity is pre-filled with the lowest observed row
+    # of each column (the REP baseline) before the encoder, and every head predicts a correction to that
+    # fill (heads start at 0). The untrained model is exactly REP, so a short CPU run starts from the
+    # strongest simple baseline instead of from "no echo". Needs the mask as the last input channel.
+    rep_prior: bool = False
 
     def __post_init__(self) -> None:
         self.filters = tuple(int(f) for f in self.filters)
@@ -69,6 +74,14 @@ class UNet3PlusConfig:
         d = asdict(self)
         d["filters"] = list(self.filters)
         return d
+
+
+def rep_fill(refl: Tensor, mask: Tensor) -> Tensor:
+    """REP fill: each column's hidden pixels (mask > 0, contiguous from row 0) take the value of the
+    lowest visible row above them.  refl, mask: Tensor[B, 1, H, W] -> Tensor[B, 1, H, W]."""
+    hidden = mask > 0
+    top = hidden.sum(dim=2, keepdim=True).clamp(max=refl.shape[2] - 1)   # (B, 1, 1, W) first visible row
+    return torch.where(hidden, torch.gather(refl, 2, top).expand_as(refl), refl)
 
 
 class ConvBNReLU(nn.Sequential):
@@ -108,7 +121,7 @@ class UNet3Plus(nn.Module):
             [nn.Conv2d(f[-1] if src == DEPTH - 1 else fused, cfg.out_channels, 3, padding=1)
              for src in (4, 3, 2, 1)]) if cfg.deep_supervision else None
         for h in [self.head, *(self.aux_heads or [])]:
-            nn.init.constant_(h.bias, cfg.output_bias)
+            nn.init.constant_(h.bias, 0.0 if cfg.rep_prior else cfg.output_bias)
 
     def forward(self, x: Tensor, heads: bool = False) -> Tensor | list[Tensor]:
         """x: Tensor[B, in_channels, H, W] -> Tensor[B, out_channels, H, W] (d1 head, raw, unmerged).
@@ -119,6 +132,10 @@ class UNet3Plus(nn.Module):
         B, C, H, W = x.shape
         if H % 2 ** (DEPTH - 1) or W % 2 ** (DEPTH - 1):
             raise ValueError(f"rows and cols must be divisible by {2 ** (DEPTH - 1)}, got {H}x{W}")
+        base = None
+        if self.config.rep_prior:
+            base = rep_fill(x[:, :1], x[:, -1:])      # (B, 1, H, W): observed above, REP below
+            x = torch.cat([base, x[:, 1:]], dim=1)
         # ---- encoder: e[i] is (B, f[i], H / 2^i, W / 2^i)
         e: list[Tensor] = []
         for i, block in enumerate(self.encoder):
@@ -141,12 +158,16 @@ class UNet3Plus(nn.Module):
                 parts.append(self.skips[level][src](t))          # (B, s, H / 2^level, W / 2^level)
             maps[level] = self.fuse[level](torch.cat(parts, 1))  # (B, 5 s, H / 2^level, W / 2^level)
         out = self.head(maps[0])                                 # (B, out, H, W)
+        if base is not None:
+            out = out + base
         if not heads:
             return out
         if self.aux_heads is None:
             raise ValueError("heads=True needs a model built with deep_supervision=True")
         outs = [F.interpolate(head(maps[src]), size=(H, W), mode="bilinear", align_corners=False)
                 for head, src in zip(self.aux_heads, (4, 3, 2, 1))]  # 4 x (B, out, H, W)
+        if base is not None:
+            outs = [o + base for o in outs]
         return outs + [out]
 
     @torch.no_grad()

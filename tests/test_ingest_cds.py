@@ -172,6 +172,7 @@ def test_an_old_style_key_is_refused_before_any_request(tmp_path, cds):
 
 def test_the_key_is_never_logged_or_written(tmp_path, cds, creds, caplog, capfd):
     caplog.set_level(logging.DEBUG)  # cdsapi's debug line dumps the client settings, key included
+    caplog.set_level(logging.DEBUG, logger="bzpipe")  # flows.logging_setup may have set bzpipe to INFO
     cfg = make_cfg(tmp_path)
     store = Store(cfg.store_root)
     ingest_item(feb(cfg), cfg, store, cds=creds)

@@ -11,13 +11,12 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from doubles.armlive import ArmLiveDouble
+from doubles.armlive import ArmLiveDouble, write_served_files
 
 from bzpipe.config import IngestConfig, SyntheticConfig
 from bzpipe.credentials import ArmCredentials, arm_credentials_from_env, redact
 from bzpipe.errors import AuthenticationError, DownloadError, InputFileError, StoreError
 from bzpipe.ingest import IngestItem, arm_datastream, ingest_item, is_retryable, plan
-from bzpipe.sources import synthetic
 from bzpipe.sources.arm.download import ArmFileUnavailableError, parse_arm_name
 from bzpipe.store import Store
 
@@ -30,11 +29,7 @@ TINY = SyntheticConfig(time_step_s=120.0, hours_per_day=1.0, n_gates=48)
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real-format KaZR and met files (synthetic writer), as ARM Live holds them."""
-    d = tmp_path_factory.mktemp("armlive")
-    for day in DAYS:
-        synthetic.write_kazr_day(d, "nsa", day, TINY, 0)
-        synthetic.write_met_day(d, "nsa", day, TINY, 0)
-    return d
+    return write_served_files(tmp_path_factory.mktemp("armlive"), "nsa", DAYS, TINY)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from doubles.armlive import ArmLiveDouble
+from doubles.armlive import ArmLiveDouble, write_served_files
 from doubles.cds import CdsDouble
 from doubles.s3 import list_objects, moto_s3
 
@@ -44,11 +44,7 @@ EXPECTED_KEYS = sorted(
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("armlive-flow")
-    for day in DAYS:
-        synthetic.write_kazr_day(d, "nsa", day, TINY, 0)
-        synthetic.write_met_day(d, "nsa", day, TINY, 0)
-    return d
+    return write_served_files(tmp_path_factory.mktemp("armlive-flow"), "nsa", DAYS, TINY)
 
 
 @pytest.fixture

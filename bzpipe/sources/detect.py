@@ -19,7 +19,7 @@ def open_any(path: str | Path) -> xr.Dataset:
     """
     from bzpipe.sources.arm import read_kazr, read_met
     from bzpipe.sources.cloudsat import read_granule
-    from bzpipe.sources.era5 import read_era5, read_era5_single_level, read_ifs_column
+    from bzpipe.sources.era5 import read_era5_single_level, read_ifs_column
     from bzpipe.sources.fileio import sniff_format
 
     p = Path(path)

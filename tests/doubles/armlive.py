@@ -82,3 +82,13 @@ class ArmLiveDouble(DoubleServer):
             return Reply.json({"citation": f"Atmospheric Radiation Measurement (ARM) user facility. {ds}. "
                                            "ARM Data Center (double)."})
         return Reply(404, b"not found", "text/plain")
+
+
+def write_served_files(d: Path, site: str, days: list, cfg) -> Path:
+    """Real-format KaZR and met files (the synthetic writers), as ARM Live holds them, in ``d``."""
+    from bzpipe.sources import synthetic
+
+    for day in days:
+        synthetic.write_kazr_day(d, site, day, cfg, 0)
+        synthetic.write_met_day(d, site, day, cfg, 0)
+    return d

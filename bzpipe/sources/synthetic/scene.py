@@ -86,6 +86,16 @@ def _internal_grid(heights: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return np.arange(0.0, top + 30.0, 30.0), None
 
 
+
+def _fall_through(dbz: np.ndarray, falling: np.ndarray, rh: np.ndarray, dz: float) -> np.ndarray:
+    """Falling snow's reflectivity one layer (``dz`` m) lower: it sublimates in sub-saturated air
+    (faster for weak echoes), grows in supersaturated air; below -55 dBZ it is gone (-99)."""
+    rate = np.where(rh < 1.0,                                  # dB per km
+                    K_SUBLIMATION * (1.0 - rh) * (1.0 + np.clip((-10.0 - dbz) / 10.0, 0.0, 4.0)),
+                    -K_GROWTH * (rh - 1.0))
+    out = np.where(falling, dbz - rate * dz / 1000.0, dbz)
+    return np.where(out < -55.0, -99.0, out)
+
 def reflectivity_curtain(site: str | Site, times: np.ndarray | list[datetime], heights_agl: np.ndarray,
                          seed: int, state: AtmosphereState | None = None) -> np.ndarray:
     """True reflectivity (dBZ, float32, NaN = no echo) of shape ``(n_times, n_heights)``.
@@ -174,11 +184,7 @@ def reflectivity_curtain(site: str | Site, times: np.ndarray | list[datetime], h
         dbz_cloud = -32.0 + (dbz_gen_mean + 32.0) * frac ** 0.7
         fall = np.where(in_cloud, dbz_cloud, fall)
         below = has_layer & (z < st.layer_base) & (fall > -90.0)
-        rate = np.where(rh < 1.0,
-                        K_SUBLIMATION * (1.0 - rh) * (1.0 + np.clip((-10.0 - fall) / 10.0, 0.0, 4.0)),
-                        -K_GROWTH * (rh - 1.0))
-        fall = np.where(below, fall - rate * dz / 1000.0, fall)
-        fall = np.where(fall < -55.0, -99.0, fall)
+        fall = _fall_through(fall, below, rh, dz)
         alive = (in_cloud | below) & (fall > -90.0)
         z_lin += np.where(alive, _to_lin(fall + texture), 0.0)
 
@@ -191,11 +197,7 @@ def reflectivity_curtain(site: str | Site, times: np.ndarray | list[datetime], h
             fr = np.clip((st.cirrus_top - z) / np.maximum(st.cirrus_top - st.cirrus_base, 100.0), 0.0, 1.0)
             fall_c = np.where(in_ci, -34.0 + (12.0 * st.cirrus_intensity + 4.0) * fr, fall_c)
             below_c = has_cirrus & (z < st.cirrus_base) & (fall_c > -90.0)
-            rate_c = np.where(rh < 1.0,
-                              K_SUBLIMATION * (1.0 - rh) * (1.0 + np.clip((-10.0 - fall_c) / 10.0, 0.0, 4.0)),
-                              -K_GROWTH * (rh - 1.0))
-            fall_c = np.where(below_c, fall_c - rate_c * dz / 1000.0, fall_c)
-            fall_c = np.where(fall_c < -55.0, -99.0, fall_c)
+            fall_c = _fall_through(fall_c, below_c, rh, dz)
             alive_c = (in_ci | below_c) & (fall_c > -90.0)
             if alive_c.any():
                 z_lin += np.where(alive_c, _to_lin(fall_c + 4.0 * tex("cirrus", t - lag_c)), 0.0)

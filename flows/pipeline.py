@@ -64,11 +64,20 @@ def pipeline(config: PipelineConfig | None = None, config_path: str | None = Non
     if sample_granule:
         granule = stage_sample_granule(cfg)
         out["cloudsat"] = reprocess_granule(granule_uri=granule, config=cfg.infer)
-    lines = [f"- **{k}**: `{v if isinstance(v, str) else v.get('output_key', v) if isinstance(v, dict) else v}`"
-             for k, v in out.items() if k != "ingest"]
     create_markdown_artifact(key="pipeline-summary", description="bzpipe end-to-end run",
-                             markdown="# bzpipe pipeline\n\n" + "\n".join(lines))
+                             markdown="# bzpipe pipeline\n\n" + "\n".join(
+                                 f"- **{k}**: `{v}`" for k, v in summary(out).items()))
     return out
+
+
+def summary(out: dict[str, Any]) -> dict[str, str]:
+    """What each stage produced, one line each: URIs, the granule output, the ingest counts."""
+    lines = {}
+    for k, v in out.items():
+        if isinstance(v, dict):
+            v = v.get("output_key") or v.get("counts") or v
+        lines[k] = str(v)
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,10 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not state.is_completed():
         print(f"pipeline ended {state.type.value}: {state.message}")
         return 1
-    res = state.result()
     print("\nbzpipe pipeline finished:")
-    for k, v in res.items():
-        print(f"  {k}: {v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk in ('output_key', 'plot_key', 'status', 'fetched', 'skipped', 'failed')}}")
+    for k, v in summary(state.result()).items():
+        print(f"  {k}: {v}")
     return 0
 
 

@@ -18,7 +18,6 @@ Run: ``python -m flows.build_dataset [--config FILE] [--set key=value ...] [--da
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -30,7 +29,7 @@ from bzpipe.config import BuildConfig
 from bzpipe.dataset import (build_recipe, check_existing, colocate_day, load_plan, plan_dataset, save_plan,
                             write_dataset)
 from bzpipe.store import Store
-from flows.common import cli_parser, resolve_config
+from flows.common import artifact_slug, cli_parser, resolve_config
 
 
 @task(name="colocate-site-day", task_run_name="colocate-{inputs[site]}-{inputs[day]}", retries=2,
@@ -71,7 +70,7 @@ def write_task(store_root: str, config: dict[str, Any], plan_uri: str) -> str:
 
 
 def _artifact_key(version: str) -> str:
-    return "dataset-" + re.sub(r"[^a-z0-9-]+", "-", version.lower()).strip("-")
+    return "dataset-" + artifact_slug(version)
 
 
 @flow(name="build-dataset", log_prints=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -37,3 +38,8 @@ def cli_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     return p
+
+
+def artifact_slug(text: str) -> str:
+    """Prefect artifact keys (and job names): lower-case letters, digits and dashes."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-") or "run"

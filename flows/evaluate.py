@@ -14,7 +14,6 @@ links to the report and its figures.  Returns the URI of ``index.html``.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -27,12 +26,8 @@ from bzpipe.config import EvalConfig
 from bzpipe.errors import StoreError
 from bzpipe.store import Store
 from bzpipe.torchdata import resolve_dataset_uri
-from flows.common import cli_parser, resolve_config
+from flows.common import artifact_slug, cli_parser, resolve_config
 
-
-def artifact_slug(text: str) -> str:
-    """Prefect artifact keys: lower-case letters, digits and dashes."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-") or "run"
 
 
 @task(name="check-evaluation-inputs", retries=2, retry_delay_seconds=5, cache_policy=NONE)

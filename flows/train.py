@@ -39,7 +39,7 @@ from bzpipe.checkpoint import checkpoint_key, loss_curve_png, read_metrics
 from bzpipe.config import TrainConfig
 from bzpipe.errors import BzpipeError
 from bzpipe.store import Store
-from flows.common import cli_parser, resolve_config
+from flows.common import artifact_slug, cli_parser, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 K8S_TEMPLATE = REPO / "infra" / "k8s" / "train-job.yaml"
@@ -50,10 +50,6 @@ RDZV_PORT = 29500
 class ClusterError(BzpipeError):
     """A cluster CLI is missing, or a submitted training job failed."""
 
-
-def artifact_slug(text: str) -> str:
-    """Prefect artifact keys: lower-case letters, digits and dashes."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-") or "run"
 
 
 def _require_cli(name: str, backend: str) -> str:

@@ -35,12 +35,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_train(device: torch.device, a: argparse.Namespace) -> dict:
+def _full_size_model(device: torch.device, a: argparse.Namespace) -> tuple[UNet3Plus, bool]:
+    """The paper-size UNet3+ on ``device`` (channels_last on GPU), seeded; and whether it is a GPU."""
     torch.manual_seed(0)
     model = UNet3Plus(UNet3PlusConfig(in_channels=a.channels + 1)).to(device)
     gpu = device.type == "cuda"
     if gpu:
         model = model.to(memory_format=torch.channels_last)
+    return model, gpu
+
+
+def bench_train(device: torch.device, a: argparse.Namespace) -> dict:
+    model, gpu = _full_size_model(device, a)
     opt = torch.optim.Adam(model.parameters(), lr=5e-5)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and a.amp else contextlib.nullcontext()
     x = torch.randn(a.batch, a.channels, a.size, a.size, device=device)
@@ -78,11 +84,7 @@ def bench_train(device: torch.device, a: argparse.Namespace) -> dict:
 
 
 def bench_infer(device: torch.device, a: argparse.Namespace) -> dict:
-    torch.manual_seed(0)
-    model = UNet3Plus(UNet3PlusConfig(in_channels=a.channels + 1)).to(device)
-    gpu = device.type == "cuda"
-    if gpu:
-        model = model.to(memory_format=torch.channels_last)
+    model, gpu = _full_size_model(device, a)
     n = a.patches if a.patches else (128 if gpu else 1)
     max_batch = a.max_batch if a.max_batch else (512 if gpu else 25)
     x = torch.randn(n, a.channels, a.size, a.size, device=device)

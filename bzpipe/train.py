@@ -301,6 +301,12 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
                               f"{old.get('channels')}; this config asks for {meta['model']} on "
                               f"{meta['channels']}. "
                               "Use another run_name or resume=false.")
+        old_ds, new_ds = old.get("dataset", {}), meta["dataset"]
+        if (old_ds.get("uri"), old_ds.get("sha256")) != (new_ds["uri"], new_ds["sha256"]):
+            raise ConfigError(f"{store.uri(last_key)}: existing run was trained on {old_ds.get('uri')} "
+                              f"(sha256 {str(old_ds.get('sha256'))[:12]}); this config trains on "
+                              f"{new_ds['uri']} (sha256 {new_ds['sha256'][:12]}). "
+                              "Use another run_name or resume=false.")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -126,6 +126,11 @@ def test_resume_after_kill_continues_from_saved_epoch(tmp_path: Path, tiny_root:
     assert -1 not in seen and again.last_epoch == 3
     with pytest.raises(ConfigError, match="existing run"):
         train(cfg_for(tiny_root, epochs=4, run_name="resumed", filters=(4, 8, 8, 8, 16)))
+    # ... and so is resuming on another dataset (a rebuilt version has another checksum)
+    write_tiny_dataset(tiny_root, version="other", n={"train": 16, "val": 8}, rows=32, cols=32,
+                       blind_zone_rows=4, seed=1)
+    with pytest.raises(ConfigError, match="existing run was trained on .*tiny"):
+        train(cfg_for(tiny_root, epochs=4, run_name="resumed", dataset="other"))
 
 
 def test_early_stopping_uses_the_validation_split(tmp_path: Path):

@@ -51,3 +51,13 @@ def test_manifest_verify_detects_tampering(store_root, capsys):
     (store_root / "raw" / "a.bin").write_bytes(b"tampered")
     assert main(["manifest", str(store_root), "--verify"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_inspect_opens_every_real_sample(shared_data, capsys):
+    files = sorted(str(p) for p in shared_data.rglob("*") if p.is_file() and p.suffix != ".md")
+    assert len(files) == 9
+    assert main(["inspect", *files]) == 0
+    text = capsys.readouterr().out
+    # KaZR / MMCR curtains, ERA-5 on pressure levels (GRIB and netCDF), the IFS column, the CloudSat granule
+    assert text.count("== ") == 9
+    assert "profile: 36950" in text and "level: 137" in text and "pressure_level" in text

@@ -55,8 +55,13 @@ def _read_era5_present(path: Path) -> xr.Dataset:
     from bzpipe.errors import MissingVariableError
     from bzpipe.sources.era5 import read_era5
 
+    everything = ("t", "q", "u", "v", "z")
+    try:
+        return read_era5(path, variables=everything)          # the usual case: one read
+    except MissingVariableError:
+        pass
     present = []
-    for v in ("t", "q", "u", "v", "z"):
+    for v in everything:
         try:
             read_era5(path, variables=(v,))
         except MissingVariableError:

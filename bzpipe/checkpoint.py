@@ -43,6 +43,32 @@ def metrics_key(run_name: str) -> str:
     return Store.model_key(run_name, "metrics.jsonl")
 
 
+def final_key(run_name: str) -> str:
+    return Store.model_key(run_name, "final.json")
+
+
+def mark_finished(store: Store, run_name: str, **extra: Any) -> dict[str, Any]:
+    """Record that a training run ended, with the checksums of its checkpoints at that moment.
+
+    A run still training rewrites its checkpoints, which then no longer match this record, so
+    :func:`finished_model_id` can tell a finished model from an interim one.
+    """
+    rec: dict[str, Any] = {f"{w}_sha256": e.sha256 for w in CHECKPOINTS
+                           if (e := store.entry(checkpoint_key(run_name, w))) is not None}
+    rec.update(extra)
+    store.write_json(final_key(run_name), rec)
+    return rec
+
+
+def finished_model_id(store: Store, run_name: str, which: str = "best") -> str | None:
+    """Model id of checkpoint ``which`` if its run has finished training with it, else None."""
+    entry = store.entry(checkpoint_key(run_name, which))
+    if entry is None or not store.exists(final_key(run_name)):
+        return None
+    final = store.read_json(final_key(run_name))
+    return entry.sha256[:12] if final.get(f"{which}_sha256") == entry.sha256 else None
+
+
 def save_checkpoint(store: Store, key: str, state: dict[str, Any], meta: dict[str, Any]) -> str:
     """Serialize ``state`` (+ ``meta`` as JSON) and write it atomically; return its sha256."""
     payload = dict(state)

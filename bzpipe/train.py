@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from bzpipe.checkpoint import (
     checkpoint_key,
+    mark_finished,
     metrics_key,
     read_checkpoint,
     save_checkpoint,
@@ -392,6 +393,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
                      val_loss, lr, dt, " *best*" if is_best else "", f" stop: {stopped}" if stopped else "")
         if on_epoch_end is not None:
             on_epoch_end(row)
+    if env.is_main:                                      # scanners apply finished models only
+        mark_finished(store, cfg.run_name, stopped=stopped or "epochs", best_epoch=best_epoch)
     if env.distributed:
         dist.barrier()                                   # rank 0 has written everything
     last = history[-1] if history else {}

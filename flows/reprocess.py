@@ -47,7 +47,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.events import DeploymentEventTrigger, emit_event
 
-from bzpipe.checkpoint import checkpoint_key
+from bzpipe.checkpoint import finished_model_id
 from bzpipe.config import IngestConfig, InferConfig
 from bzpipe.infer import batch as bz_batch
 from bzpipe.infer.granule import RAW_PREFIX, process_granule, stage_granule
@@ -231,11 +231,11 @@ def scan_landing(config: InferConfig | None = None, config_path: str | None = No
     cfg = resolve_config(InferConfig, config, config_path, overrides)
     logger = get_run_logger()
     store = Store(cfg.store_root)
-    if not store.exists(checkpoint_key(cfg.run_name, cfg.which)):
-        logger.info("no %s checkpoint of run %s yet in %s: nothing to announce", cfg.which, cfg.run_name,
-                    store.root)
+    model_id = finished_model_id(store, cfg.run_name, cfg.which)
+    if model_id is None:    # no model yet, or one still training: its interim checkpoints are not versions
+        logger.info("no finished %s checkpoint of run %s in %s: nothing to announce", cfg.which,
+                    cfg.run_name, store.root)
         return []
-    model_id = resolve_model(cfg)
     files = bz_batch.list_landing(store, cfg.landing)
     pending = bz_batch.pending_granules(store, files, model_id)
     emitted = []

@@ -25,7 +25,7 @@ def save_tiny_model(store_root: str | Path, run_name: str = "tiny", *, channels:
     """Save an untrained tiny UNet3+ as ``models/<run_name>/checkpoint-best.pt``; return its model id."""
     import torch
 
-    from bzpipe.checkpoint import checkpoint_key, load_model, save_checkpoint
+    from bzpipe.checkpoint import checkpoint_key, load_model, mark_finished, save_checkpoint
     from bzpipe.config import TrainConfig, config_record
     from bzpipe.model.unet3plus import UNet3Plus, UNet3PlusConfig
     from bzpipe.schema import CHANNELS, default_normalization
@@ -44,6 +44,7 @@ def save_tiny_model(store_root: str | Path, run_name: str = "tiny", *, channels:
     store = Store(store_root)
     save_checkpoint(store, checkpoint_key(run_name, "best"),
                     {"model": model.state_dict(), "epoch": 1, "val_loss": 0.1}, meta)
+    mark_finished(store, run_name, stopped="test")
     return load_model(store, run_name, "best")[1]["model_id"]
 
 

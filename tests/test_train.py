@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from _zarr_fixture import write_tiny_dataset
-from bzpipe.checkpoint import checkpoint_key, load_model, model_id, read_metrics
+from bzpipe.checkpoint import (checkpoint_key, finished_model_id, load_model, model_id, read_metrics,
+                               save_checkpoint)
 from bzpipe.config import TrainConfig
 from bzpipe.errors import ConfigError, StoreError
 from bzpipe.provenance import code_version, sha256_bytes
@@ -96,6 +97,11 @@ def test_train_writes_checkpoints_metrics_and_loads(tiny_root: Path):
     assert meta_last["epoch"] == 2
     for k, v in last.state_dict().items():                             # the last checkpoint = final weights
         assert torch.equal(v, res.model.state_dict()[k]), k
+    # the run is marked finished with these checkpoints; a run that rewrites them is not finished
+    assert finished_model_id(store, "unet3p") == model_id(meta)
+    assert finished_model_id(store, "unet3p", "last") == model_id(meta_last)
+    save_checkpoint(store, checkpoint_key("unet3p", "best"), {"model": model.state_dict(), "epoch": 9}, meta)
+    assert finished_model_id(store, "unet3p") is None
 
 
 class Killed(Exception):

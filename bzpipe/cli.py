@@ -34,6 +34,7 @@ def _cmd_config(a: argparse.Namespace) -> int:
 
 
 def _cmd_generate(a: argparse.Namespace) -> int:
+    from bzpipe.ingest import months
     from bzpipe.sources import synthetic
 
     cfg = load_pipeline_config(a.config, a.overrides).ingest
@@ -43,13 +44,11 @@ def _cmd_generate(a: argparse.Namespace) -> int:
         for day in cfg.days():
             written.append(synthetic.write_kazr_day(out / "kazr" / site.name, site, day, cfg.synthetic, cfg.seed))
             written.append(synthetic.write_met_day(out / "met" / site.name, site, day, cfg.synthetic, cfg.seed))
-        for year, month in sorted({(d.year, d.month) for d in cfg.days()}):
+        for year, month in months(cfg):
             written.append(synthetic.write_era5_month(out / "era5" / site.name, site, year, month,
                                                       cfg.era5_levels_hpa, cfg.era5_box_deg, cfg.seed))
-    from datetime import datetime, timezone
-
-    start = datetime.combine(cfg.start, datetime.min.time(), tzinfo=timezone.utc)
-    written.append(synthetic.generate_cloudsat_granule(out / "cloudsat", start, cfg.synthetic.cloudsat_profiles,
+    written.append(synthetic.generate_cloudsat_granule(out / "cloudsat", cfg.start_datetime(),
+                                                       cfg.synthetic.cloudsat_profiles,
                                                        cfg.seed, cfg.synthetic))
     for p in written:
         print(p)

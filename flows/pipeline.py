@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -38,7 +37,7 @@ def stage_sample_granule(cfg: PipelineConfig) -> str:
     from bzpipe.sources.synthetic import generate_cloudsat_granule
 
     store = Store(cfg.infer.store_root)
-    start = datetime.combine(cfg.ingest.start, datetime.min.time(), tzinfo=timezone.utc).replace(hour=12)
+    start = cfg.ingest.start_datetime().replace(hour=12)
     with tempfile.TemporaryDirectory(prefix="bzpipe-granule-") as d:
         path = generate_cloudsat_granule(d, start, cfg.ingest.synthetic.cloudsat_profiles,
                                          cfg.ingest.seed, cfg.ingest.synthetic)

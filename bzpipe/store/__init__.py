@@ -92,6 +92,11 @@ class Store:
     def is_local(self) -> bool:
         return self.protocol == "file"
 
+    @property
+    def _fs_root(self) -> str:
+        """The root as the filesystem lists paths (no ``s3://``)."""
+        return self.root if self.is_local else self.root.removeprefix("s3://")
+
     def uri(self, key: str) -> str:
         """Full address of ``key`` (a local path, or ``s3://...``)."""
         key = _clean_key(key)
@@ -147,7 +152,7 @@ class Store:
         if not self.fs.exists(base):
             return []
         found = self.fs.find(base)
-        root = self.root if self.is_local else self.root.removeprefix("s3://")
+        root = self._fs_root
         keys = []
         for p in found:
             p = str(p)
@@ -162,7 +167,7 @@ class Store:
         base = self.uri(prefix)
         if not self.fs.exists(base):
             return []
-        root = self.root if self.is_local else self.root.removeprefix("s3://")
+        root = self._fs_root
         out = []
         for p in self.fs.ls(base, detail=False):
             p = str(p).rstrip("/")

@@ -49,6 +49,10 @@ stack_env() {
   unset PREFECT_API_DATABASE_CONNECTION_URL   # an older alias that could point elsewhere
   export PREFECT_LOGGING_EXTRA_LOGGERS="${PREFECT_LOGGING_EXTRA_LOGGERS:-bzpipe}"
   export PREFECT_SERVER_ANALYTICS_ENABLED=false
+  # SQLite on a small, busy machine: give statements and connections time before the server
+  # answers 503 (clients retry those, but a longer wait makes fewer of them).
+  export PREFECT_SERVER_DATABASE_TIMEOUT="${PREFECT_SERVER_DATABASE_TIMEOUT:-30}"
+  export PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT="${PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT:-15}"
   export BZPIPE_REPO="$REPO"
   export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 }

@@ -79,9 +79,16 @@ class Stack:
 
     # ----------------------------------------------------------------- REST
     def call(self, path: str, body: Any = None, method: str | None = None) -> Any:
+        """One REST call, retried the way Prefect's own client retries.
+
+        A busy 2-core machine can stall the SQLite-backed server: it then answers 503 (or 502/429)
+        for a request it did not carry out, which Prefect's client retries with backoff; so do we.
+        Reads are also retried on a timeout.  Creations are made idempotent by their callers
+        (``idempotency_key``), so a retried creation never makes a second run.
+        """
         data = None if body is None else json.dumps(body).encode()
-        # a busy 2-core machine can stall the server for a while: retry reads (not creations)
-        tries = 3 if data is None or path.endswith("/filter") else 1
+        read = data is None or path.endswith("/filter")
+        tries = 6
         for attempt in range(tries):
             req = urllib.request.Request(self.api + path, data=data, method=method or ("POST" if data else "GET"),
                                          headers={"Content-Type": "application/json"})
@@ -89,8 +96,13 @@ class Stack:
                 with urllib.request.urlopen(req, timeout=60) as resp:
                     raw = resp.read()
                 return json.loads(raw) if raw else None
-            except (TimeoutError, urllib.error.URLError) as e:
-                if isinstance(e, urllib.error.HTTPError) or attempt == tries - 1:
+            except urllib.error.HTTPError as e:
+                if e.code not in (429, 502, 503) or attempt == tries - 1:
+                    raise
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                time.sleep(float(retry_after) if retry_after and retry_after.isdigit() else 2 ** attempt)
+            except (TimeoutError, urllib.error.URLError):
+                if not read or attempt == tries - 1:
                     raise
                 time.sleep(2)
 
@@ -304,7 +316,8 @@ def test_stack_is_up_with_pool_worker_and_deployments(stack: Stack):
 def test_pipeline_scheduled_scan_and_event_triggered_reprocessing(stack: Stack):
     # ------------------------------------------------------------ the pipeline deployment
     pipe = stack.deployment("pipeline", "pipeline")
-    run = stack.call(f"/deployments/{pipe['id']}/create_flow_run", {"tags": ["e2e"]})
+    run = stack.call(f"/deployments/{pipe['id']}/create_flow_run",
+                     {"tags": ["e2e"], "idempotency_key": f"e2e-pipeline-{stack.root.name}"})
     done = stack.wait(run["id"], timeout=420)
     assert done["state_type"] == "COMPLETED", stack.explain(done)
     assert (stack.store / "datasets" / "tiny.zarr").is_dir()

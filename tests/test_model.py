@@ -191,6 +191,8 @@ def test_quantiles_match_numpy():
     s = torch.randn(50, 3, 4)
     got = quantiles_along0(s, (0.05, 0.5, 0.95)).numpy()
     np.testing.assert_allclose(got, np.quantile(s.numpy(), [0.05, 0.5, 0.95], axis=0), rtol=1e-5, atol=1e-6)
+    # no quantiles asked: an empty stack of the right trailing shape, not an error
+    assert quantiles_along0(s, ()).shape == (0, 3, 4)
 
 
 def test_output_heads_start_at_no_echo():

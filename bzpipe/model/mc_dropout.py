@@ -39,6 +39,8 @@ def quantiles_along0(samples: Tensor, qs: Sequence[float]) -> Tensor:
     ``torch.quantile`` refuses inputs above 16 M elements; this sorts once.
     """
     n = samples.shape[0]
+    if len(qs) == 0:
+        return samples.new_empty((0, *samples.shape[1:]))
     srt = samples.sort(dim=0).values
     out = []
     for q in qs:

@@ -12,15 +12,32 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+import urllib.error
 import urllib.request
 from typing import Any
 
 
-def post(api: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    req = urllib.request.Request(api + path, data=json.dumps(body or {}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.load(resp)
+#: answers a busy SQLite-backed server gives for requests it did not carry out (Prefect's client retries them)
+RETRY_CODES = (429, 502, 503)
+
+
+def post(api: str, path: str, body: dict[str, Any] | None = None, tries: int = 5) -> Any:
+    """POST ``body`` (filters and state changes, all safe to repeat), retrying 429/502/503 and timeouts."""
+    for attempt in range(tries):
+        req = urllib.request.Request(api + path, data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as e:
+            if e.code not in RETRY_CODES or attempt == tries - 1:
+                raise
+        except (TimeoutError, urllib.error.URLError):
+            if attempt == tries - 1:
+                raise
+        time.sleep(min(2 ** attempt, 8))
+    raise AssertionError("unreachable")
 
 
 def schedule_text(deployment: dict[str, Any]) -> str:

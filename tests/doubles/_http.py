@@ -73,12 +73,21 @@ class DoubleServer:
                 pass
 
             def _handle(self, method: str) -> None:
+                # A request is "in flight" from its arrival until its answer starts to go out: a
+                # client that got the answer may start its next request before this thread gets
+                # to run again, and must not be counted as overlapping with it.
                 with double._lock:
                     double.in_flight += 1
                     double.max_in_flight = max(double.max_in_flight, double.in_flight)
+                self._counted = True
                 try:
                     self._answer(method)
                 finally:
+                    self._answered()
+
+            def _answered(self) -> None:
+                if getattr(self, "_counted", False):
+                    self._counted = False
                     with double._lock:
                         double.in_flight -= 1
 
@@ -105,6 +114,7 @@ class DoubleServer:
                 else:
                     reply = double.route(method, parts.path, query, seen.headers, body)
                 seen.status = reply.status
+                self._answered()
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", reply.content_type)

@@ -229,9 +229,38 @@ def verify_file(kind: str, path: Path) -> None:
         raise InputFileError(path, f"not readable as {kind} ({type(e).__name__}: {e})") from e
 
 
+class StoreJobBook:
+    """A :class:`bzpipe.sources.era5.download.CdsJobBook` kept as ``work/cds-jobs/<key>.json`` in the store.
+
+    Outside the manifest (it is bookkeeping, not data); written atomically.
+    """
+
+    def __init__(self, store: Store, key: str) -> None:
+        self.store = store
+        self.key = f"work/cds-jobs/{key}.json"
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            rec = self.store.read_json(self.key)
+        except FileNotFoundError:
+            return None
+        except ValueError:  # unreadable bookkeeping: submit anew
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    def save(self, record: dict[str, Any]) -> None:
+        self.store.write_json(self.key, record, manifest=False)
+
+    def clear(self) -> None:
+        self.store.remove(self.key)
+
+
 def fetch(item: IngestItem, cfg: IngestConfig, dest_dir: Path, *, arm: ArmCredentials | None = None,
-          cds: CdsCredentials | None = None) -> tuple[Path, dict[str, Any]]:
-    """Fetch ``item`` into ``dest_dir``; return the local file and what to record about its source."""
+          cds: CdsCredentials | None = None, store: Store | None = None) -> tuple[Path, dict[str, Any]]:
+    """Fetch ``item`` into ``dest_dir``; return the local file and what to record about its source.
+
+    ``store``: where a submitted CDS job is remembered, so that a retry resumes it.
+    """
     site = site_for(cfg, item.site)
     if item.source == "offline":
         from bzpipe.sources import synthetic
@@ -264,7 +293,8 @@ def fetch(item: IngestItem, cfg: IngestConfig, dest_dir: Path, *, arm: ArmCreden
         y, m = (int(x) for x in item.month.split("-"))
         path, request = download_era5_month(cds, site, y, m, cfg.era5_levels_hpa, cfg.era5_box_deg,
                                             dest_dir / item.name, timeout_s=cfg.request_timeout_s,
-                                            poll_max_s=cfg.cds_poll_max_s)
+                                            poll_max_s=cfg.cds_poll_max_s,
+                                            job_book=StoreJobBook(store, item.key) if store else None)
         return path, {"source": "cds", "service": cds.url, "dataset": DATASET, "request": request}
     raise ConfigError(f"unknown source {item.source!r} for {item.key}")
 
@@ -299,7 +329,7 @@ def ingest_item(item: IngestItem | dict[str, Any], cfg: IngestConfig, store: Sto
         Path(tmp_parent).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bzpipe-dl-", dir=tmp_parent) as d:
         with fetch_slot() if fetch_slot else contextlib.nullcontext():
-            path, source_info = fetch(item, cfg, Path(d), arm=arm, cds=cds)
+            path, source_info = fetch(item, cfg, Path(d), arm=arm, cds=cds, store=store)
         verify_file(item.kind, path)
         digest = sha256_file(path)
         producer = provenance_record(cfg, stage="ingest", kind=item.kind, site=item.site, **source_info)

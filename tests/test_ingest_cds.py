@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from datetime import date
@@ -42,11 +43,22 @@ def make_cfg(tmp_path: Path, **kw) -> IngestConfig:
     return IngestConfig(**base)
 
 
+JOBS = "work/cds-jobs/"
+
+
 def assert_untouched(store: Store, key: str) -> None:
+    """Nothing of ``key`` in the store; at most the id of the CDS job that a retry resumes."""
     assert not store.exists(key)
     assert store.entry(key) is None
     root = Path(store.root)
-    assert not root.exists() or [p for p in root.rglob("*") if p.is_file()] == []
+    files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()] if root.exists() else []
+    assert [f for f in files if not f.startswith(JOBS)] == []
+    assert not any(Path(f).name.startswith(".") for f in files), files  # no temp files
+
+
+def job_record(store: Store, item: IngestItem) -> dict | None:
+    key = f"{JOBS}{item.key}.json"
+    return store.read_json(key) if store.exists(key) else None
 
 
 def feb(cfg: IngestConfig) -> IngestItem:
@@ -115,6 +127,9 @@ def test_a_failed_job_is_reported_with_the_services_reason(tmp_path, cds, creds)
                        match="nsa 2019-02 failed.*The job has failed; MARS returned no data"):
         ingest_item(item, cfg, store, cds=creds)
     assert_untouched(store, item.key)
+    assert job_record(store, item) is None  # a failed job is never resumed
+    assert ingest_item(item, cfg, store, cds=creds).status == "fetched"
+    assert len(cds.requests_to(r"/execution$", "POST")) == 2  # the retry submitted anew
 
 
 def test_a_truncated_download_is_never_stored(tmp_path, cds, creds):
@@ -127,6 +142,11 @@ def test_a_truncated_download_is_never_stored(tmp_path, cds, creds):
     assert is_retryable(ei.value)
     assert_untouched(store, item.key)
     assert list((tmp_path / "tmp").iterdir()) == []
+    # the job itself succeeded: the retry downloads its results again, without a new job
+    assert job_record(store, item) is not None
+    assert ingest_item(item, cfg, store, cds=creds).status == "fetched"
+    assert len(cds.requests_to(r"/execution$", "POST")) == 1
+    assert job_record(store, item) is None
 
 
 def test_a_stalled_service_times_out(tmp_path, cds, creds):
@@ -211,3 +231,61 @@ def test_area_and_request_shape():
     assert len(r["day"]) == 29 and r["pressure_level"] == ["1000", "500", "300"]
     with pytest.raises(ValueError, match="300 hPa"):
         era5_request(nsa, 2020, 2, [1000, 500], 0.75)
+
+
+def test_a_retry_resumes_the_queued_job_instead_of_submitting_again(tmp_path, cds, creds):
+    cds.polls_before_done = 2
+    cfg = make_cfg(tmp_path, request_timeout_s=0.5)
+    store = Store(cfg.store_root)
+    item = feb(cfg)
+    cds.add_fault("GET", r"/jobs/\d+$", "hang", seconds=2, times=1)  # the first status poll stalls
+    with pytest.raises(DownloadError, match="timed out") as ei:
+        ingest_item(item, cfg, store, cds=creds)
+    assert is_retryable(ei.value)
+    assert_untouched(store, item.key)
+    rec = job_record(store, item)
+    (jid,) = cds.jobs
+    assert rec["request_id"] == jid and rec["service"].startswith(cds.url)
+    assert KEY not in json.dumps(rec)
+
+    assert ingest_item(item, cfg, store, cds=creds).status == "fetched"
+    assert len(cds.requests_to(r"/execution$", "POST")) == 1       # one job at the CDS, not two
+    assert len(cds.requests_to(rf"/jobs/{jid}/results$", "GET")) == 1
+    assert job_record(store, item) is None                         # done: the record is gone
+    assert (Path(store.root) / item.key).read_bytes() == cds.jobs[jid]["file"].read_bytes()
+
+
+@pytest.mark.parametrize("case", ["gone", "other-request", "dismissed", "garbled"])
+def test_a_recorded_job_that_cannot_serve_is_replaced_by_a_new_one(tmp_path, cds, creds, case, caplog):
+    from bzpipe.ingest import StoreJobBook
+    from bzpipe.sources.era5.download import request_digest
+
+    cfg = make_cfg(tmp_path)
+    store = Store(cfg.store_root)
+    item = feb(cfg)
+    nsa = KNOWN_SITES["nsa"]
+    request = era5_request(nsa, 2019, 2, LEVELS, 0.25)
+    book = StoreJobBook(store, item.key)
+    rec = {"request_id": "00009999", "service": cds.url.rstrip("/"), "request_sha256": request_digest(request)}
+    if case == "other-request":
+        rec["request_sha256"] = request_digest({**request, "pressure_level": ["500"]})
+    if case == "dismissed":  # a real job of the same request, dismissed at the CDS since
+        old = ingest_item(item, make_cfg(tmp_path / "elsewhere"), Store(str(tmp_path / "elsewhere" / "store")),
+                          cds=creds)
+        assert old.status == "fetched"
+        (jid,) = cds.jobs
+        cds.jobs[jid]["status"] = "dismissed"
+        rec["request_id"] = jid
+    book.save(rec)
+    if case == "garbled":
+        (Path(store.root) / book.key).write_text("{not json")
+    before = len(cds.requests_to(r"/execution$", "POST"))
+    with caplog.at_level(logging.INFO, logger="bzpipe"):
+        assert ingest_item(item, cfg, store, cds=creds).status == "fetched"
+    assert len(cds.requests_to(r"/execution$", "POST")) == before + 1
+    assert job_record(store, item) is None
+    why = {"gone": "is gone at the CDS", "other-request": "for another request or service",
+           "dismissed": "is dismissed; submitting anew", "garbled": None}[case]
+    if why:
+        assert why in caplog.text
+    assert "resuming job" not in caplog.text

@@ -13,15 +13,25 @@ location and size), then the download itself.  The key travels in the
 
 Retries are left to the caller (the Prefect task): the client is built with
 ``retry_max=1`` so that a failure surfaces at once as a typed bzpipe error.
+
+A retry does not queue the request again: CDS jobs of ERA-5 months can wait in
+the CDS queue for a long time, and a network failure while polling must not
+cost that place (nor load the CDS with duplicate jobs).  The caller passes a
+:class:`CdsJobBook`; the job id is recorded there as soon as the CDS accepted
+the request, and the next attempt for the same request polls that job instead
+of submitting a new one.  A job the CDS no longer knows, or one that failed or
+was dismissed, is forgotten and the request submitted afresh.
 """
 
 from __future__ import annotations
 
 import calendar
+import hashlib
+import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
@@ -51,6 +61,53 @@ class CdsRequestRejectedError(DownloadError):
 
 class CdsJobFailedError(DownloadError):
     """The CDS accepted the request but the job failed on its side."""
+
+
+class CdsJobBook(Protocol):
+    """Where the id of a submitted CDS job is kept between attempts (e.g. a small file in the store)."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, record: dict[str, Any]) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+def request_digest(request: dict[str, Any]) -> str:
+    """sha256 of the request (canonical JSON): a recorded job is resumed only for the same request."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def _resume_job(client: Any, book: CdsJobBook, request: dict[str, Any], what: str) -> Any | None:
+    """The recorded job's ``Remote`` if it is the same request and still alive at the CDS, else None."""
+    from ecmwf.datastores import processing
+
+    rec = book.load()
+    if not rec:
+        return None
+    job = str(rec.get("request_id") or "")
+    if rec.get("request_sha256") != request_digest(request) or rec.get("service") != client.url or not job:
+        log.info("CDS: the recorded job for %s was for another request or service; submitting anew", what)
+        book.clear()
+        return None
+    try:
+        remote = client.get_remote(job)
+        status = remote.status
+    except requests.HTTPError as e:
+        code = e.response.status_code if e.response is not None else 0
+        if code == 404:  # expired or deleted at the CDS
+            log.info("CDS: job %s for %s is gone at the CDS; submitting anew", job, what)
+            book.clear()
+            return None
+        raise
+    except processing.ProcessingFailedError:
+        status = "failed"
+    if status in ("failed", "rejected", "dismissed", "deleted"):
+        log.info("CDS: job %s for %s is %s; submitting anew", job, what, status)
+        book.clear()
+        return None
+    log.info("CDS: resuming job %s for %s (status %s) instead of submitting again", job, what, status)
+    return remote
 
 
 def era5_area(site: Site, box_deg: float) -> list[float]:
@@ -149,8 +206,12 @@ def _translate(e: BaseException, what: str, timeout_s: float) -> DownloadError:
 
 def download_era5_month(creds: CdsCredentials, site: Site, year: int, month: int, levels_hpa: list[int],
                         box_deg: float, target: str | Path, *, timeout_s: float = 120.0,
-                        poll_max_s: float = 120.0) -> tuple[Path, dict[str, Any]]:
+                        poll_max_s: float = 120.0,
+                        job_book: CdsJobBook | None = None) -> tuple[Path, dict[str, Any]]:
     """Retrieve one site-month into ``target``; return its path and the request sent.
+
+    ``job_book``: where the CDS job id is kept, so that a later attempt resumes the job
+    (module docstring); without it every call submits a new job.
 
     Raises :class:`AuthenticationError` (401/403), :class:`CdsRequestRejectedError`
     (invalid request), :class:`CdsJobFailedError` (the job failed at the CDS) or
@@ -173,11 +234,25 @@ def download_era5_month(creds: CdsCredentials, site: Site, year: int, month: int
             retry_max=1, sleep_max=poll_max_s, delete=False,
             info_callback=_callback(logging.INFO), warning_callback=_callback(logging.WARNING),
             error_callback=_callback(logging.ERROR), debug_callback=_callback(logging.DEBUG))
-        client.retrieve(DATASET, request, str(target))
+        # cdsapi hands new-CDS keys to ecmwf.datastores (LegacyClient); its ``client`` is the
+        # datastores Client that submits and polls jobs (with the url, key, timeout and retries above)
+        datastores = client.client
+        remote = _resume_job(datastores, job_book, request, what) if job_book is not None else None
+        if remote is None:
+            remote = datastores.submit(DATASET, request)
+            if job_book is not None:
+                job_book.save({"request_id": remote.request_id, "service": datastores.url,
+                               "request_sha256": request_digest(request), "what": what})
+        remote.download(str(target))
     except DownloadError:
         raise
     except Exception as e:  # noqa: BLE001 - every client failure becomes one typed, secret-free error
-        raise _translate(e, what, timeout_s) from None
+        err = _translate(e, what, timeout_s)
+        if job_book is not None and isinstance(err, (CdsJobFailedError, CdsRequestRejectedError)):
+            job_book.clear()  # a failed job is never resumed: the next attempt submits anew
+        raise err from None
+    if job_book is not None:
+        job_book.clear()
     if not target.exists() or target.stat().st_size == 0:
         raise DownloadError(f"CDS {what}: no file was written")
     log.info("CDS: downloaded %s (%d bytes)", target.name, target.stat().st_size)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bzpipe.masking import mask_blind_zone  # noqa: E402
 from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_predict  # noqa: E402
+from bzpipe.model.mc_dropout import tensor_safe_batch  # noqa: E402
 from bzpipe.train import supervision_loss  # noqa: E402
 from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -86,7 +87,8 @@ def bench_train(device: torch.device, a: argparse.Namespace) -> dict:
 def bench_infer(device: torch.device, a: argparse.Namespace) -> dict:
     model, gpu = _full_size_model(device, a)
     n = a.patches if a.patches else (128 if gpu else 1)
-    max_batch = a.max_batch if a.max_batch else (512 if gpu else 25)
+    asked = a.max_batch if a.max_batch else (512 if gpu else 25)
+    max_batch = min(asked, tensor_safe_batch(model, a.size, a.size))  # what mc_predict will use
     x = torch.randn(n, a.channels, a.size, a.size, device=device)
     inputs, mask = mask_blind_zone(x, a.size // 8, 0)
     dtype = torch.bfloat16 if gpu and a.amp else None

@@ -119,7 +119,7 @@ def build_model(meta: dict[str, Any]) -> UNet3Plus:
 
 def load_model(store_or_uri: Store | str, run_name: str, which: str = "best",
                device: str | torch.device = "cpu") -> tuple[UNet3Plus, dict[str, Any]]:
-    """The trained model (eval mode, on ``device``) and its meta.
+    """The trained model (eval mode, on ``device``; channels_last on CUDA) and its meta.
 
     meta holds ``model`` (architecture), ``channels`` (names of the input
     channels before the mask channel), ``channel_set``, ``blind_zone_rows``,
@@ -133,6 +133,8 @@ def load_model(store_or_uri: Store | str, run_name: str, which: str = "best",
     model = build_model(meta)
     model.load_state_dict(state["model"])
     model.to(device).eval()
+    if torch.device(device).type == "cuda":  # NHWC convolutions: ~3x faster inference on an H100
+        model.to(memory_format=torch.channels_last)
     meta.update(epoch=int(state["epoch"]), val_loss=float(state["val_loss"]),
                 checkpoint_key=key, checkpoint_uri=store.uri(key), checkpoint_sha256=sha)
     meta["model_id"] = model_id(meta)

@@ -230,3 +230,47 @@ def test_rep_prior_starts_from_the_rep_baseline():
     assert torch.equal(filled[0, 0, :5, 0], x[0, 0, 5, 0].expand(5))
     assert torch.equal(filled[0, 0, :8, 1], x[0, 0, 8, 1].expand(8))
     assert torch.equal(filled[:, :, 8:], x[:, :1, 8:])
+
+
+@pytest.mark.parametrize("filters,skip,size", [((4, 8, 8, 8, 8), None, (32, 32)), ((4, 8, 16, 32, 64), 4, (32, 48)),
+                                               ((16, 8, 8, 8, 8), 2, (16, 64))])
+def test_largest_activation_is_the_biggest_tensor_of_a_forward_pass(filters, skip, size):
+    model = UNet3Plus(UNet3PlusConfig(in_channels=6, filters=filters, skip=skip)).eval()
+    biggest = [0]
+
+    def hook(_m, inp, out):
+        for t in (*inp, out):
+            if isinstance(t, torch.Tensor):
+                biggest[0] = max(biggest[0], t.numel() // t.shape[0])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model(torch.randn(3, 6, *size), heads=True)
+    for h in handles:
+        h.remove()
+    assert model.largest_activation(*size) == biggest[0]
+
+
+def test_mc_predict_keeps_every_forward_batch_under_the_tensor_limit(monkeypatch):
+    from bzpipe.model import mc_dropout
+
+    torch.manual_seed(0)
+    model = UNet3Plus(UNet3PlusConfig(in_channels=3, filters=(4, 8, 8, 8, 8)))
+    per_sample = model.largest_activation(16, 16)
+    monkeypatch.setattr(mc_dropout, "MAX_TENSOR_ELEMENTS", 5 * per_sample + 1)  # room for 5 samples
+    sizes = []
+    model.register_forward_pre_hook(lambda m, inp: sizes.append(inp[0].shape[0]))
+    inputs = torch.randn(4, 3, 16, 16)
+    out = mc_dropout.mc_predict(model, inputs, n_passes=6, max_batch=64, quantiles=(0.5,))
+    assert max(sizes) <= 5 and sum(sizes) == 4 * 6
+    assert out["mean"].shape == (4, 1, 16, 16) and float(out["std"].mean()) > 0
+
+
+def test_mc_predict_in_channels_last_gives_the_same_fill():
+    torch.manual_seed(0)
+    model = UNet3Plus(UNet3PlusConfig(in_channels=3, filters=(4, 8, 8, 8, 8)))
+    inputs = torch.randn(3, 3, 16, 32)
+    plain = mc_predict(model, inputs, n_passes=2, deterministic=True, channels_last=False)
+    nhwc = mc_predict(model.to(memory_format=torch.channels_last), inputs, n_passes=2, deterministic=True,
+                      channels_last=True)
+    torch.testing.assert_close(nhwc["mean"], plain["mean"], rtol=1e-4, atol=1e-5)

@@ -54,11 +54,25 @@ def quantiles_along0(samples: Tensor, qs: Sequence[float]) -> Tensor:
     return torch.stack(out)
 
 
+#: CUDA kernels index tensors with 32-bit integers: no tensor may reach 2**31 elements
+MAX_TENSOR_ELEMENTS = 2**31 - 1
+
+
+def tensor_safe_batch(model: nn.Module, height: int, width: int) -> int:
+    """The largest forward batch whose biggest activation stays under :data:`MAX_TENSOR_ELEMENTS`
+    (no limit for models that do not report ``largest_activation(h, w)``)."""
+    per_sample = getattr(model, "largest_activation", None)
+    if per_sample is None:
+        return 2**62
+    return max(1, MAX_TENSOR_ELEMENTS // max(1, int(per_sample(int(height), int(width)))))
+
+
 @torch.no_grad()
 def mc_predict(model: nn.Module, inputs: Tensor, n_passes: int = 50,
                quantiles: Sequence[float] = (0.05, 0.5, 0.95), max_batch: int = 64,
                deterministic: bool = False, x: Tensor | None = None, mask: Tensor | None = None,
-               autocast_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+               autocast_dtype: torch.dtype | None = None,
+               channels_last: bool | None = None) -> dict[str, Tensor]:
     """MC-dropout prediction statistics.
 
     Args:
@@ -68,11 +82,15 @@ def mc_predict(model: nn.Module, inputs: Tensor, n_passes: int = 50,
         n_passes: stochastic forward passes per sample.
         quantiles: quantile levels in [0, 1].
         max_batch: most samples in one forward pass (passes x samples); sets the memory use.
+            Lowered where the model's largest activation would reach 2**31 elements
+            (:func:`tensor_safe_batch`), which CUDA kernels refuse.
         deterministic: dropout off (every pass identical, zero spread).
         x, mask: optional original Tensor[B, C, H, W] and mask Tensor[B, 1, H, W]; when given
             every pass is merged with the observation first (:func:`merge_prediction`), so the
             spread is exactly 0 outside the blind zone and tapers over the ramp.
         autocast_dtype: run the passes under autocast (e.g. torch.bfloat16 on GPU).
+        channels_last: feed the passes in channels_last memory format (default: on CUDA), the
+            format of a model loaded for CUDA (:func:`bzpipe.checkpoint.load_model`).
 
     Returns:
         dict with ``mean`` and ``std`` Tensor[B, 1, H, W] and ``quantiles`` Tensor[Q, B, 1, H, W]
@@ -82,7 +100,10 @@ def mc_predict(model: nn.Module, inputs: Tensor, n_passes: int = 50,
         raise ValueError("n_passes and max_batch must be >= 1")
     if (x is None) != (mask is None):
         raise ValueError("give both x and mask to merge, or neither")
+    if channels_last is None:
+        channels_last = inputs.device.type == "cuda"
     B = inputs.shape[0]
+    max_batch = min(max_batch, tensor_safe_batch(model, inputs.shape[-2], inputs.shape[-1]))
     # plan the forward passes: (sample start, sample stop, repeats) with (stop - start) * repeats <= max_batch
     per_pass = min(B, max_batch)
     reps = max(1, max_batch // per_pass)
@@ -95,6 +116,8 @@ def mc_predict(model: nn.Module, inputs: Tensor, n_passes: int = 50,
             while done < n_passes:
                 k = min(reps, n_passes - done)
                 big = chunk.repeat(k, 1, 1, 1)                          # (k b, Cin, H, W), pass-major
+                if channels_last:
+                    big = big.contiguous(memory_format=torch.channels_last)
                 ctx = (torch.autocast(device_type=inputs.device.type, dtype=autocast_dtype)
                        if autocast_dtype is not None else contextlib.nullcontext())
                 with ctx:

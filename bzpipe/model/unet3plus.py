@@ -181,5 +181,24 @@ class UNet3Plus(nn.Module):
         inputs, mask = mask_blind_zone(x, blind_rows, ramp_rows)   # (B, C+1, H, W), (B, 1, H, W)
         return merge_prediction(self(inputs), x, mask)
 
+    def largest_activation(self, height: int, width: int) -> int:
+        """Elements per sample of the largest tensor a forward pass makes on ``height`` x ``width``.
+
+        The full-scale skips upsample whole deep maps (e5, fused decoder maps) to each decoder
+        scale before their convolution, so at d1 one sample holds ``max(f[4], 5 s) * H * W``
+        elements at once.  CUDA kernels (e.g. bilinear upsampling in channels_last) refuse
+        tensors of 2**31 elements or more: callers size batches with this.
+        """
+        f, s = self.config.filters, self.config.skip_channels
+        fused = DEPTH * s
+        size = [(height // 2 ** i) * (width // 2 ** i) for i in range(DEPTH)]
+        biggest = max(self.config.in_channels, *(f[i] for i in range(DEPTH))) * size[0]  # encoder (+input)
+        for i in range(DEPTH):
+            biggest = max(biggest, f[i] * size[i])
+        for level in range(DEPTH - 1):
+            deeper = [f[src] if src == DEPTH - 1 else fused for src in range(level + 1, DEPTH)]
+            biggest = max(biggest, max(deeper) * size[level], fused * size[level])
+        return int(biggest)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

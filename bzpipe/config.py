@@ -322,6 +322,11 @@ class EvalConfig(StageConfig):
         return v
 
 
+#: IngestConfig fields that shape the ERA-5 requests; inference fetches missing months with the same ones
+ERA5_INGEST_KEYS = ("era5_box_deg", "era5_levels_hpa", "cds_concurrency", "retries", "retry_delay_s",
+                    "request_timeout_s", "cds_poll_max_s", "cds_key_secret", "tmp_dir")
+
+
 class InferConfig(StageConfig):
     run_name: str = "unet3p"
     landing: str = Field("landing/cloudsat", description="prefix (relative to the store root, or a URI) scanned for granules")
@@ -344,6 +349,19 @@ class InferConfig(StageConfig):
     plot: bool = Field(True, description="write a curtain PNG beside each output")
     sites: list[str | Site] = Field(default_factory=lambda: ["nsa", "oli"],
                                     description="sites whose ERA-5 boxes a 5-channel model reads along the track")
+    era5_ingest: dict[str, Any] = Field(
+        default_factory=dict,
+        description="ingest settings for the ERA-5 a 5-channel model fetches (e.g. era5_box_deg up to 10 to "
+                    "cover more of the track); a pipeline file hands the ingest section's ERA-5 settings down")
+
+    @field_validator("era5_ingest")
+    @classmethod
+    def _era5_ingest_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(ERA5_INGEST_KEYS))
+        if unknown:
+            raise ValueError(f"not ERA-5 ingest settings: {unknown}; allowed: {list(ERA5_INGEST_KEYS)}")
+        IngestConfig(**v)  # the values themselves must be valid ingest settings
+        return v
 
 
 class PipelineConfig(BaseModel):
@@ -440,6 +458,10 @@ def _hand_down(data: dict[str, Any]) -> dict[str, Any]:
                               ("evaluate", "run_name", run), ("infer", "run_name", run)):
         if value is not None:
             data[stage].setdefault(key, value)
+    # ERA-5 months fetched at inference are requested as the ingest stage requests them
+    era5 = {k: data["ingest"][k] for k in ERA5_INGEST_KEYS if k in data["ingest"]}
+    if era5 and isinstance(data["infer"].get("era5_ingest", {}), dict):
+        data["infer"]["era5_ingest"] = {**era5, **data["infer"].get("era5_ingest", {})}
     return data
 
 

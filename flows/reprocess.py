@@ -110,8 +110,8 @@ def batch_task(cfg: InferConfig, keys: list[str], model_id: str) -> list[dict[st
 
 def era5_ingest_config(cfg: InferConfig, days: Sequence[date]) -> IngestConfig:
     """The ingest config that fetches the ERA-5 site-months covering ``days``."""
-    return IngestConfig(store_root=cfg.store_root, sites=cfg.sites, start=min(days), end=max(days),
-                        era5_source=cfg.era5_source, seed=cfg.seed)
+    return IngestConfig(**cfg.era5_ingest, store_root=cfg.store_root, sites=cfg.sites, start=min(days),
+                        end=max(days), era5_source=cfg.era5_source, seed=cfg.seed)
 
 
 def granule_days(names: Sequence[str]) -> list[date]:

@@ -84,3 +84,24 @@ def test_later_stages_follow_earlier_names():
     assert cfg.train.dataset == "v9" and cfg.evaluate.dataset == "v9"
     assert cfg.evaluate.run_name == "r2"
     assert cfg.infer.run_name == "other"   # an explicit value is kept
+
+
+def test_inference_fetches_era5_as_the_ingest_stage_requests_it():
+    from bzpipe.config import InferConfig
+    from flows.reprocess import era5_ingest_config
+
+    cfg = load_pipeline_config(overrides=["ingest.era5_box_deg=3", "ingest.era5_levels_hpa=[1000, 850, 500, 300]",
+                                          "ingest.kazr_source=arm", "infer.era5_ingest.retries=7",
+                                          "sites=[nsa]", "infer.era5_source=cds"])
+    assert cfg.infer.era5_ingest == {"era5_box_deg": 3, "era5_levels_hpa": [1000, 850, 500, 300], "retries": 7}
+    ing = era5_ingest_config(cfg.infer, [date(2019, 1, 31), date(2019, 2, 1)])
+    assert (ing.era5_box_deg, ing.era5_levels_hpa, ing.retries) == (3.0, [1000, 850, 500, 300], 7)
+    assert (ing.start, ing.end, ing.era5_source, ing.kazr_source) == (date(2019, 1, 31), date(2019, 2, 1), "cds",
+                                                                      "offline")
+    assert ing.sites == ["nsa"]
+    # without a pipeline file: the ingest defaults
+    assert era5_ingest_config(InferConfig(), [date(2019, 1, 1)]).era5_box_deg == IngestConfig().era5_box_deg
+    with pytest.raises(ValueError, match="not ERA-5 ingest settings"):
+        InferConfig(era5_ingest={"kazr_source": "arm"})
+    with pytest.raises(ValueError, match="era5_box_deg"):
+        InferConfig(era5_ingest={"era5_box_deg": 50})

@@ -242,9 +242,7 @@ class StoreJobBook:
     def load(self) -> dict[str, Any] | None:
         try:
             rec = self.store.read_json(self.key)
-        except FileNotFoundError:
-            return None
-        except ValueError:  # unreadable bookkeeping: submit anew
+        except (FileNotFoundError, ValueError):  # none, or unreadable bookkeeping: submit anew
             return None
         return rec if isinstance(rec, dict) else None
 

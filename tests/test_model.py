@@ -233,7 +233,7 @@ def test_rep_prior_starts_from_the_rep_baseline():
 
 
 @pytest.mark.parametrize("filters,skip,size", [((4, 8, 8, 8, 8), None, (32, 32)), ((4, 8, 16, 32, 64), 4, (32, 48)),
-                                               ((16, 8, 8, 8, 8), 2, (16, 64))])
+                                               ((16, 8, 8, 8, 8), 2, (16, 64)), ((4, 8, 64, 8, 8), None, (32, 32))])
 def test_largest_activation_is_the_biggest_tensor_of_a_forward_pass(filters, skip, size):
     model = UNet3Plus(UNet3PlusConfig(in_channels=6, filters=filters, skip=skip)).eval()
     biggest = [0]

@@ -192,9 +192,9 @@ class UNet3Plus(nn.Module):
         f, s = self.config.filters, self.config.skip_channels
         fused = DEPTH * s
         size = [(height // 2 ** i) * (width // 2 ** i) for i in range(DEPTH)]
-        biggest = max(self.config.in_channels, *(f[i] for i in range(DEPTH))) * size[0]  # encoder (+input)
+        biggest = self.config.in_channels * size[0]                     # the input
         for i in range(DEPTH):
-            biggest = max(biggest, f[i] * size[i])
+            biggest = max(biggest, f[i] * size[i])                      # encoder maps
         for level in range(DEPTH - 1):
             deeper = [f[src] if src == DEPTH - 1 else fused for src in range(level + 1, DEPTH)]
             biggest = max(biggest, max(deeper) * size[level], fused * size[level])

@@ -18,7 +18,9 @@ def machine_info() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default: active)"),
+            "load_average": [round(v, 1) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_properties(0).name
     return info

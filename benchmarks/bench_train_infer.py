@@ -5,11 +5,18 @@
 
 Prints, per device: training samples/s (Adam step, deep supervision, batch 16,
 128 x 128 patches, bf16 autocast + channels_last on GPU) and inference patches/s
-with N = 50 MC-dropout passes (passes batched up to --max-batch), with the
-machine it ran on.  Inputs are random: speed does not depend on the values.
+with N = 50 MC-dropout passes (passes batched up to --max-batch; ``--path band``, the default
+and what evaluation and CloudSat inference use, is the exact band-limited decoder for the
+lowest ``size // 8`` rows, ``--path full`` the whole forward pass), with the machine it ran on.
+Training uses channels_last on CPU too (faster there as well).  Inputs are random: speed does
+not depend on the values.  ``bench_inference.py`` compares the two paths side by side.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see bzpipe/__init__.py
 
 import argparse
 import contextlib
@@ -25,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bzpipe.masking import mask_blind_zone  # noqa: E402
 from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_predict  # noqa: E402
 from bzpipe.model.mc_dropout import tensor_safe_batch  # noqa: E402
+from bzpipe.model.unet3plus import channels_last_faster  # noqa: E402
 from bzpipe.train import supervision_loss  # noqa: E402
 from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -41,7 +49,7 @@ def _full_size_model(device: torch.device, a: argparse.Namespace) -> tuple[UNet3
     torch.manual_seed(0)
     model = UNet3Plus(UNet3PlusConfig(in_channels=a.channels + 1)).to(device)
     gpu = device.type == "cuda"
-    if gpu:
+    if channels_last_faster(device):
         model = model.to(memory_format=torch.channels_last)
     return model, gpu
 
@@ -56,7 +64,7 @@ def bench_train(device: torch.device, a: argparse.Namespace) -> dict:
     def step() -> None:
         ramp = torch.randint(0, 9, (a.batch,), device=device)
         inputs, mask = mask_blind_zone(x, a.size // 8, ramp)
-        if gpu:
+        if channels_last_faster(device):
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with amp:
             outs = model(inputs, heads=True)
@@ -88,21 +96,23 @@ def bench_infer(device: torch.device, a: argparse.Namespace) -> dict:
     model, gpu = _full_size_model(device, a)
     n = a.patches if a.patches else (128 if gpu else 1)
     asked = a.max_batch if a.max_batch else (512 if gpu else 25)
-    max_batch = min(asked, tensor_safe_batch(model, a.size, a.size))  # what mc_predict will use
+    band = a.size // 8 if a.path == "band" else None
+    max_batch = min(asked, tensor_safe_batch(model, a.size, a.size)) if band is None else asked
     x = torch.randn(n, a.channels, a.size, a.size, device=device)
     inputs, mask = mask_blind_zone(x, a.size // 8, 0)
     dtype = torch.bfloat16 if gpu and a.amp else None
-    mc_predict(model, inputs[: min(n, 2)], n_passes=2, max_batch=max_batch, autocast_dtype=dtype)  # warm-up
+    mc_predict(model, inputs[: min(n, 2)], n_passes=2, max_batch=max_batch, autocast_dtype=dtype,
+               band_rows=band)  # warm-up
     _sync(device)
     if gpu:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     res = mc_predict(model, inputs, n_passes=a.passes, max_batch=max_batch, x=x, mask=mask,
-                     autocast_dtype=dtype)
+                     autocast_dtype=dtype, band_rows=band)
     _sync(device)
     dt = time.perf_counter() - t0
     assert res["std"].shape == (n, 1, a.size, a.size)
-    out = {"infer_patches_per_s": round(n / dt, 3), "mc_passes": a.passes, "patches": n,
+    out = {"infer_patches_per_s": round(n / dt, 3), "mc_passes": a.passes, "patches": n, "path": a.path,
            "max_batch": max_batch,
            "forward_samples_per_s": round(n * a.passes / dt, 1)}
     if gpu:
@@ -124,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=0,
                    help="samples x passes per forward (default 512 GPU, 25 CPU)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 on GPU")
+    p.add_argument("--path", choices=("band", "full"), default="band", help="MC inference path")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
@@ -142,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         r = {**bench_train(device, a), **bench_infer(device, a)}
         results["runs"][dev] = r
         print(f"[{dev}] training: {r['train_samples_per_s']} samples/s ({r['train_step_ms']} ms/step, batch "
-              f"{a.batch}); MC inference (N={a.passes}): {r['infer_patches_per_s']} patches/s "
+              f"{a.batch}); MC inference (N={a.passes}, {a.path} path): {r['infer_patches_per_s']} patches/s "
               f"({r['forward_samples_per_s']} forward samples/s)")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))

@@ -6,7 +6,13 @@ Everything lives under ``models/<run_name>/`` in a :class:`bzpipe.store.Store`
     checkpoint-last.pt    the state after the latest finished epoch (resume point)
     checkpoint-best.pt    the state of the epoch with the lowest validation loss
     metrics.jsonl         one JSON row per epoch: train/val loss, lr, time, ...
+    final.json            written when the run ends: the checksums of the checkpoints it ended with
     loss-curve.png        written by the Prefect flow (:func:`loss_curve_png`)
+
+Only a finished model is applied to CloudSat (:func:`require_finished_model`): a
+checkpoint of a run still training, or killed, changes or may be half-way.  The
+checkpoint's meta records the sha256 of the dataset it was trained on;
+:func:`check_trained_dataset` compares an evaluation's dataset with it.
 
 A checkpoint holds only tensors and primitive containers, so it loads with
 ``torch.load(weights_only=True)``; the config, normalization, provenance and
@@ -21,7 +27,7 @@ from typing import Any
 
 import torch
 
-from bzpipe.errors import StoreError
+from bzpipe.errors import DatasetMismatchError, StoreError, UnfinishedModelError
 from bzpipe.model.unet3plus import UNet3Plus, UNet3PlusConfig
 from bzpipe.provenance import sha256_bytes
 from bzpipe.store import Store
@@ -67,6 +73,58 @@ def finished_model_id(store: Store, run_name: str, which: str = "best") -> str |
         return None
     final = store.read_json(final_key(run_name))
     return entry.sha256[:12] if final.get(f"{which}_sha256") == entry.sha256 else None
+
+
+def require_finished_model(store: Store, run_name: str, which: str = "best") -> str:
+    """:func:`finished_model_id`, or :class:`UnfinishedModelError` saying why there is none."""
+    mid = finished_model_id(store, run_name, which)
+    if mid is not None:
+        return mid
+    ckpt, final = checkpoint_key(run_name, which), final_key(run_name)
+    if store.entry(ckpt) is None or not store.exists(ckpt):
+        why = f"there is no {which} checkpoint {store.uri(ckpt)}: train the model first"
+    elif not store.exists(final):
+        why = (f"run {run_name!r} has not finished (no {store.uri(final)}): it is still training or was "
+               "killed; let it finish (a killed run resumes from checkpoint-last.pt)")
+    else:
+        why = (f"{store.uri(ckpt)} changed after run {run_name!r} finished (a resumed run is training); "
+               "wait until it finishes")
+    raise UnfinishedModelError(f"no finished model to apply: {why}")
+
+
+def check_trained_dataset(store: Store, meta: dict[str, Any], dataset: str, *,
+                          allow_mismatch: bool = False) -> dict[str, Any]:
+    """Compare ``dataset`` (a version in ``store``) with the dataset the model of ``meta`` was trained on.
+
+    Returns ``{"status": "match" | "mismatch" | "unverified", "trained_on": {uri, sha256},
+    "evaluated": {uri, sha256}, "overridden": bool, "note": str}``.  A mismatch raises
+    :class:`DatasetMismatchError` unless ``allow_mismatch``; "unverified" means one of the two
+    checksums is unknown (a checkpoint of an older bzpipe, or a dataset given by URI).
+    """
+    trained = meta.get("dataset") or {}
+    t_uri, t_sha = str(trained.get("uri", "")), str(trained.get("sha256") or "")
+    plain = "/" not in dataset and "://" not in dataset and not dataset.endswith(".zarr")
+    key = Store.dataset_key(dataset) if plain else None
+    entry = store.entry(key) if key else None
+    e_uri, e_sha = (store.uri(key) if key else dataset), (entry.sha256 if entry else "")
+    out: dict[str, Any] = {"trained_on": {"uri": t_uri, "sha256": t_sha},
+                           "evaluated": {"uri": e_uri, "sha256": e_sha}, "overridden": False}
+    if not (t_sha and e_sha):
+        out.update(status="unverified", note=f"cannot tell whether {e_uri} is the dataset the model was trained "
+                   f"on ({t_uri or 'not recorded'}): a checksum is missing")
+        return out
+    if t_sha == e_sha:
+        out.update(status="match", note=f"{e_uri} is the dataset the model was trained on (sha256 {e_sha[:12]})")
+        return out
+    note = (f"{e_uri} (sha256 {e_sha[:12]}) is not the dataset the model was trained on ({t_uri}, sha256 "
+            f"{t_sha[:12]}): rebuilt or another version, so its evaluation patches may have been "
+            "training patches and its normalization may differ")
+    if not allow_mismatch:
+        raise DatasetMismatchError(f"{note}. Evaluate on the dataset the model was trained on, retrain on this "
+                                   "one, or set allow_dataset_mismatch=true to evaluate anyway (the report "
+                                   "then says so)")
+    out.update(status="mismatch", overridden=True, note=note + "; evaluated anyway (allow_dataset_mismatch)")
+    return out
 
 
 def save_checkpoint(store: Store, key: str, state: dict[str, Any], meta: dict[str, Any]) -> str:

@@ -70,3 +70,27 @@ def total_threads(client: Client | None) -> int:
         return 1
     info = client.scheduler_info()
     return max(1, sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values()))
+
+
+#: the abstract Dask resource that GPU workers advertise (``dask worker --resources GPU=1``;
+#: infra/k8s/dask-cluster.yaml, infra/slurm/dask-jobqueue.yaml, infra/compose.yaml)
+GPU_RESOURCE = "GPU"
+
+
+def worker_resources(client: Client) -> dict[str, float]:
+    """Sum over the workers of ``client``'s cluster of each abstract resource they advertise."""
+    total: dict[str, float] = {}
+    for w in client.scheduler_info(n_workers=-1).get("workers", {}).values():
+        for name, amount in (w.get("resources") or {}).items():
+            total[name] = total.get(name, 0.0) + float(amount)
+    return total
+
+
+def gpu_slots(address: str | None) -> float:
+    """GPUs the workers of the scheduler at ``address`` (or ``$DASK_SCHEDULER_ADDRESS``) advertise;
+    0 without a scheduler (a LocalCluster declares none)."""
+    addr = scheduler_address(address)
+    if not addr:
+        return 0.0
+    with Client(addr, timeout=30) as client:
+        return worker_resources(client).get(GPU_RESOURCE, 0.0)

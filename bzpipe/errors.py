@@ -6,6 +6,7 @@ reading a failed Prefect run knows which granule, netCDF or GRIB to look at.
 
 from __future__ import annotations
 
+import errno
 from pathlib import PurePath
 
 
@@ -28,6 +29,11 @@ class InputFileError(BzpipeError):
 
 class CorruptFileError(InputFileError):
     """The file is truncated, not of the expected format, or cannot be decoded."""
+
+
+class ImplausibleDataError(CorruptFileError):
+    """The file decodes, but a physical field holds values no real instrument produces (e.g. bin
+    heights out of order): the bytes were most likely damaged."""
 
 
 class MissingVariableError(InputFileError):
@@ -56,3 +62,57 @@ class DownloadError(BzpipeError):
 
 class AuthenticationError(DownloadError):
     """A remote service rejected the credentials (not retried)."""
+
+
+class DatasetMismatchError(BzpipeError):
+    """The dataset differs from the one a model was trained on (rebuilt with another split or
+    normalization, or another version): scores on it would not be a held-out test."""
+
+    retryable = False
+
+
+class UnfinishedModelError(StoreError):
+    """The model a stage would apply belongs to a training run that has not finished (no
+    ``final.json`` matching its checkpoint): it may still change, so it is not applied."""
+
+
+# --------------------------------------------------------------------------- retry policy
+
+#: OS errors a retry cannot fix: a missing path, a full disk, a refused permission, a read-only store
+PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ENOSPC,
+                              errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+#: errors of the AWS SDK that mean the credentials are missing or refused (matched by class name, so
+#: botocore need not be imported)
+CREDENTIAL_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError", "NoAuthTokenError",
+                               "InvalidAccessKeyId", "SignatureDoesNotMatch"})
+_BUGS = (TypeError, AttributeError, NameError, NotImplementedError, AssertionError, IndexError, KeyError)
+
+
+def is_credentials_error(exc: BaseException) -> bool:
+    return any(c.__name__ in CREDENTIAL_ERRORS for c in type(exc).__mro__)
+
+
+def is_retryable(exc: BaseException, *, input_refetched: bool = False) -> bool:
+    """Whether retrying the step that raised ``exc`` can help.
+
+    Never for rejected credentials, a bad config, a model still training, a missing path, a full or
+    read-only store, or a programming error.  A bad input file (:class:`InputFileError`, or a
+    ``ValueError`` from decoding it) is permanent too, unless the retry fetches the file again
+    (``input_refetched``: a download cut short may come back whole).  A :class:`StoreError` is
+    transient only when its cause is (a dropped connection); one without a cause is a state bzpipe
+    found (a dataset missing or half-written, a version built from other inputs) and is permanent.
+    Errors that say ``retryable = False`` are permanent; anything else (network trouble, a busy
+    server, a worker lost) is retried.
+    """
+    if isinstance(exc, (AuthenticationError, ConfigError, UnfinishedModelError)) or is_credentials_error(exc):
+        return False
+    if isinstance(exc, InputFileError):
+        return input_refetched
+    if isinstance(exc, StoreError):
+        cause = exc.__cause__
+        return cause is not None and is_retryable(cause, input_refetched=input_refetched)
+    if isinstance(exc, OSError):
+        return exc.errno not in PERMANENT_ERRNOS
+    if isinstance(exc, _BUGS) or (isinstance(exc, ValueError) and not input_refetched):
+        return False
+    return bool(getattr(exc, "retryable", True))

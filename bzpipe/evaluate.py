@@ -12,15 +12,20 @@ Steps (:func:`run_evaluation`):
 3. ONE evaluation mask is built (:func:`build_mask`): the blind zone, minus the
    pixels whose U-Net MC spread is above ``spread_exclusion_quantile`` if set;
    the same mask goes to every metric of every method;
-4. :func:`bzpipe.metrics.summary.summarize` scores all methods with paired
-   bootstrap intervals, per site;
+4. :func:`bzpipe.metrics.summary.summarize` scores all methods with paired,
+   site-stratified block-bootstrap intervals (site-days resampled), per site;
 5. optionally explainability (:mod:`bzpipe.xai`) on a few patches.
 
-U-Net fields in dBZ: the MC mean (the fill that is scored, as in King et al.
-2024) and the quantiles are converted with ``norm_to_dbz`` (monotone, so
-quantiles map exactly); the spread is ``std_norm * 60`` dBZ (the slope of the
-normalization: 90 dBZ over 1.5 normalized units), which is exact for passes in
-the echo range and an approximation where passes straddle no echo.
+U-Net fields in dBZ: the MC statistics are taken per pass in dBZ, as King et
+al. (2024) do (:mod:`bzpipe.model.mc_stats`: each pass below -0.5 normalized is
+no echo = -60 dBZ; mean, spread and quantiles over the passes in dBZ), so clear
+passes cannot erase the echo of the others.  The scored fill is that MC mean
+(NaN = no echo, i.e. every pass clear); the spread is the standard deviation
+of the per-pass dBZ values.
+
+Optional test-patch exclusion of the authors (``max_truth_dbz``, their
+``MAX_DBZ = 20``): patches whose truth anywhere in the patch exceeds it are left
+out of the scores for every method; the report states the rule and the count.
 """
 
 from __future__ import annotations
@@ -35,23 +40,23 @@ import torch
 import xarray as xr
 
 from bzpipe.baselines import run_baselines
-from bzpipe.checkpoint import load_model
+from bzpipe.checkpoint import check_trained_dataset, load_model
 from bzpipe.config import EvalConfig
 from bzpipe.errors import BzpipeError
 from bzpipe.masking import mask_blind_zone
 from bzpipe.metrics import distributions as dist
-from bzpipe.metrics.summary import ScoreSettings, summarize
+from bzpipe.metrics import seeds
+from bzpipe.metrics.summary import ScoreSettings, summarize, to_json
 from bzpipe.metrics.uncertainty import spread_exclusion_mask
 from bzpipe.model.mc_dropout import mc_predict
-from bzpipe.schema import DBZ_MAX, DBZ_MIN, NORM_HI, NORM_LO, norm_to_dbz
+from bzpipe.model.mc_stats import DBZ_PER_NORM
+from bzpipe.schema import norm_to_dbz
 from bzpipe.store import Store
 from bzpipe.torchdata import PatchDataset
 
 log = logging.getLogger(__name__)
 
 UNET = "UNET"
-#: dBZ per normalized unit in the echo range
-DBZ_PER_NORM = (DBZ_MAX - DBZ_MIN) / (NORM_HI - NORM_LO)
 
 
 @dataclass
@@ -66,15 +71,27 @@ class EvalFields:
     preds: dict[str, np.ndarray]   # method -> (n, B, W); UNET = MC mean
     row_above: np.ndarray          # (n, W) first observed row above the blind zone
     base_above: np.ndarray         # (n, W) lowest observed echo height above the blind zone, m (NaN none)
-    spread: np.ndarray | None      # (n, B, W) U-Net MC std, dBZ
+    spread: np.ndarray | None      # (n, B, W) U-Net MC std of the per-pass dBZ values, dBZ
     quantiles: dict[float, np.ndarray] = field(default_factory=dict)  # q -> (n, B, W)
     sites: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))  # (n,)
     times: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="datetime64[ns]"))  # (n,)
     heights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (H,) m AGL
+    truth_max: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (n,) max truth dBZ of the patch
 
     @property
     def blind_rows(self) -> int:
         return int(self.truth.shape[1])
+
+    def subset(self, keep: np.ndarray) -> "EvalFields":
+        """The fields of the patches where ``keep`` (bool ``(n,)``) is True."""
+        def sel(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[keep]
+        return EvalFields(indices=self.indices[keep], truth=self.truth[keep],
+                          preds={m: v[keep] for m, v in self.preds.items()}, row_above=self.row_above[keep],
+                          base_above=self.base_above[keep], spread=sel(self.spread),
+                          quantiles={q: v[keep] for q, v in self.quantiles.items()}, sites=self.sites[keep],
+                          times=self.times[keep], heights=self.heights,
+                          truth_max=self.truth_max[keep] if self.truth_max.size else self.truth_max)
 
 
 @dataclass
@@ -117,7 +134,8 @@ def _dbz(norm: np.ndarray) -> np.ndarray:
 def predict_fields(model: torch.nn.Module, dataset: PatchDataset, cfg: EvalConfig,
                    device: torch.device | str = "cpu", indices: np.ndarray | None = None,
                    progress: Callable[[int, int], None] | None = None) -> EvalFields:
-    """Run the baselines and the MC-dropout U-Net on ``indices`` of ``dataset``; keep the blind zone."""
+    """Run the baselines (``cfg.baselines``) and the MC-dropout U-Net on ``indices`` of ``dataset``;
+    keep the blind zone."""
     blind = int(dataset.blind_zone_rows)
     n_all, _, h, _ = dataset.shape
     if not 0 < blind < h:
@@ -125,7 +143,7 @@ def predict_fields(model: torch.nn.Module, dataset: PatchDataset, cfg: EvalConfi
     idx = np.arange(n_all) if indices is None else np.asarray(indices, dtype=np.int64)
     coords = split_coords(dataset)
     heights = coords["height"]
-    truth, row_above, base_above, spread = [], [], [], []
+    truth, row_above, base_above, spread, truth_max = [], [], [], [], []
     preds: dict[str, list[np.ndarray]] = {m: [] for m in (UNET, *cfg.baselines)}
     quants: dict[float, list[np.ndarray]] = {float(q): [] for q in cfg.quantiles}
     device = torch.device(device)
@@ -135,6 +153,7 @@ def predict_fields(model: torch.nn.Module, dataset: PatchDataset, cfg: EvalConfi
         refl = x[:, 0].numpy()                                            # (b, H, W)
         t_dbz = _dbz(refl)
         truth.append(t_dbz[:, :blind])
+        truth_max.append(np.nanmax(np.where(np.isfinite(t_dbz), t_dbz, -np.inf), axis=(1, 2)))
         row_above.append(t_dbz[:, blind])
         base_above.append(dist.lowest_echo_height(t_dbz[:, blind:], heights[blind:]))
         filled = run_baselines(refl, blind, cfg.baselines, cfg.mar_window, cfg.inpaint_radius)
@@ -142,7 +161,8 @@ def predict_fields(model: torch.nn.Module, dataset: PatchDataset, cfg: EvalConfi
             preds[name].append(_dbz(f[:, :blind]))
         inputs, _ = mask_blind_zone(x, blind, cfg.ramp_rows)              # (b, C + 1, H, W)
         mc = mc_predict(model, inputs.to(device), n_passes=cfg.mc_passes, quantiles=tuple(quants),
-                        max_batch=cfg.mc_max_batch)
+                        max_batch=cfg.mc_max_batch,
+                        band_rows=min(h, blind + cfg.ramp_rows) if cfg.mc_path == "band" else None)
         preds[UNET].append(_dbz(mc["mean"][:, 0, :blind].cpu().numpy()))
         spread.append((mc["std"][:, 0, :blind].cpu().numpy() * DBZ_PER_NORM).astype(np.float32))
         for k, q in enumerate(quants):
@@ -155,7 +175,7 @@ def predict_fields(model: torch.nn.Module, dataset: PatchDataset, cfg: EvalConfi
     return EvalFields(indices=idx, truth=cat(truth), preds={m: cat(v) for m, v in preds.items()},
                       row_above=cat(row_above), base_above=cat(base_above), spread=cat(spread),
                       quantiles={q: cat(v) for q, v in quants.items()}, sites=coords["site"][idx],
-                      times=coords["time_start"][idx], heights=heights)
+                      times=coords["time_start"][idx], heights=heights, truth_max=cat(truth_max))
 
 
 def build_mask(fields: EvalFields, spread_quantile: float | None
@@ -186,14 +206,31 @@ def score_settings(cfg: EvalConfig) -> ScoreSettings:
     return ScoreSettings(echo_threshold_dbz=cfg.echo_threshold_dbz,
                          cloud_fraction=cfg.cloud_fraction_threshold,
                          precip_threshold_dbz=cfg.precip_threshold_dbz, n_bootstrap=cfg.n_bootstrap,
-                         confidence=cfg.confidence, seed=cfg.seed, spread_skill_bins=cfg.spread_skill_bins)
+                         confidence=cfg.confidence, seed=cfg.seed, spread_skill_bins=cfg.spread_skill_bins,
+                         bootstrap_unit_hours=cfg.bootstrap_unit_hours)
 
 
 def score_fields(fields: EvalFields, valid: np.ndarray, base: np.ndarray, cfg: EvalConfig) -> dict[str, Any]:
     """:func:`summarize` on the fields with the one mask (uncertainty on the plain blind zone)."""
     return summarize(fields.truth, fields.preds, fields.row_above, valid, fields.sites, fields.heights,
                      fields.base_above, score_settings(cfg), reference=UNET, spread=fields.spread,
-                     quantiles=fields.quantiles, mean_key=UNET, uq_valid=base)
+                     quantiles=fields.quantiles, mean_key=UNET, uq_valid=base, times=fields.times)
+
+
+def exclude_bright_patches(fields: EvalFields, max_truth_dbz: float | None) -> tuple[EvalFields, dict[str, Any]]:
+    """The authors' test-patch exclusion (``MAX_DBZ``): drop patches whose truth exceeds ``max_truth_dbz``
+    anywhere in the patch, for every method; returns the kept fields and a description."""
+    n = int(fields.truth.shape[0])
+    if max_truth_dbz is None:
+        return fields, {"max_truth_dbz": None, "excluded_patches": 0, "rule": "no test patch excluded"}
+    keep = ~(fields.truth_max > max_truth_dbz)
+    if not keep.any():
+        raise BzpipeError(f"every one of the {n} evaluated patches has truth above max_truth_dbz="
+                          f"{max_truth_dbz:g} dBZ: nothing left to score")
+    info = {"max_truth_dbz": max_truth_dbz, "excluded_patches": int(n - keep.sum()),
+            "rule": f"patches whose truth exceeds {max_truth_dbz:g} dBZ anywhere are excluded for every method "
+                    f"(King et al.'s MAX_DBZ): {int(n - keep.sum())} of {n}"}
+    return fields.subset(keep), info
 
 
 def select_cases(fields: EvalFields, k: int) -> np.ndarray:
@@ -241,6 +278,9 @@ def run_evaluation(cfg: EvalConfig, store: Store | None = None, device: str | No
     store = store or Store(cfg.store_root)
     dev = pick_device(device or cfg.device)
     model, meta = load_model(store, cfg.run_name, which=cfg.checkpoint, device=str(dev))
+    dataset_check = check_trained_dataset(store, meta, cfg.dataset, allow_mismatch=cfg.allow_dataset_mismatch)
+    if dataset_check["status"] != "match":
+        log.warning("%s", dataset_check["note"])
     channels = list(meta.get("channels") or ["reflectivity"])
     dataset = PatchDataset(store, cfg.dataset, cfg.split, channels=channels)
     if meta.get("blind_zone_rows") not in (None, dataset.blind_zone_rows):
@@ -249,9 +289,13 @@ def run_evaluation(cfg: EvalConfig, store: Store | None = None, device: str | No
     idx = _select_indices(len(dataset), cfg.max_patches)
     torch.manual_seed(cfg.seed)
     fields = predict_fields(model, dataset, cfg, dev, idx, progress)
+    fields, exclusion = exclude_bright_patches(fields, cfg.max_truth_dbz)
     valid, base, mask_info = build_mask(fields, cfg.spread_exclusion_quantile)
     summary = score_fields(fields, valid, base, cfg)
     summary["mask"].update(mask_info)
+    summary["patch_exclusion"] = exclusion
+    summary["dataset_check"] = dataset_check
+    summary["seeds"] = score_seed_runs(cfg, store, dev, dataset, fields, valid, base, summary)
     cases = case_curtains(fields, dataset, select_cases(fields, cfg.n_cases))
     xai_out = None
     if cfg.xai:
@@ -264,6 +308,24 @@ def run_evaluation(cfg: EvalConfig, store: Store | None = None, device: str | No
         xai_out["sample"] = fields.indices[pos]
     return EvaluationResult(summary=summary, fields=fields, valid=valid, mask_info=mask_info,
                             model_meta=meta, cases=cases, xai=xai_out)
+
+
+def score_seed_runs(cfg: EvalConfig, store: Store, dev: torch.device, dataset: PatchDataset, fields: EvalFields,
+                    valid: np.ndarray, base: np.ndarray, summary: dict[str, Any]) -> dict[str, Any]:
+    """The headline scores of ``run_name`` and of every ``seed_runs`` model on the same patches,
+    against the same baseline fills, with mean +- sd across the runs (:mod:`bzpipe.metrics.seeds`)."""
+    values = [seeds.headline_values(to_json(summary), UNET)]
+    quick = score_settings(cfg.model_copy(update={"n_bootstrap": 10}))
+    for run in cfg.seed_runs:
+        model_k, _ = load_model(store, run, which=cfg.checkpoint, device=str(dev))
+        torch.manual_seed(cfg.seed)
+        unet = predict_fields(model_k, dataset, cfg.model_copy(update={"baselines": ()}), dev, fields.indices)
+        preds = {**fields.preds, UNET: unet.preds[UNET]}
+        s_k = summarize(fields.truth, preds, fields.row_above, valid, fields.sites, fields.heights,
+                        fields.base_above, quick, reference=UNET, times=fields.times)
+        values.append(seeds.headline_values(to_json(s_k), UNET))
+        log.info("seed run %s scored on the same %d patches", run, fields.truth.shape[0])
+    return seeds.across_seeds(values, [cfg.run_name, *cfg.seed_runs])
 
 
 def input_checksums(store: Store, cfg: EvalConfig, meta: dict[str, Any]) -> dict[str, str]:

@@ -24,7 +24,6 @@ no manifest entry.  Store layout::
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import tempfile
 import threading
@@ -35,10 +34,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
+from bzpipe import errors
 from bzpipe.config import IngestConfig, Site, resolve_site
 from bzpipe.credentials import ArmCredentials, CdsCredentials
 from bzpipe.errors import (AuthenticationError, BzpipeError, ConfigError, DownloadError, EmptyDataError,
-                           InputFileError, StoreError)
+                           InputFileError)
 from bzpipe.provenance import provenance_record, sha256_file
 from bzpipe.store import Store
 
@@ -338,17 +338,8 @@ def ingest_item(item: IngestItem | dict[str, Any], cfg: IngestConfig, store: Sto
 
 # --------------------------------------------------------------------------- retry policy
 
-_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
-
 
 def is_retryable(exc: BaseException) -> bool:
-    """Whether retrying can help: not for rejected credentials or requests, bad config, a full or
-    read-only store, or a file that downloads fine but cannot be read."""
-    if isinstance(exc, (AuthenticationError, ConfigError)):
-        return False
-    if isinstance(exc, StoreError):
-        cause = exc.__cause__
-        return not (isinstance(cause, OSError) and cause.errno in _PERMANENT_ERRNOS)
-    if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
-        return False
-    return bool(getattr(exc, "retryable", True))
+    """Whether retrying a download can help (:func:`bzpipe.errors.is_retryable`; a retry fetches the
+    file again, so a file that arrived unreadable may come back whole)."""
+    return errors.is_retryable(exc, input_refetched=True)

@@ -4,20 +4,28 @@ Neighbouring radar profiles are strongly correlated, so a random split of
 patches (or the 90/10 split of each month in the seed code) puts nearly
 identical samples in training and test.  Here:
 
-1. :func:`efolding_time` estimates the decorrelation time of the column echo
-   series from the data (first lag where the autocorrelation drops below 1/e).
+1. :func:`decorrelation_lag` finds, for the column echo series and for the
+   ERA-5 series, the first lag where the autocorrelation has fallen to 0.1 or
+   less (:func:`efolding_time` gives the 1/e time, recorded for information).
+   The default gap between splits is the longer of the two lags: at that
+   separation neither the radar scene nor the synoptic state it sits in is
+   still correlated (a synoptic system and its nearly identical ERA-5 profiles
+   cannot sit in two splits).
 2. :func:`make_blocks` cuts the common timeline (all sites) into contiguous
-   blocks aligned to multiples of the block length since 1970-01-01 and to
-   season boundaries (1 Mar, 1 Jun, 1 Sep, 1 Dec).
+   multi-day blocks (default :func:`default_block_s`: the longer of 3 days and
+   two gaps, in whole days) aligned to multiples of the block length since
+   1970-01-01 and to season boundaries (1 Mar, 1 Jun, 1 Sep, 1 Dec).
 3. :func:`assign_blocks` gives each block to one split (default 70/15/15 of
    the usable time), stratified by season (each season is balanced on its own)
    and by site (the greedy choice balances every site's usable time), in a
-   seeded random order.  Blocks are shared by all sites, so the same hour is
-   never in two splits, even across sites.
+   seeded random order, and makes sure every split with a fraction > 0 gets at
+   least one block (:func:`check_blocks` refuses, naming the numbers, a timeline
+   with fewer blocks than that).  Blocks are shared by all sites, so the same
+   hour is never in two splits, even across sites.
 4. :func:`usable_intervals` merges neighbouring blocks of one split into
    segments and trims ``gap / 2`` from both sides of every boundary between
    segments of different splits: any two intervals of different splits are
-   at least ``gap`` apart (default gap = decorrelation time + one patch width).
+   at least ``gap`` apart.
 5. :func:`place_patches` places patches only inside the intervals of their own
    split, so no patch of one split comes closer than ``gap`` to any time used
    by another.
@@ -33,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from bzpipe.errors import ConfigError
+
 log = logging.getLogger("bzpipe.dataset")
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
@@ -40,6 +50,11 @@ SEASONS: tuple[str, str, str, str] = ("DJF", "MAM", "JJA", "SON")
 _SEASON_OF_MONTH = np.array(["DJF", "DJF", "MAM", "MAM", "MAM", "JJA", "JJA", "JJA",
                              "SON", "SON", "SON", "DJF"])
 NS = 1_000_000_000
+DAY_S = 86400.0
+#: shortest default block (King et al. split each month 90/10; a synoptic system lasts days)
+MIN_BLOCK_DAYS = 3.0
+#: the gap between splits lies where the autocorrelation has fallen to this value
+ACF_GAP_THRESHOLD = 0.1
 
 
 # --------------------------------------------------------------------------- decorrelation
@@ -86,6 +101,22 @@ def efolding_time(x: np.ndarray, step_s: float, max_lag_s: float) -> tuple[float
     a0, a1 = acf[k - 1], acf[k]
     frac = (a0 - thr) / (a0 - a1) if np.isfinite(a0) and a0 != a1 else 1.0
     return float(((k - 1) + frac) * step_s), True
+
+
+def decorrelation_lag(x: np.ndarray, step_s: float, max_lag_s: float,
+                      threshold: float = ACF_GAP_THRESHOLD) -> tuple[float, bool]:
+    """The first lag (s) at which the autocorrelation of ``x`` has fallen to ``threshold`` or less.
+
+    Lags without any valid pair (e.g. the hours between two 6-hour day files)
+    are skipped.  Returns ``(lag_s, found)``; ``(max_lag_s, False)`` when the
+    autocorrelation stays above ``threshold`` up to ``max_lag_s`` or is
+    undefined (constant or empty series): the conservative choice.
+    """
+    acf = autocorrelation(x, int(max_lag_s // step_s))
+    below = np.flatnonzero(np.isfinite(acf) & (acf <= threshold))
+    if below.size == 0 or not np.isfinite(acf[1:]).any():
+        return float(max_lag_s), False
+    return float(below[0] * step_s), True
 
 
 # --------------------------------------------------------------------------- seasons and blocks
@@ -164,6 +195,7 @@ def assign_blocks(amounts: np.ndarray, strata: np.ndarray, fractions: tuple[floa
             out[b] = best
             assigned[:, best] += a
             total = new_total
+    _give_every_split_a_block(out, amounts.sum(axis=1), f)
     # empty blocks: the split of the nearest block with data
     if has.any():
         full = np.flatnonzero(has)
@@ -174,6 +206,20 @@ def assign_blocks(amounts: np.ndarray, strata: np.ndarray, fractions: tuple[floa
     else:
         out[:] = int(np.argmax(f))
     return out
+
+
+def _give_every_split_a_block(labels: np.ndarray, amount: np.ndarray, f: np.ndarray) -> None:
+    """In place: a split with fraction > 0 but no block takes the smallest block of the split with
+    the most blocks (when that one keeps at least one)."""
+    for k in np.flatnonzero(f > 0):
+        if np.any(labels == k):
+            continue
+        counts = np.array([np.sum(labels == j) for j in range(3)])
+        donor = int(np.argmax(counts))
+        if counts[donor] < 2:
+            return
+        cand = np.flatnonzero(labels == donor)
+        labels[cand[np.argmin(amount[cand])]] = k
 
 
 def usable_intervals(blocks: np.ndarray, labels: np.ndarray, gap_ns: int) -> np.ndarray:
@@ -258,15 +304,31 @@ class SplitPlan:
                 "decorrelation_s": self.decorrelation_s, "info": self.info}
 
 
-def default_gap_s(decorrelation_s: float, width: int, step_s: float) -> float:
-    """Decorrelation time plus one patch width."""
-    return float(decorrelation_s) + width * step_s
+def default_block_s(gap_s: float, step_s: float, min_block_days: float = MIN_BLOCK_DAYS) -> float:
+    """The longer of ``min_block_days`` and two gaps (so at most half a block is lost to a boundary),
+    in whole days (whole steps below one day)."""
+    b = max(min_block_days * DAY_S, 2.0 * gap_s)
+    unit = DAY_S if b >= DAY_S else step_s
+    return float(np.ceil(b / unit - 1e-9) * unit)
 
 
-def default_block_s(gap_s: float, step_s: float) -> float:
-    """Four gaps (so at most ~1/4 of a block is lost to a boundary), at least 1 h, whole steps."""
-    b = max(4.0 * gap_s, 3600.0)
-    return float(np.ceil(b / step_s) * step_s)
+def check_blocks(n_blocks: int, fractions: tuple[float, float, float], *, block_s: float, span_s: float,
+                 where: str = "") -> None:
+    """Refuse a timeline that cannot give every split with a fraction > 0 at least one block.
+
+    Raises :class:`~bzpipe.errors.ConfigError` naming the numbers: the span, the
+    block length, the blocks it gives and the blocks the splits need.
+    """
+    need = int(sum(f > 0 for f in fractions))
+    if n_blocks >= need:
+        return
+    names = "/".join(SPLITS[k] for k in range(3) if fractions[k] > 0)
+    raise ConfigError(
+        f"{where + ': ' if where else ''}the data span {span_s / DAY_S:.1f} days, which gives {n_blocks} "
+        f"block(s) of {block_s / DAY_S:.2f} days with data, but the {need} splits {names} (fractions "
+        f"{'/'.join(f'{f:g}' for f in fractions)}) need at least one block each, i.e. at least "
+        f"{need * block_s / DAY_S:.1f} days of data; extend start..end or lower split.block_hours / "
+        "split.min_block_days")
 
 
 def make_split(valid: dict[str, np.ndarray], t0_ns: int, step_s: float, *,
@@ -290,11 +352,14 @@ def make_split(valid: dict[str, np.ndarray], t0_ns: int, step_s: float, *,
             c = np.r_[0, np.cumsum(np.asarray(valid[s], dtype=np.int64))]
             j = np.clip(np.stack([j0, np.r_[j0[1:], n]], 1), 0, len(valid[s]))
             amounts[:, k] = c[j[:, 1]] - c[j[:, 0]]
+    has_data = amounts.sum(axis=1) > 0
+    check_blocks(int(has_data.sum()), fractions, block_s=block_ns / NS, span_s=(t1_ns - t0_ns) / NS,
+                 where="split")
     strata = season_of(blocks[:, 0]) if len(blocks) else np.array([], dtype=str)
     labels = assign_blocks(amounts, strata, fractions, seed)
     intervals = usable_intervals(blocks, labels, gap_ns)
-    info = {"n_blocks": int(len(blocks)),
-            "blocks_per_split": {SPLITS[k]: int(np.sum(labels == k)) for k in range(3)},
+    info = {"n_blocks": int(len(blocks)), "blocks_with_data": int(has_data.sum()),
+            "blocks_per_split": {SPLITS[k]: int(np.sum((labels == k) & has_data)) for k in range(3)},
             "amount_per_split": {SPLITS[k]: float(amounts[labels == k].sum()) for k in range(3)}}
     log.info("split: %d blocks of %.2f h, gap %.0f s -> %s", len(blocks), block_ns / NS / 3600,
              gap_s, info["blocks_per_split"])

@@ -8,6 +8,16 @@ The split's ``x`` array is opened lazily in each process (DataLoader workers
 and DDP ranks open their own handle).  Small splits are read into memory once
 (``cache``); large ones are read per batch through ``__getitems__``, which
 fetches each needed Zarr chunk once per batch rather than once per sample.
+
+Random access: datasets written by :mod:`bzpipe.dataset.write` store ``x`` as
+Zarr v3 shards of ``chunk_samples`` samples whose inner chunks hold one sample
+each, so a shuffled batch reads (and decompresses) only its own samples, one
+byte range each, instead of whole multi-sample chunks (``samples_per_chunk``
+says which layout a dataset has).  :func:`make_loader` builds the DataLoader:
+worker processes (auto: 4 per GPU process, none on CPU, where they would take
+cores from the training step), pinned memory and non-blocking copies on CUDA,
+persistent workers with prefetching.  ``benchmarks/bench_loader.py`` measures
+loader throughput against the training step rate.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import zarr
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bzpipe.errors import StoreError
 from bzpipe.schema import CHANNELS
@@ -117,6 +127,7 @@ class PatchDataset(Dataset):
         self.normalization = self.attrs.get("normalization", {})
         nbytes = int(np.prod(self.shape)) * 4
         self._cache_on = cache if cache is not None else nbytes <= CACHE_LIMIT_BYTES
+        self.samples_per_chunk = int(arr.chunks[0])      # inner chunks of a sharded array: 1
         self._arr: zarr.Array | None = None
         self._data: np.ndarray | None = None
 
@@ -131,15 +142,23 @@ class PatchDataset(Dataset):
             self._arr = _open_root(self.uri, self.storage_options)[self.split]["x"]
         return self._arr
 
+    def preload(self) -> None:
+        """Read a cached split into memory now (before DataLoader workers fork, so they share it)."""
+        if self._cache_on and self._data is None:
+            self._data = np.ascontiguousarray(self._select(self._array()[...]), dtype=np.float32)
+
     def _read(self, idx: np.ndarray) -> np.ndarray:
         """float32 (len(idx), C, H, W) for sample indices ``idx`` (any order)."""
         if self._cache_on:
-            if self._data is None:
-                self._data = np.ascontiguousarray(self._select(self._array()[...]), dtype=np.float32)
-            return self._data[idx]
+            self.preload()
+            return self._data[idx]  # type: ignore[index]
         order = np.argsort(idx)
         uniq, inv = np.unique(idx[order], return_inverse=True)
-        block = self._select(self._array().get_orthogonal_selection((uniq, slice(None))))
+        arr = self._array()
+        if self.samples_per_chunk == 1:   # one sample per (inner) chunk: read exactly those, one by one
+            block = self._select(np.stack([arr[int(i)] for i in uniq]))   # (zarr's orthogonal selection
+        else:                                                              #  re-decodes shard indexes)
+            block = self._select(arr.get_orthogonal_selection((uniq, slice(None))))
         out = np.empty((len(idx),) + block.shape[1:], np.float32)
         out[order] = block[inv]
         return out
@@ -169,3 +188,42 @@ class PatchDataset(Dataset):
         """Batched read used by DataLoader (one Zarr read per batch)."""
         batch = self._finish(self._read(np.asarray(indices, dtype=np.int64)))
         return list(batch.unbind(0))
+
+
+#: DataLoader worker processes per training process on a GPU when not configured
+GPU_LOADER_WORKERS = 4
+
+
+def loader_workers(requested: int | None, device: torch.device | str) -> int:
+    """Worker processes for a DataLoader: ``requested``, or auto (None): :data:`GPU_LOADER_WORKERS` on
+    CUDA (bounded by the CPUs this process may use), 0 on CPU (the training step needs every core)."""
+    if requested is not None:
+        return int(requested)
+    if torch.device(device).type != "cuda":
+        return 0
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(GPU_LOADER_WORKERS, cpus - 1))
+
+
+def make_loader(dataset: Dataset, batch_size: int, device: torch.device | str, *, num_workers: int | None = None,
+                sampler: Sampler | None = None, shuffle: bool = False, drop_last: bool = False,
+                prefetch_factor: int = 4) -> DataLoader:
+    """A DataLoader over a :class:`PatchDataset` (or a ``Subset`` of one) for training on ``device``.
+
+    Batches come from ``__getitems__`` (one Zarr read per batch); pinned host memory on CUDA so the
+    ``.to(device, non_blocking=True)`` copy overlaps the step; with workers, each keeps
+    ``prefetch_factor`` batches in flight and lives across epochs.  A cached split is read once in
+    this process before the workers fork, so they share it instead of each reading a copy.
+    """
+    workers = loader_workers(num_workers, device)
+    base = getattr(dataset, "dataset", dataset)           # a Subset's dataset
+    if workers > 0 and isinstance(base, PatchDataset):
+        base.preload()
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw.update(persistent_workers=True, prefetch_factor=prefetch_factor)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle if sampler is None else False,
+                      num_workers=workers, pin_memory=torch.device(device).type == "cuda", drop_last=drop_last,
+                      **kw)

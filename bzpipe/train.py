@@ -15,10 +15,16 @@ Per batch: random time flips (dataset), a random ramp of 0..ramp_max_rows rows
 above the blind zone (per sample), the blind zone + ramp hidden
 (:func:`bzpipe.masking.mask_blind_zone`), and the loss = the mean over the
 deep-supervision heads (e5, d4, d3, d2, d1) of the mask-weighted MAE on
-reflectivity.  Validation: the d1 output, the blind zone only (plus
-``val_ramp_rows``), the same masked MAE; early stopping and the best checkpoint
-use it.  Every epoch re-seeds torch from (seed, epoch, rank), so a run resumed
-from ``checkpoint-last.pt`` after a kill continues exactly as if uninterrupted.
+reflectivity.  Validation: the d1 output as MC inference computes it (dropout on
+with a fixed seed, ``val_passes`` passes averaged per pass in dBZ; 0 = dropout
+off), the blind zone only (plus ``val_ramp_rows``), the same masked MAE; early
+stopping and the best checkpoint use it.  Learning rate: linear warm-up, then
+cosine (or step) decay, per batch; batch norm with the authors' Keras momentum
+and epsilon, bias-corrected at the start (:mod:`bzpipe.optim`).  Every epoch
+re-seeds torch from (seed, epoch, rank), so a run resumed from
+``checkpoint-last.pt`` after a kill continues exactly as if uninterrupted, and
+two runs with the same seed give the same weights.  ``seeds`` trains one run
+per seed (:meth:`bzpipe.config.TrainConfig.seed_runs`).
 """
 
 from __future__ import annotations
@@ -52,12 +58,15 @@ from bzpipe.checkpoint import (
     write_metrics,
 )
 from bzpipe.config import TrainConfig, config_record, load_stage_config
+from bzpipe.distributed import DistEnv, all_reduce_sum, average_bn_stats, dist_env
 from bzpipe.errors import BzpipeError, ConfigError
 from bzpipe.masking import mask_blind_zone
-from bzpipe.model.unet3plus import UNet3Plus, UNet3PlusConfig
+from bzpipe.model.mc_dropout import mc_predict
+from bzpipe.model.unet3plus import UNet3Plus, UNet3PlusConfig, channels_last_faster
+from bzpipe.optim import bn_momentum_warmup, lr_factor
 from bzpipe.provenance import provenance_record
 from bzpipe.store import Store
-from bzpipe.torchdata import CHANNEL_SETS, PatchDataset
+from bzpipe.torchdata import CHANNEL_SETS, PatchDataset, make_loader
 
 log = logging.getLogger("bzpipe.train")
 
@@ -79,27 +88,6 @@ def supervision_loss(outputs: Sequence[Tensor], target: Tensor, mask: Tensor) ->
 # --------------------------------------------------------------------------- setup
 
 
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def dist_env() -> DistEnv:
-    """Rank layout from the torchrun / SLURM-torchrun environment (1 process when unset)."""
-    return DistEnv(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)),
-                   local_rank=int(os.environ.get("LOCAL_RANK", 0)))
-
-
 def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> cuda:<local_rank> when available, else cpu; or an explicit device."""
     if spec == "auto":
@@ -116,7 +104,8 @@ def model_config_for(cfg: TrainConfig) -> UNet3PlusConfig:
     """Architecture of a run: inputs = the channel set + the mask channel."""
     return UNet3PlusConfig(in_channels=len(CHANNEL_SETS[cfg.channels]) + 1, out_channels=1,
                            filters=tuple(cfg.filters), dropout=cfg.dropout,
-                           deep_supervision=cfg.deep_supervision, rep_prior=cfg.rep_prior)
+                           deep_supervision=cfg.deep_supervision, rep_prior=cfg.rep_prior,
+                           bn_momentum=cfg.bn_momentum, bn_eps=cfg.bn_eps)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -149,6 +138,7 @@ class TrainResult:
     stopped: str                       # "epochs", "early_stopping"
     history: list[dict[str, Any]] = field(default_factory=list)
     model: UNet3Plus | None = None     # the final (last-epoch) weights, unwrapped, on the training device
+    seed_runs: list[str] = field(default_factory=list)   # every run trained (this one first)
 
 
 class _Amp:
@@ -183,50 +173,41 @@ def _loaders(cfg: TrainConfig, env: DistEnv, device: torch.device
                           f"does not fit {train_ds.shape[2]} rows")
     sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=False)
-    pin = device.type == "cuda"
-    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                          pin_memory=pin, drop_last=len(sampler) > cfg.batch_size,
-                          persistent_workers=cfg.num_workers > 0)
+    train_dl = make_loader(train_ds, cfg.batch_size, device, num_workers=cfg.num_workers, sampler=sampler,
+                           drop_last=len(sampler) > cfg.batch_size)      # workers + pinned memory on GPU
     val_part = Subset(val_ds, list(range(env.rank, len(val_ds), env.world_size)))  # no padding: exact mean
-    val_dl = DataLoader(val_part, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-                        pin_memory=pin)
+    val_dl = make_loader(val_part, cfg.batch_size, device, num_workers=cfg.num_workers)
     return train_ds, val_ds, train_dl, sampler, val_dl
-
-
-def average_bn_stats(model: nn.Module, env: DistEnv) -> None:
-    """Average the batch-norm running statistics over the ranks (DDP only syncs them from rank 0
-    at the start of each forward, so after an epoch every rank holds those of its own last batch)."""
-    if not env.distributed:
-        return
-    for name, buf in model.named_buffers():
-        if buf.is_floating_point() and name.endswith(("running_mean", "running_var")):
-            dist.all_reduce(buf)
-            buf.div_(env.world_size)
-
-
-def _all_reduce_sum(values: list[float], device: torch.device, env: DistEnv) -> list[float]:
-    if not env.distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 @torch.no_grad()
 def validate(model: UNet3Plus, loader: DataLoader, blind_rows: int, ramp_rows: int, device: torch.device,
-             amp: _Amp, channels_last: bool, max_batches: int | None = None) -> tuple[float, float]:
-    """(sum of mask-weighted |error| of the d1 output, sum of mask weights) over ``loader``."""
+             amp: _Amp, channels_last: bool, max_batches: int | None = None, passes: int = 0,
+             seed: int = 0) -> tuple[float, float]:
+    """(sum of mask-weighted |error| of the d1 output, sum of mask weights) over ``loader``.
+
+    ``passes`` >= 1: the output MC inference uses (dropout on, batch norm on its running
+    statistics, torch seeded with ``seed`` so every validation draws the same masks), averaged
+    per pass in dBZ (:func:`bzpipe.model.mc_predict`); 0: dropout off.
+    """
     model.eval()
+    if passes:
+        torch.manual_seed(seed)
     num = den = 0.0
     for step, xb in enumerate(loader):
         if max_batches is not None and step >= max_batches:
             break
         xb = xb.to(device, non_blocking=True)                         # (B, C, H, W)
         inputs, mask = mask_blind_zone(xb, blind_rows, ramp_rows)      # (B, C+1, H, W), (B, 1, H, W)
-        if channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with amp.autocast():
-            pred = model(inputs)                                       # (B, 1, H, W)
+        if passes:
+            pred = mc_predict(model, inputs, n_passes=passes, quantiles=(), max_batch=max(64, xb.shape[0]),
+                              autocast_dtype=amp.dtype if amp.enabled else None,
+                              channels_last=channels_last)["mean"]    # (B, 1, H, W)
+        else:
+            if channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with amp.autocast():
+                pred = model(inputs)                                   # (B, 1, H, W)
         w = mask.float()
         num += float((w * (pred.float() - xb[:, :1]).abs()).sum())
         den += float(w.sum())
@@ -234,8 +215,9 @@ def validate(model: UNet3Plus, loader: DataLoader, blind_rows: int, ramp_rows: i
 
 
 def train(cfg: TrainConfig, on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train (or resume) the run ``cfg.run_name``; see the module docstring.
+    """Train (or resume) the run ``cfg.run_name``, and one run per further seed of ``cfg.seeds``.
 
+    Returns the result of the first seed's run (``seed_runs`` lists every run).
     ``on_epoch_end(row)`` is called on every rank after each epoch's checkpoint is
     written (an exception there ends training like a kill would).  Re-seeds the
     global torch RNG every epoch.
@@ -248,7 +230,11 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[dict[str, Any]], None] | Non
     if own_group:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(cfg, env, device, on_epoch_end)
+        runs = cfg.seed_runs()
+        results = [_train(cfg.model_copy(update={"run_name": name, "seed": seed, "seeds": None}), env, device,
+                          on_epoch_end) for name, seed in runs]
+        results[0].seed_runs = [name for name, _ in runs]
+        return results[0]
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -267,7 +253,7 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
     store = Store(cfg.store_root)
     train_ds, val_ds, train_dl, sampler, val_dl = _loaders(cfg, env, device)
     blind = train_ds.blind_zone_rows
-    channels_last = bool(cfg.channels_last and device.type == "cuda")
+    channels_last = bool(cfg.channels_last and channels_last_faster(device))
 
     torch.manual_seed(cfg.seed)                      # identical initial weights on every rank
     mcfg = model_config_for(cfg)
@@ -275,7 +261,9 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
+    steps_per_epoch = min(len(train_dl), cfg.max_batches_per_epoch or len(train_dl))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps_per_epoch))   # stepped per batch
+    bn_momentum_warmup(model, cfg.bn_momentum)
     amp = _Amp(cfg, device)
 
     built = _build_values(train_ds.attrs)
@@ -286,6 +274,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
         "blind_zone_rows": blind, "ramp_max_rows": cfg.ramp_max_rows, "normalization": train_ds.normalization,
         # the grid and patch the model was trained on, so inference needs nothing but the checkpoint
         "grid": built.get("grid", {}), "patch": built.get("patch", {}),
+        # the training domain and resolution (cold threshold, sites, forward operator) for inference's checks
+        "build": {k: built[k] for k in ("forward_operator", "cold_threshold_c", "sites") if k in built},
         "dataset": {"uri": train_ds.uri, "sha256": ds_sha, "n_train": len(train_ds), "n_val": len(val_ds)},
         "config": config_record(cfg), "world_size": env.world_size, "device": device.type,
         "amp": f"{amp.dtype}".removeprefix("torch.") if amp.enabled else "off",
@@ -355,13 +345,13 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
             amp.scaler.scale(loss).backward()
             amp.scaler.step(opt)
             amp.scaler.update()
+            sched.step()                                                             # per-batch schedule
             loss_sum += float(loss.detach()) * xb.shape[0]
             n_seen += xb.shape[0]
         average_bn_stats(model, env)                      # identical buffers on every rank
         vnum, vden = validate(model, val_dl, blind, cfg.val_ramp_rows, device, amp, channels_last,
-                              cfg.max_val_batches)
-        loss_sum, n_seen, vnum, vden = _all_reduce_sum([loss_sum, n_seen, vnum, vden], device, env)
-        sched.step()
+                              cfg.max_val_batches, passes=cfg.val_passes, seed=cfg.seed)
+        loss_sum, n_seen, vnum, vden = all_reduce_sum([loss_sum, n_seen, vnum, vden], device, env)
         train_loss = loss_sum / max(n_seen, 1.0)
         val_loss = vnum / vden if vden > 0 else float("nan")
         is_best = val_loss < best_val

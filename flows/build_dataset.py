@@ -2,7 +2,8 @@
 
 * one task per site and day colocates radar, met and ERA-5 into
   ``work/colocated/<site>/<YYYY-MM-DD>.zarr`` (run as a task on the dask
-  cluster; retried; skipped when already complete with the same recipe);
+  cluster; retried; skipped when already complete with the same recipe), at
+  most ``max_in_flight`` of them submitted at once, with a progress artifact;
 * one task plans the split and the patches (cold filter, decorrelation time);
 * one task writes the dataset (ERA-5 statistics on the training split, region
   writes on the dask cluster, resumable after an interruption).
@@ -29,11 +30,12 @@ from bzpipe.config import BuildConfig
 from bzpipe.dataset import (build_recipe, check_existing, colocate_day, load_plan, plan_dataset, save_plan,
                             write_dataset)
 from bzpipe.store import Store
-from flows.common import artifact_slug, cli_parser, resolve_config
+from flows.common import artifact_slug, cli_parser, resolve_config, retry_if_transient
+from flows.fanout import Progress, bounded
 
 
 @task(name="colocate-site-day", task_run_name="colocate-{inputs[site]}-{inputs[day]}", retries=2,
-      retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
+      retry_delay_seconds=5, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE, persist_result=False)
 def colocate_task(store_root: str, inputs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """Colocate one site-day on the dask cluster; returns the intermediate's URI and counts."""
     client = current_client()
@@ -81,6 +83,7 @@ def build_dataset(config: BuildConfig | None = None, config_path: str | None = N
     cfg = resolve_config(BuildConfig, config, config_path, overrides)
     if dask_address:
         cfg = cfg.model_copy(update={"dask_address": dask_address})
+    cfg.check_split_blocks()               # a period too short for one block per split: before any work
     store = Store(cfg.store_root)
     recipe_id, checks, inputs = build_recipe(store, cfg)
     existing = check_existing(store, cfg, recipe_id)
@@ -94,13 +97,18 @@ def build_dataset(config: BuildConfig | None = None, config_path: str | None = N
     cfg_json = cfg.model_dump(mode="json")
     with dask_client(cfg.dask_address, n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker,
                      processes=cfg.dask_processes):
-        futures = [colocate_task.submit(store.root, d.to_json(), cfg_json) for d in inputs]
-        colocated, failed = [], []
-        for d, f in zip(inputs, futures, strict=True):
+        # at most max_in_flight site-day tasks at once (each waits on a Dask worker while it runs)
+        progress = Progress(len(inputs), f"colocation of {len(inputs)} site-day(s)")
+        done: dict[int, dict[str, Any]] = {}
+        failed = []
+        for (i, d), f in bounded(lambda item: colocate_task.submit(store.root, item[1].to_json(), cfg_json),
+                                 enumerate(inputs), cfg.max_in_flight):
             try:
-                colocated.append(f.result())
+                done[i] = f.result()
             except Exception as e:  # noqa: BLE001 - collect every failed site-day, then fail once
                 failed.append(f"{d.site} {d.day}: {type(e).__name__}: {e}")
+            progress.advance()
+        colocated = [done[i] for i in sorted(done)]
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(inputs)} site-days failed to colocate (the others "
                                "are kept and will be reused):\n  " + "\n  ".join(failed))

@@ -1,30 +1,168 @@
-"""What every flow shares: turning (config, config_path, overrides) into one typed config."""
+"""What every flow shares: choosing the config file at run time, and turning (config, config_path,
+overrides) into one typed config.
+
+The deployments carry no config path: each run chooses its config when it starts, from the
+first of
+
+1. the run's own parameters: ``config`` (a typed config) or ``config_path``;
+2. the Prefect Variable ``bzpipe_config`` (:data:`CONFIG_VARIABLE`): what an operator sets to
+   switch the whole stack, e.g. ``prefect variable set bzpipe_config
+   flows/configs/paper-nsa-oli.yaml --overwrite`` (or ``bash infra/stack.sh config FILE``);
+3. the environment variable ``BZPIPE_CONFIG`` (:data:`CONFIG_ENV`) of the worker / pod: an
+   installation's default (a path inside the image, a mounted ConfigMap);
+4. the offline demo, ``flows/configs/offline-demo.yaml`` (:data:`DEMO_CONFIG`).
+
+A value is a path (YAML/JSON/TOML; relative paths are taken from the working directory,
+then from the checkout), or a JSON object ``{"path": "...", "overrides": ["store_root=s3://..."]}``.
+A value that names no file fails the run at once, with the name it looked for.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 import flows.logging_setup  # noqa: F401  (bzpipe.* log lines into the Prefect UI)
-from bzpipe.config import load_stage_config, override_config
+from bzpipe.config import PipelineConfig, load_pipeline_config, load_stage_config, override_config
+from bzpipe.errors import ConfigError, is_retryable
+from flows import server_watchdog
+
+server_watchdog.install()   # a flow killed with SIGKILL does not leave its temporary Prefect server running
 
 C = TypeVar("C", bound=BaseModel)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_VARIABLE = "bzpipe_config"
+CONFIG_ENV = "BZPIPE_CONFIG"
+DEMO_CONFIG = "flows/configs/offline-demo.yaml"
+
+
+@dataclass(frozen=True)
+class ConfigChoice:
+    """The config file a run uses, the overrides that came with it, and where the choice came from."""
+
+    path: str
+    source: str
+    overrides: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        extra = f" with {self.overrides}" if self.overrides else ""
+        return f"{self.path}{extra} (from {self.source})"
+
+
+def _existing(path: str, source: str) -> str:
+    """``path`` made absolute (working directory first, then the checkout), or a ConfigError."""
+    p = Path(path).expanduser()
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p, REPO / p]
+    for c in candidates:
+        if c.is_file():
+            return str(c.resolve())
+    looked = " and ".join(str(c) for c in dict.fromkeys(candidates))
+    raise ConfigError(f"config file {path!r} named by {source} does not exist (looked for {looked})")
+
+
+def _parse_choice(value: Any, source: str) -> ConfigChoice:
+    """A Variable / environment value: a path, or ``{"path": ..., "overrides": [...]}`` (also as JSON text)."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise ConfigError(f"{source}: not a path and not valid JSON: {e}") from None
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"path", "overrides"})
+        path, overrides = value.get("path"), value.get("overrides") or []
+        if unknown or not isinstance(path, str) or not path.strip() or not isinstance(overrides, list):
+            raise ConfigError(f"{source}: expected a path or {{\"path\": \"...\", \"overrides\": [...]}}, "
+                              f"got {json.dumps(value)[:200]}")
+        return ConfigChoice(_existing(path.strip(), source), source, [str(o) for o in overrides])
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{source} is set but empty or not a path: {value!r}")
+    return ConfigChoice(_existing(value.strip(), source), source)
+
+
+def variable_value(name: str = CONFIG_VARIABLE) -> Any:
+    """The value of the Prefect Variable ``name`` (None when it does not exist)."""
+    from prefect.variables import Variable
+
+    return Variable.get(name)
+
+
+def choose_config(config_path: str | None = None) -> ConfigChoice:
+    """Which config file this run uses (see the module docstring for the order)."""
+    if config_path:
+        return ConfigChoice(_existing(config_path, "the parameter config_path"), "the parameter config_path")
+    value = variable_value(CONFIG_VARIABLE)
+    if value is not None:                # set, even to something blank: it must name a file
+        return _parse_choice(value, f"the Prefect Variable {CONFIG_VARIABLE!r}")
+    env = os.environ.get(CONFIG_ENV, "")
+    if env.strip():
+        return _parse_choice(env, f"the environment variable {CONFIG_ENV}")
+    return ConfigChoice(str(REPO / DEMO_CONFIG), "the default: the offline demo")
+
+
+def _log_choice(choice: ConfigChoice) -> None:
+    import logging
+
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:
+        logger = logging.getLogger("bzpipe.flows")
+    logger.info("config: %s", choice.describe())
+
+
+def _for_stage(model: type[BaseModel], overrides: list[str]) -> list[str]:
+    """The overrides that concern ``model``'s stage: those addressed to other stages of a pipeline
+    file (``train.epochs=3`` for the ingest flow) are left out."""
+    others = {name for name, f in PipelineConfig.model_fields.items() if f.annotation is not model}
+    return [o for o in overrides if o.partition("=")[0].strip().split(".")[0] not in others]
 
 
 def resolve_config(model: type[C], config: C | dict[str, Any] | None = None,
                    config_path: str | None = None, overrides: list[str] | None = None) -> C:
     """The stage config a flow runs with.
 
-    ``config`` (a model or a dict, as Prefect passes parameters) wins over
-    ``config_path``; ``overrides`` (``key.path=value``) apply on top of either.
+    ``config`` (a model or a dict, as Prefect passes parameters) wins; without it the file
+    comes from :func:`choose_config`.  ``overrides`` (``key.path=value``) apply on top.
     """
     if config is None:
-        return load_stage_config(model, config_path, overrides)
+        choice = choose_config(config_path)
+        _log_choice(choice)
+        return load_stage_config(model, choice.path, [*_for_stage(model, choice.overrides), *(overrides or [])])
     base = config if isinstance(config, model) else load_stage_config(model, None, config)
     return override_config(base, overrides)
+
+
+def resolve_pipeline_config(config: PipelineConfig | dict[str, Any] | None = None,
+                            config_path: str | None = None,
+                            overrides: list[str] | None = None) -> PipelineConfig:
+    """:func:`resolve_config` for the whole-pipeline config."""
+    if config is None:
+        choice = choose_config(config_path)
+        _log_choice(choice)
+        return load_pipeline_config(choice.path, [*choice.overrides, *(overrides or [])])
+    base = config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(config)
+    return override_config(base, overrides)
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn`` of the flows' tasks: retry only what a retry can fix
+    (:func:`bzpipe.errors.is_retryable`); a permanent error (a missing path, a full or read-only store,
+    no credentials, a corrupt file, an unfinished model) fails the task at once, naming the path."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - classify whatever the task raised
+        return is_retryable(exc)
+    return True
 
 
 def cli_parser(module: str, doc: str | None) -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from bzpipe import evaluate as bzeval
@@ -26,11 +26,12 @@ from bzpipe.config import EvalConfig
 from bzpipe.errors import StoreError
 from bzpipe.store import Store
 from bzpipe.torchdata import resolve_dataset_uri
-from flows.common import artifact_slug, cli_parser, resolve_config
+from flows.common import artifact_slug, cli_parser, resolve_config, retry_if_transient
 
 
 
-@task(name="check-evaluation-inputs", retries=2, retry_delay_seconds=5, cache_policy=NONE)
+@task(name="check-evaluation-inputs", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient,
+      cache_policy=NONE)
 def check_inputs(cfg: EvalConfig) -> dict[str, str]:
     """The dataset (complete in the manifest) and the checkpoint must exist; return their URIs."""
     store = Store(cfg.store_root)
@@ -54,18 +55,28 @@ def evaluate_and_report(cfg: EvalConfig) -> dict[str, Any]:
     return bzeval.evaluate_and_report(cfg, progress=progress)
 
 
-@task(name="publish-evaluation-artifacts", retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def publish_artifacts(run_name: str, report: dict[str, Any]) -> None:
+@task(name="publish-evaluation-artifacts", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient,
+      cache_policy=NONE)
+def publish_artifacts(run_name: str, report: dict[str, Any], store_root: str | None = None) -> None:
+    """The scores table, a link to the HTML report a browser can open (presigned https on S3,
+    ``$BZPIPE_STORE_PUBLIC_URL``, else the path), and the report's figures as image artifacts."""
+    from flows.links import link_markdown, publish_image, publish_link
+
     slug = artifact_slug(run_name)
+    store = Store(store_root) if store_root else None
+    where = (link_markdown(store, store.key_of(report["index"]), "the HTML report") if store
+             else f"`{report['index']}`")
     create_markdown_artifact(markdown=f"# Evaluation of `{run_name}`\n\n{report['markdown']}\n\n"
-                             f"Report: {report['index']}", key=f"evaluation-{slug}",
+                             f"Report: {where}", key=f"evaluation-{slug}",
                              description="blind-zone scores with bootstrap intervals")
-    create_link_artifact(link=_link(report["index"]), link_text=f"evaluation report {run_name}",
-                         key=f"evaluation-report-{slug}")
-
-
-def _link(uri: str) -> str:
-    return uri if "://" in uri else f"file://{uri}"
+    if store is None:
+        return
+    publish_link(store, store.key_of(report["index"]), artifact_key=f"evaluation-report-{slug}",
+                 text=f"evaluation report {run_name}", description="self-contained HTML report")
+    for name, uri in sorted((report.get("figures") or {}).items()):
+        if str(uri).endswith(".png"):
+            publish_image(store, store.key_of(uri), artifact_key=f"evaluation-{slug}-{artifact_slug(name)}",
+                          title=f"{run_name}: {name}", description=f"evaluation figure {name} of {run_name}")
 
 
 @flow(name="evaluate", log_prints=True)
@@ -77,7 +88,7 @@ def evaluate(config: EvalConfig | None = None, config_path: str | None = None,
     logger = get_run_logger()
     logger.info("evaluating %s on %s", inputs["checkpoint"], inputs["dataset"])
     report = evaluate_and_report(cfg)
-    publish_artifacts(cfg.run_name, report)
+    publish_artifacts(cfg.run_name, report, cfg.store_root)
     logger.info(report["verdict"]["headline"])
     for reason in report["verdict"]["reasons"]:
         logger.info("  - %s", reason)

@@ -11,6 +11,10 @@ Each takes a site list and date range as an :class:`~bzpipe.config.IngestConfig`
   service, across all flow runs: Prefect global concurrency limits ``arm-live``
   and ``cds`` (created with the config's values when missing, left as they are
   when an operator has already set them);
+* at most ``max_in_flight`` item tasks submitted and unfinished at once
+  (:func:`flows.fanout.bounded`), however many files the date range holds;
+* a run that needs a real service checks its credentials in its first task
+  (``check-credentials``) and fails there, naming what is missing and where to put it;
 * a progress artifact while it runs and a table artifact of every item:
   fetched, skipped (already present with a matching checksum) or failed;
 * a failed item does not stop the others; the flow ends Failed and its message
@@ -31,10 +35,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
-from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
 from bzpipe.config import IngestConfig
@@ -46,10 +49,15 @@ from bzpipe.ingest import (IngestFailedError, IngestItem, arm_datastream, arm_ki
 from bzpipe.store import Store
 from flows import logging_setup  # noqa: F401  (bzpipe's log lines reach the Prefect UI)
 from flows.common import cli_parser, resolve_config
+from flows.fanout import Progress, bounded
 
 ARM_LIMIT = "arm-live"
 CDS_LIMIT = "cds"
 REPORT_KEY = "ingest-report"
+#: where an operator puts a credential so that flow runs find it (README, "Credentials")
+WHERE_CREDENTIALS = ("Put them into the environment of the worker that runs the flows (local stack: the "
+                     "shell that starts it; compose: the environment of `docker compose up`; Kubernetes: "
+                     "the Secret bzpipe-credentials, see infra/k8s/README.md)")
 
 
 # --------------------------------------------------------------------------- credentials
@@ -68,7 +76,10 @@ def _secret(name: str) -> str | None:
 
 def arm_credentials(cfg: IngestConfig) -> ArmCredentials:
     """ARM Live credentials from the environment, else from the configured Secret blocks."""
-    creds = arm_credentials_from_env()
+    try:
+        creds = arm_credentials_from_env()
+    except AuthenticationError as e:  # set, but incomplete or unreadable
+        raise AuthenticationError(f"{e}. {WHERE_CREDENTIALS}") from None
     if creds is None:
         user, token = _secret(cfg.arm_username_secret), _secret(cfg.arm_token_secret)
         if user and token:
@@ -77,13 +88,17 @@ def arm_credentials(cfg: IngestConfig) -> ArmCredentials:
     if creds is None:
         raise AuthenticationError(
             "no ARM Live credentials: set ARM_USERNAME and ARM_TOKEN, or create the Prefect Secret blocks "
-            f"{cfg.arm_username_secret!r} and {cfg.arm_token_secret!r}")
+            f"{cfg.arm_username_secret!r} and {cfg.arm_token_secret!r}. {WHERE_CREDENTIALS} "
+            "(the token is on https://adc.arm.gov/armlive/)")
     return creds
 
 
 def cds_credentials(cfg: IngestConfig) -> CdsCredentials:
     """CDS credentials from the environment / ``~/.cdsapirc``, else from the configured Secret block."""
-    creds = cds_credentials_from_env()
+    try:
+        creds = cds_credentials_from_env()
+    except AuthenticationError as e:  # set, but incomplete or unreadable
+        raise AuthenticationError(f"{e}. {WHERE_CREDENTIALS}") from None
     if creds is None:
         key = _secret(cfg.cds_key_secret)
         if key:
@@ -92,8 +107,27 @@ def cds_credentials(cfg: IngestConfig) -> CdsCredentials:
     if creds is None:
         raise AuthenticationError(
             "no CDS API key: set CDSAPI_URL and CDSAPI_KEY, write ~/.cdsapirc, or create the Prefect Secret "
-            f"block {cfg.cds_key_secret!r}")
+            f"block {cfg.cds_key_secret!r}. {WHERE_CREDENTIALS} (the key is on your CDS profile page)")
     return creds
+
+
+def check_credentials(cfg: IngestConfig, kinds: Sequence[str] = ("kazr", "met", "era5")) -> list[str]:
+    """The services ``cfg`` needs for ``kinds``, each with its credentials found; raises
+    :class:`AuthenticationError` naming the first missing one and where to put it (never a value)."""
+    found = []
+    if cfg.kazr_source == "arm" and set(kinds) & {"kazr", "met"}:
+        found.append(f"ARM Live (user {arm_credentials(cfg).username!r})")
+    if cfg.era5_source == "cds" and "era5" in kinds:
+        found.append(f"CDS ({cds_credentials(cfg).url})")
+    return found
+
+
+@task(name="check-credentials", cache_policy=NO_CACHE, persist_result=False, retries=0)
+def check_credentials_task(cfg: IngestConfig, kinds: Sequence[str] = ("kazr", "met", "era5")) -> list[str]:
+    """First task of a run that uses a real service: fail at once when a credential is missing."""
+    found = check_credentials(cfg, kinds)
+    get_run_logger().info("credentials found for: %s", ", ".join(found) or "nothing needed (offline sources)")
+    return found
 
 
 # --------------------------------------------------------------------------- limits, retries
@@ -189,47 +223,42 @@ def _error_text(state: Any) -> str:
 
 
 def run_ingest(cfg: IngestConfig, kinds: Sequence[str]) -> dict[str, Any]:
-    """Plan, fetch every item in parallel tasks, report; raise IngestFailedError if any item failed."""
+    """Plan, fetch every item in parallel tasks (at most ``cfg.max_in_flight`` at once), report;
+    raise IngestFailedError if any item failed."""
     logger = get_run_logger()
     remote = ("kazr" in kinds and cfg.kazr_source == "arm") or ("era5" in kinds and cfg.era5_source == "cds")
     if remote:
+        check_credentials_task(cfg, list(kinds))
         limits = ensure_concurrency_limits(cfg)
         logger.info("concurrency limits in force: %s", limits)
 
     rows: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
-    fetch = with_retries(ingest_file_task, cfg)
-    futures: dict[Any, IngestItem] = {}
-
-    def submit(items: list[IngestItem]) -> None:
-        futures.update({fetch.submit(i.to_dict(), cfg): i for i in items})
-
-    listings = []
-    for kind in arm_kinds(cfg, kinds):
-        if cfg.kazr_source == "offline":
-            submit(plan_arm_offline(cfg, kind))
-        else:
-            lister = with_retries(list_arm_files_task, cfg)
-            listings += [(s.name, kind, lister.submit(cfg, s.name, kind)) for s in cfg.site_objects()]
-    if "era5" in kinds:
-        submit(plan_era5(cfg))  # ERA-5 months start while ARM Live is still being asked for its lists
-    for site, kind, fut in listings:
+    items: list[IngestItem] = []
+    listings = [(s.name, kind) for kind in arm_kinds(cfg, kinds) if cfg.kazr_source != "offline"
+                for s in cfg.site_objects()]
+    lister = with_retries(list_arm_files_task, cfg)
+    for (site, kind), fut in bounded(lambda sk: lister.submit(cfg, *sk), listings, cfg.max_in_flight):
         fut.wait()  # sets the in-memory final state (the API's copy carries no result data)
         if fut.state.is_completed():
-            submit([IngestItem.from_dict(d) for d in fut.result()])
+            items += [IngestItem.from_dict(d) for d in fut.result()]
         else:
             key = f"raw/{kind}/{site}/ (listing of {arm_datastream(cfg, site, kind)})"
             failed[key] = _error_text(fut.state)
             rows.append({"key": key, "kind": kind, "site": site, "source": "arm", "status": "failed",
                          "size": "", "sha256": "", "message": failed[key]})
+    for kind in arm_kinds(cfg, kinds):
+        if cfg.kazr_source == "offline":
+            items += plan_arm_offline(cfg, kind)
+    if "era5" in kinds:
+        items += plan_era5(cfg)
 
-    total = len(futures)
-    logger.info("ingest plan: %d item(s) for sites %s, %s..%s", total,
-                [s.name for s in cfg.site_objects()], cfg.start, cfg.end)
-    progress_id = create_progress_artifact(0.0, description=f"ingest of {total} file(s)")
-    done = 0
-    for fut in as_completed(list(futures)):
-        item = futures[fut]
+    total = len(items)
+    logger.info("ingest plan: %d item(s) for sites %s, %s..%s, at most %d in flight", total,
+                [s.name for s in cfg.site_objects()], cfg.start, cfg.end, cfg.max_in_flight)
+    progress = Progress(total, f"ingest of {total} file(s)")
+    fetch = with_retries(ingest_file_task, cfg)
+    for item, fut in bounded(lambda i: fetch.submit(i.to_dict(), cfg), items, cfg.max_in_flight):
         fut.wait()
         if fut.state.is_completed():
             out = fut.result()
@@ -238,10 +267,9 @@ def run_ingest(cfg: IngestConfig, kinds: Sequence[str]) -> dict[str, Any]:
             failed[item.key] = _error_text(fut.state)
             rows.append(_row(item, "failed", message=failed[item.key]))
             logger.error("%s failed: %s", item.key, failed[item.key])
-        done += 1
-        update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
+        progress.advance()
     if total == 0:
-        update_progress_artifact(progress_id, 100.0)
+        progress.show()
 
     rows.sort(key=lambda r: r["key"])
     counts = {s: sum(r["status"] == s for r in rows) for s in ("fetched", "skipped", "failed")}

@@ -1,4 +1,4 @@
-"""The whole pipeline end to end: ingest -> build dataset -> train -> evaluate -> CloudSat.
+"""The whole pipeline end to end: ingest -> build dataset -> train -> evaluate -> CloudSat -> overpass check.
 
     python -m flows.pipeline --config flows/configs/offline-demo.yaml [--set train.epochs=5 ...]
 
@@ -10,59 +10,94 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from bzpipe.config import PipelineConfig, load_pipeline_config, override_config
+from bzpipe.config import PipelineConfig
 from bzpipe.provenance import provenance_record
 from bzpipe.store import Store
 from flows.build_dataset import build_dataset
-from flows.common import cli_parser
+from flows.common import cli_parser, resolve_pipeline_config, retry_if_transient
 from flows.evaluate import evaluate
-from flows.ingest import ingest
+from flows.ingest import check_credentials_task, ingest
+from flows.overpass import overpass
 from flows.reprocess import reprocess_granule
 from flows.train import train
 
 
-@task(name="stage-sample-granule", retries=1, cache_policy=NONE)
+@task(name="stage-sample-granule", retries=1, retry_condition_fn=retry_if_transient, cache_policy=NONE)
 def stage_sample_granule(cfg: PipelineConfig) -> str:
-    """Put one synthetic CloudSat 2B-GEOPROF granule into the landing prefix; returns its URI.
+    """Put one synthetic CloudSat 2B-GEOPROF granule and its ECMWF-AUX companion into the landing
+    prefix; returns the 2B-GEOPROF URI.
 
-    Offline runs have no real granules; this is the embedded default, written in
-    the real HDF-EOS2 layout so the granule goes through the same reader.
+    Offline runs have no real granules; this is the embedded default, written in the real
+    HDF-EOS2 layout so the granule goes through the same reader.  It is the coincident overpass of
+    the synthetic KaZR (the same scene): closest to the first overpass site in the middle of the
+    KaZR hours of the day AFTER the ingest period, so the overpass validation compares with KaZR the
+    model never trained, validated or was tested on.  Refuses when the CloudSat source is not the
+    offline generator: a synthetic granule never lands beside real ones.
     """
-    from bzpipe.sources.synthetic import generate_cloudsat_granule
+    from bzpipe.sources.synthetic.cloudsat import generate_overpass
+
+    if cloudsat_source(cfg) != "offline":
+        raise ValueError(f"CloudSat source is {cloudsat_source(cfg)!r}: no synthetic granule goes into "
+                         f"the landing area {cfg.infer.landing!r}")
 
     store = Store(cfg.infer.store_root)
-    start = cfg.ingest.start_datetime().replace(hour=12)
+    site = (cfg.infer.overpass.sites or cfg.infer.sites)[0]
+    when = cfg.ingest.end_datetime() + timedelta(hours=cfg.ingest.synthetic.hours_per_day / 2)
+    landing = cfg.infer.landing.strip("/")
     with tempfile.TemporaryDirectory(prefix="bzpipe-granule-") as d:
-        path = generate_cloudsat_granule(d, start, cfg.ingest.synthetic.cloudsat_profiles,
-                                         cfg.ingest.seed, cfg.ingest.synthetic)
-        key = f"{cfg.infer.landing.strip('/')}/{path.name}"
-        if not store.is_complete(key):
-            store.put_file(path, key, producer=provenance_record(cfg.ingest, source="synthetic"))
-    return store.uri(key)
+        path = generate_overpass(d, site, when, cfg.ingest.synthetic.cloudsat_profiles, cfg.ingest.seed,
+                                 cfg.ingest.synthetic)
+        for f in sorted(Path(d).glob("*.hdf")):           # the 2B-GEOPROF granule and its ECMWF-AUX
+            if not store.is_complete(f"{landing}/{f.name}"):
+                store.put_file(f, f"{landing}/{f.name}", producer=provenance_record(cfg.ingest, source="synthetic"))
+    return store.uri(f"{landing}/{path.name}")
+
+
+def cloudsat_source(cfg: PipelineConfig) -> str:
+    """``infer.cloudsat_source``, or when unset: ``offline`` if the ingest sources are the offline
+    generator, else ``landing`` (real granules arrive from outside)."""
+    if cfg.infer.cloudsat_source:
+        return cfg.infer.cloudsat_source
+    offline = cfg.ingest.kazr_source == "offline" and cfg.ingest.era5_source == "offline"
+    return "offline" if offline else "landing"
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(config: PipelineConfig | None = None, config_path: str | None = None,
              overrides: list[str] | None = None, sample_granule: bool = True) -> dict[str, Any]:
-    """Run every stage; returns the URIs each stage produced."""
+    """Run every stage; returns the URIs each stage produced.
+
+    ``sample_granule``: fill a synthetic sample granule at the end; only ever staged when the
+    CloudSat source is the offline generator (:func:`cloudsat_source`), never into a real
+    landing area.
+    """
     logger = get_run_logger()
-    cfg = override_config(config, overrides) if config else load_pipeline_config(config_path, overrides)
+    cfg = resolve_pipeline_config(config, config_path, overrides)
     logger.info("pipeline on store %s, sites %s, %s..%s", cfg.ingest.store_root, cfg.ingest.sites,
                 cfg.ingest.start, cfg.ingest.end)
+    check_credentials_task(cfg.ingest)     # a real config without credentials stops here, at once
+    cfg.build.check_split_blocks()         # so does a period too short for one split block per split
     out: dict[str, Any] = {}
     out["ingest"] = ingest(config=cfg.ingest)
     out["dataset"] = build_dataset(config=cfg.build)
     out["checkpoint"] = train(config=cfg.train)
     out["report"] = evaluate(config=cfg.evaluate)
-    if sample_granule:
+    source = cloudsat_source(cfg)
+    if sample_granule and source == "offline":
         granule = stage_sample_granule(cfg)
         out["cloudsat"] = reprocess_granule(granule_uri=granule, config=cfg.infer)
+        out["overpass"] = overpass(config=cfg.infer, ingest=cfg.ingest, operator=cfg.build.forward_operator)
+    elif sample_granule:
+        logger.info("CloudSat source %r: no synthetic granule is staged; the scan-landing deployment "
+                    "announces the granules of %s for the new model", source, cfg.infer.landing)
     create_markdown_artifact(key="pipeline-summary", description="bzpipe end-to-end run",
                              markdown="# bzpipe pipeline\n\n" + "\n".join(
                                  f"- **{k}**: `{v}`" for k, v in summary(out).items()))
@@ -73,7 +108,9 @@ def summary(out: dict[str, Any]) -> dict[str, str]:
     """What each stage produced, one line each: URIs, the granule output, the ingest counts."""
     lines = {}
     for k, v in out.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and "pearson_r" in v:
+            v = f"{v.get('report_key', '')} pearson_r {v['pearson_r']}"
+        elif isinstance(v, dict):
             v = v.get("output_key") or v.get("counts") or v
         lines[k] = str(v)
     return lines
@@ -81,7 +118,8 @@ def summary(out: dict[str, Any]) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = cli_parser("pipeline", __doc__)
-    p.add_argument("--no-granule", action="store_true", help="skip the CloudSat sample granule")
+    p.add_argument("--no-granule", action="store_true",
+                   help="skip the CloudSat sample granule (staged only for the offline CloudSat source)")
     a = p.parse_args(argv)
     state = pipeline(config_path=a.config_path, overrides=a.overrides or None,
                      sample_granule=not a.no_granule, return_state=True)

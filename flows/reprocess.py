@@ -5,27 +5,37 @@ Flows (``bzpipe.infer`` does the work; these only orchestrate):
 ``reprocess-granule``  (:func:`reprocess_granule`)
     One granule URI: stage it into the store (``raw/cloudsat/<name>``), fetch the
     ERA-5 months a 5-channel model needs through the ingest flow (offline / cds
-    source), fill, write ``outputs/cloudsat/<model id>/<granule id>.zarr`` + PNG.
-    Idempotent: a complete output for this model is skipped.  A bad granule is
-    quarantined (``quarantine/<granule>.json``) and reported in a table artifact.
+    source), fill, write ``outputs/cloudsat/<model id>-<settings id>/<granule id>.zarr``
+    + PNG.  Only a finished model is applied (``models/<run>/final.json``).
+    Idempotent: a complete output for this model and these settings is skipped.  A
+    bad granule is quarantined (``quarantine/<granule>.json``) and reported in a
+    table artifact; a permanent error fails its task at once (no retries).
 
 ``granule-arrived``  (:func:`granule_arrived`)
     The deployment an automation runs on each ``bzpipe.granule.arrived`` event
     (trigger :func:`granule_trigger`; the event payload carries ``granule_uri``).
     It starts ``reprocess-granule`` with ``run_deployment(...,
-    idempotency_key="cloudsat:<name>:<size>:<model id>")``, so duplicate events for
-    the same granule and model create one run; a new model version gets a new key
-    and reprocesses.
+    idempotency_key="cloudsat:<name>:<file version>:<model id>-<settings id>")``, so
+    duplicate events for the same granule file, model and settings create one run; a
+    new model, other settings or a replaced file get a new key and reprocess.
 
 ``scan-landing``  (:func:`scan_landing`)
     Scheduled: lists ``InferConfig.landing`` (a store prefix or a local / s3 URI),
-    and for every granule without a complete output for the current model and not
-    quarantined emits ``bzpipe.granule.arrived``, unless it did so within
-    ``emit_dedupe_s`` (records under ``state/emitted/<model id>/``).
+    and for every granule without a complete output for the current model and settings
+    and not quarantined (a quarantined file counts again once it changed) emits
+    ``bzpipe.granule.arrived``, unless it did so within ``emit_dedupe_s`` (records
+    under ``state/emitted/<model id>-<settings id>/``).
 
-``backfill-cloudsat``  (:func:`backfill`)
-    A date range or a list of granules, processed in parallel on Dask
-    (LocalCluster, or ``dask_address`` / ``$DASK_SCHEDULER_ADDRESS``).
+``backfill-cloudsat``  (:func:`flows.backfill.backfill`, in its own module)
+    A date range or a list of granules: one ``process-granule`` Prefect task per
+    granule (each visible in the UI), run by a Dask task runner on the existing
+    cluster (``dask_address`` / ``$DASK_SCHEDULER_ADDRESS``; a LocalCluster
+    without one) in the subflow ``backfill-granules``; on workers that advertise
+    the Dask resource ``GPU`` each granule takes one.  At most ``max_in_flight``
+    granules are submitted at once; a progress artifact advances as they finish.
+
+A run whose granule was quarantined ends in a Completed state named ``Quarantined``
+with the reason as its message.
 
 Run::
 
@@ -47,13 +57,12 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.events import DeploymentEventTrigger, emit_event
 
-from bzpipe.checkpoint import finished_model_id
+from bzpipe.checkpoint import finished_model_id, require_finished_model
 from bzpipe.config import IngestConfig, InferConfig
 from bzpipe.infer import batch as bz_batch
 from bzpipe.infer.granule import RAW_PREFIX, process_granule, stage_granule
-from bzpipe.quarantine import quarantined
-from bzpipe.store import Store
-from flows.common import cli_parser, resolve_config
+from bzpipe.store import Store, file_version
+from flows.common import cli_parser, resolve_config, retry_if_transient
 
 GRANULE_EVENT = "bzpipe.granule.arrived"
 PROCESS_FLOW = "reprocess-granule"
@@ -67,12 +76,12 @@ QUARANTINE_KEY = "cloudsat-quarantine"
 # --------------------------------------------------------------------------- tasks
 
 
-@task(name="resolve-model", retries=2, retry_delay_seconds=5, cache_policy=NONE)
+@task(name="resolve-model", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient,
+      cache_policy=NONE)
 def resolve_model(cfg: InferConfig) -> str:
-    """The id (checkpoint hash) of the model ``cfg`` applies, from the store's manifest."""
-    from bzpipe.infer.predict import current_model_id
-
-    return current_model_id(Store(cfg.store_root).root, cfg.run_name, cfg.which)
+    """The id (checkpoint hash) of the FINISHED model ``cfg`` applies (its run wrote ``final.json`` with
+    this checkpoint); the interim checkpoint of a run still training, or killed, is never applied."""
+    return require_finished_model(Store(cfg.store_root), cfg.run_name, cfg.which)
 
 
 @task(name="model-channels", cache_policy=NONE)
@@ -85,27 +94,34 @@ def model_channels(cfg: InferConfig, model_id: str) -> int:
 
 
 @task(name="stage-granule", task_run_name="stage-{granule_uri}", retries=3, retry_delay_seconds=5,
-      cache_policy=NONE)
+      retry_condition_fn=retry_if_transient, cache_policy=NONE)
 def stage_task(cfg: InferConfig, granule_uri: str) -> str:
-    """Key of the granule in the store (copied into ``raw/cloudsat/`` when it lies elsewhere)."""
-    return stage_granule(Store(cfg.store_root), granule_uri)
+    """Key of the granule in the store (copied into ``raw/cloudsat/`` when it lies elsewhere), with its
+    ECMWF-AUX companion when one lies beside it."""
+    from bzpipe.infer.companion import stage_companion
+
+    key = stage_granule(Store(cfg.store_root), granule_uri)
+    if "ecmwf_aux" in cfg.atmosphere_sources:
+        stage_companion(Store(cfg.store_root), granule_uri)
+    return key
+
+
+@task(name="era5-track-boxes", task_run_name="era5-track-{granule_key}", retries=2, retry_delay_seconds=30,
+      retry_condition_fn=retry_if_transient, cache_policy=NONE)
+def track_era5_task(cfg: InferConfig, granule_key: str) -> list[str]:
+    """ERA-5 boxes along the granule's track that nothing else covers, from the CDS (``era5_source: cds``)."""
+    from bzpipe.infer.companion import fetch_track_era5
+    from flows.ingest import cds_credentials
+
+    ing = IngestConfig(**cfg.era5_ingest, store_root=cfg.store_root, era5_source="cds")
+    return fetch_track_era5(Store(cfg.store_root), cfg, granule_key, cds_credentials(ing))
 
 
 @task(name="process-granule", task_run_name="fill-{granule_key}", retries=1, retry_delay_seconds=10,
-      cache_policy=NONE)
+      retry_condition_fn=retry_if_transient, cache_policy=NONE)
 def process_task(cfg: InferConfig, granule_key: str, model_id: str, force: bool = False) -> dict[str, Any]:
     """Fill one stored granule (skips a complete output; quarantines a bad file)."""
     return process_granule(cfg.store_root, granule_key, cfg, model_id=model_id, force=force).to_dict()
-
-
-@task(name="process-batch-on-dask", cache_policy=NONE)
-def batch_task(cfg: InferConfig, keys: list[str], model_id: str) -> list[dict[str, Any]]:
-    """Fill many granules in parallel on the Dask cluster (each worker loads the model once)."""
-    logger = get_run_logger()
-    with bz_batch.dask_client(cfg) as client:
-        logger.info("Dask cluster: %s (%d granules)", client.scheduler.address if client.scheduler else "?",
-                    len(keys))
-        return bz_batch.run_batch(client, Store(cfg.store_root).root, keys, cfg, model_id)
 
 
 def era5_ingest_config(cfg: InferConfig, days: Sequence[date]) -> IngestConfig:
@@ -129,15 +145,27 @@ def granule_days(names: Sequence[str]) -> list[date]:
 
 
 def ensure_era5(cfg: InferConfig, model_id: str, names: Sequence[str]) -> None:
-    """For a 5-channel model, ingest (offline / cds source) the ERA-5 months of these granules."""
-    if model_channels(cfg, model_id) != 5:
+    """For a 5-channel model that reads ERA-5, ingest (offline / cds source) the ERA-5 site months of
+    these granules, then (cds source) the boxes along their tracks that nothing covers.  A granule
+    with an ECMWF-AUX companion that comes first in ``infer.atmosphere_sources`` needs neither."""
+    from bzpipe.infer.companion import companion_key
+
+    if model_channels(cfg, model_id) != 5 or "era5" not in cfg.atmosphere_sources:
         return
-    days = granule_days(names)
+    store = Store(cfg.store_root)
+    src = list(cfg.atmosphere_sources)
+    aux_first = "ecmwf_aux" in src and src.index("ecmwf_aux") < src.index("era5")
+    keys = [f"{RAW_PREFIX}/{posixpath.basename(n)}" for n in names]
+    keys = [k for k in keys if not (aux_first and store.exists(k) and companion_key(store, k))]
+    days = granule_days([posixpath.basename(k) for k in keys])
     if not days:
         return
     from flows.ingest import ingest_era5
 
     ingest_era5(config=era5_ingest_config(cfg, days))
+    if cfg.era5_source == "cds" and cfg.era5_track_boxes:
+        for k in keys:
+            track_era5_task(cfg, k)
 
 
 def report(results: list[dict[str, Any]], cfg: InferConfig, title: str) -> dict[str, int]:
@@ -160,15 +188,10 @@ def report(results: list[dict[str, Any]], cfg: InferConfig, title: str) -> dict[
     return counts
 
 
-def _size(uri: str) -> int | None:
-    """Size of a file in bytes (local or s3), None when it cannot be read."""
-    import fsspec
-
-    from bzpipe.store import s3_storage_options
-
+def _version(uri: str) -> str | None:
+    """The file's version (size + mtime, or ETag on S3), None when it cannot be read."""
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **(s3_storage_options() if uri.startswith("s3://") else {}))
-        return int(fs.size(path))
+        return file_version(uri)
     except Exception:  # noqa: BLE001 - the granule run itself reports an unreadable file
         return None
 
@@ -190,7 +213,34 @@ def reprocess_granule(granule_uri: str, config: InferConfig | None = None, confi
     logger.info("%s: %s %s", res["granule"], res["status"], res["reason"] or res["output_key"])
     if res["status"] == "failed":
         raise RuntimeError(f"{res['granule']}: {res['reason']}")
-    return res
+    if res["status"] == "done" and res.get("plot_key"):
+        curtain_artifact(cfg, res)
+    return final_state(res)
+
+
+def final_state(res: dict[str, Any]) -> Any:
+    """The run's end: ``res`` itself, or for a quarantined granule a Completed state named
+    ``Quarantined`` whose message is the reason (the runs list shows it without opening the logs);
+    callers still get ``res`` as the run's result."""
+    from prefect.states import Completed
+
+    if res["status"] != "quarantined":
+        return res
+    why = f"{res['category']}: {res['reason']}" if res.get("category") else res["reason"]
+    return Completed(name="Quarantined", message=f"{res['granule']} quarantined ({why})"[:1000], data=res)
+
+
+def curtain_artifact(cfg: InferConfig, res: dict[str, Any]) -> None:
+    """The granule's curtain plot as an image artifact (https link or embedded, see flows.links)."""
+    from flows.common import artifact_slug
+    from flows.links import publish_image
+
+    try:
+        publish_image(Store(cfg.store_root), res["plot_key"], artifact_key=f"curtain-{artifact_slug(res['granule'])}",
+                      title=f"{res['granule']}: blind zone filled by model {res['model_id']}",
+                      description=f"curtain plot of {res['granule']}")
+    except Exception as e:  # noqa: BLE001 - the output is written; a missing picture must not fail the run
+        get_run_logger().warning("no curtain artifact for %s: %s: %s", res["granule"], type(e).__name__, e)
 
 
 @flow(name="granule-arrived")
@@ -208,8 +258,7 @@ def granule_arrived(granule_uri: str, config: InferConfig | None = None, config_
     logger = get_run_logger()
     model_id = resolve_model(cfg)
     name = posixpath.basename(granule_uri.rstrip("/"))
-    size = _size(granule_uri)
-    base = bz_batch.idempotency_key(name, model_id, size)
+    base = bz_batch.idempotency_key(name, Store.output_id(model_id, cfg.settings_id()), _version(granule_uri))
     params = {"granule_uri": granule_uri, "config": cfg.model_dump(mode="json")}
     run = None
     for attempt in range(3):
@@ -237,17 +286,18 @@ def scan_landing(config: InferConfig | None = None, config_path: str | None = No
                     cfg.run_name, store.root)
         return []
     files = bz_batch.list_landing(store, cfg.landing)
-    pending = bz_batch.pending_granules(store, files, model_id)
+    pending = bz_batch.pending_granules(store, files, model_id, cfg.settings_id())
+    output_id = Store.output_id(model_id, cfg.settings_id())
     emitted = []
     for f in pending:
-        if not bz_batch.should_emit(store, model_id, f.name, cfg.emit_dedupe_s):
+        if not bz_batch.should_emit(store, output_id, f.name, cfg.emit_dedupe_s, version=f.version):
             continue
         ev = emit_event(event=GRANULE_EVENT,
                         resource={"prefect.resource.id": f"cloudsat.granule.{f.name}",
                                   "prefect.resource.name": f.name},
                         payload={"granule_uri": f.uri, "granule_id": f.granule_id, "size": f.size,
-                                 "model_id": model_id})
-        bz_batch.record_emitted(store, model_id, f, event_id=str(ev.id) if ev else "")
+                                 "version": f.version, "model_id": model_id, "settings_id": cfg.settings_id()})
+        bz_batch.record_emitted(store, output_id, f, event_id=str(ev.id) if ev else "")
         emitted.append({**f.to_dict(), "event_id": str(ev.id) if ev else ""})
     logger.info("landing %s: %d granule(s), %d pending for model %s, %d announced",
                 cfg.landing, len(files), len(pending), model_id, len(emitted))
@@ -255,38 +305,6 @@ def scan_landing(config: InferConfig | None = None, config_path: str | None = No
         create_table_artifact(emitted, key="cloudsat-landing-scan",
                               description=f"# Granules announced for model {model_id}")
     return emitted
-
-
-@flow(name="backfill-cloudsat")
-def backfill(config: InferConfig | None = None, config_path: str | None = None,
-             overrides: list[str] | None = None, start: date | None = None, end: date | None = None,
-             granules: list[str] | None = None) -> dict[str, Any]:
-    """Fill every granule of a date range (landing area + ``raw/cloudsat/``) or of a list, on Dask.
-
-    ``granules`` are URIs, store keys or bare file names (looked up in the landing area
-    and ``raw/cloudsat/``).  Returns ``{"counts": ..., "results": [...]}``.
-    """
-    cfg = resolve_config(InferConfig, config, config_path, overrides)
-    logger = get_run_logger()
-    store = Store(cfg.store_root)
-    model_id = resolve_model(cfg)
-    known = {f.name: f.uri for f in bz_batch.list_landing(store, cfg.landing)}
-    known.update({f.name: f.uri for f in bz_batch.list_landing(store, RAW_PREFIX)})
-    if granules:
-        uris = [known.get(g, g) if "/" not in g else (store.uri(g) if store.exists(g) else g) for g in granules]
-    else:
-        files = [bz_batch.LandingFile(uri=u, name=n, granule_id="", size=-1) for n, u in sorted(known.items())]
-        uris = [f.uri for f in bz_batch.select_by_date(files, start, end)]
-    logger.info("backfill: %d granule(s) for model %s", len(uris), model_id)
-    keys = [f.result() for f in [stage_task.submit(cfg, u) for u in uris]]
-    ensure_era5(cfg, model_id, [posixpath.basename(k) for k in keys])
-    results = batch_task(cfg, keys, model_id) if keys else []
-    counts = report(results, cfg, f"Backfill {start or ''}..{end or ''} model {model_id}")
-    logger.info("backfill done: %s; quarantined so far: %d", counts, len(quarantined(store)))
-    if counts.get("failed"):
-        failed = [f"{r['granule']}: {r['reason']}" for r in results if r["status"] == "failed"]
-        raise RuntimeError(f"{counts['failed']} granule(s) failed:\n  " + "\n  ".join(failed))
-    return {"counts": counts, "results": results}
 
 
 # --------------------------------------------------------------------------- deployments
@@ -335,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error("granule needs a URI")
         print(reprocess_granule(a.uri, config=cfg))
     elif a.what == "backfill":
+        from flows.backfill import backfill
+
         print(backfill(config=cfg, start=a.start, end=a.end, granules=a.granules)["counts"])
     else:
         print(scan_landing(config=cfg))

@@ -50,7 +50,8 @@ case "$cmd" in
     ensure_env
     export PYTHONUNBUFFERED=1 MPLBACKEND=Agg PREFECT_LOGGING_EXTRA_LOGGERS=${PREFECT_LOGGING_EXTRA_LOGGERS:-bzpipe}
     export PREFECT_HOME=${PREFECT_HOME:-$REPO/.prefect} PREFECT_SERVER_ANALYTICS_ENABLED=${PREFECT_SERVER_ANALYTICS_ENABLED:-false}
-    if [ "$#" -eq 0 ]; then set -- --config flows/configs/offline-demo.yaml; fi
+    # the offline demo unless a --config is given (so `main --set key=value` overrides the demo)
+    case " $* " in *" --config "* | *" --config="*) ;; *) set -- --config flows/configs/offline-demo.yaml "$@" ;; esac
     exec "$VENV/bin/python" -m flows.pipeline "$@"
     ;;
   test)

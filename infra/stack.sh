@@ -6,6 +6,9 @@
 #   bash infra/stack.sh down     # stop exactly what `up` started (pid files), and their children
 #   bash infra/stack.sh status   # processes, API health, work pool, deployments
 #   bash infra/stack.sh deploy   # (re)deploy prefect.yaml to the running stack
+#   bash infra/stack.sh config [FILE [--set key=value ...] | --demo]
+#                                # the config every run uses: show it, switch to FILE (validated
+#                                # first; sets the Prefect Variable bzpipe_config), or back to the demo
 #   eval "$(bash infra/stack.sh env)"   # point this shell's prefect CLI / SDK at the stack
 #
 # Settings (environment):
@@ -250,10 +253,19 @@ cmd_status() {
   if "$PY" -c "import urllib.request; urllib.request.urlopen('$API_URL/health', timeout=3)" 2>/dev/null; then
     say "API: $API_URL healthy (UI http://$API_HOST:$PORT)"
     "$PY" "$REPO/infra/stack_summary.py" "$API_URL" status >&2 || rc=3
+    "$PY" -m flows.config_switch 2>&1 | head -n 1 | sed 's/^/[stack] config: /' >&2 || true
   else
     say "API: $API_URL not answering"; rc=3
   fi
   return $rc
+}
+
+cmd_config() {
+  ensure_venv
+  stack_env
+  "$PY" -c "import urllib.request; urllib.request.urlopen('$API_URL/health', timeout=5)" 2>/dev/null \
+    || die "no stack answers at $API_URL (bash infra/stack.sh up)"
+  "$PY" -m flows.config_switch "$@"
 }
 
 cmd_env() {
@@ -273,5 +285,6 @@ case "${1:-}" in
   status) cmd_status ;;
   deploy) mkdir -p "$LOGS"; cmd_deploy ;;
   env) cmd_env ;;
-  *) echo "usage: bash infra/stack.sh {up|down|status|deploy|env}" >&2; exit 2 ;;
+  config) shift; cmd_config "$@" ;;
+  *) echo "usage: bash infra/stack.sh {up|down|status|deploy|config|env}" >&2; exit 2 ;;
 esac

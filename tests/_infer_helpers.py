@@ -21,8 +21,13 @@ TOP_CENTRE_M = 24960.0   # bin 104 is centred on 0 m MSL, as over the ocean in r
 
 def save_tiny_model(store_root: str | Path, run_name: str = "tiny", *, channels: int = 1, n_heights: int = 32,
                     top_m: float = 5000.0, width: int = 64, seed: int = 0, dropout: float = 0.2,
-                    normalization: dict | None = None) -> str:
-    """Save an untrained tiny UNet3+ as ``models/<run_name>/checkpoint-best.pt``; return its model id."""
+                    normalization: dict | None = None, cpr_resolution: bool = True,
+                    cold_threshold_c: float | None = -2.0) -> str:
+    """Save an untrained tiny UNet3+ as ``models/<run_name>/checkpoint-best.pt``; return its model id.
+
+    Its ``build`` record says it was trained on a CPR-resolution dataset (``cpr_resolution``; False:
+    KaZR resolution) at NSA and OLI with the given cold threshold.
+    """
     import torch
 
     from bzpipe.checkpoint import checkpoint_key, load_model, mark_finished, save_checkpoint
@@ -31,7 +36,8 @@ def save_tiny_model(store_root: str | Path, run_name: str = "tiny", *, channels:
     from bzpipe.schema import CHANNELS, default_normalization
     from bzpipe.store import Store
 
-    mc = UNet3PlusConfig(in_channels=channels + 1, filters=(4, 8, 8, 8, 8), dropout=dropout)
+    # output bias 0 (about -20 dBZ): the untrained model predicts echo, so its MC passes differ
+    mc = UNet3PlusConfig(in_channels=channels + 1, filters=(4, 8, 8, 8, 8), dropout=dropout, output_bias=0.0)
     torch.manual_seed(seed)
     model = UNet3Plus(mc)
     norm = normalization or default_normalization()
@@ -39,6 +45,8 @@ def save_tiny_model(store_root: str | Path, run_name: str = "tiny", *, channels:
             "channel_set": "3+_1" if channels == 1 else "3+_5", "blind_zone_rows": 8, "ramp_max_rows": 0,
             "normalization": norm, "grid": {"n_heights": n_heights, "top_m": top_m},
             "patch": {"width": width},
+            "build": {"forward_operator": {"enabled": cpr_resolution}, "cold_threshold_c": cold_threshold_c,
+                      "sites": ["nsa", "oli"]},
             "config": config_record(TrainConfig(store_root=str(store_root), run_name=run_name,
                                                 filters=(4, 8, 8, 8, 8), channels=meta_channels(channels)))}
     store = Store(store_root)

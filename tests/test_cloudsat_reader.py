@@ -49,7 +49,8 @@ def synthetic_inputs(n: int = NPROF, seed: int = 0) -> dict:
     return dict(
         reflectivity_dbz=refl, height_m=height,
         cloud_mask=rng.integers(0, 41, (n, NBIN)).astype(np.int8),
-        latitude=np.linspace(-10.0, 10.0, n), longitude=np.linspace(170.0, 179.5, n),
+        # a CPR track: ~1.1 km per 0.16 s profile (the reader refuses a track that jumps)
+        latitude=-10.0 + 0.0099 * np.arange(n), longitude=170.0 + 0.001 * np.arange(n),
         profile_time_s=np.arange(n) * 0.16, start=datetime(2019, 1, 2, 17, 58, 51, 738000),
         dem_elevation_m=dem, land_sea_flag=np.where(land, 1, 2).astype(np.uint8), granule_number=67551,
     )

@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import zarr
 
 from bzpipe.colocate import colocate
 from bzpipe.config import KNOWN_SITES, BuildConfig
+from bzpipe.errors import ConfigError
 from bzpipe.dataset import (IncompleteDatasetError, colocated_key, open_dataset, plan_dataset,
                             read_series, write_colocated, write_dataset)
 from bzpipe.schema import CHANNELS, G0, norm_to_dbz
@@ -72,8 +74,9 @@ def make_met(day: str) -> xr.Dataset:
 def small_config(root: Path | str, **kw) -> BuildConfig:  # type: ignore[no-untyped-def]
     base = dict(store_root=str(root), sites=["nsa"], start="2019-01-01", end="2019-01-02",
                 grid={"n_heights": 16, "top_m": 1600.0, "time_step_s": 20.0},
-                patch={"width": 16, "blind_zone_rows": 4, "stride": 16},
-                split={"max_lag_s": 4 * 3600.0, "block_hours": 3.0}, region_samples=16, chunk_samples=8)
+                patch={"width": 16, "blind_zone_rows": 4, "stride": 16, "echo_block": 0},
+                split={"max_lag_s": 4 * 3600.0, "block_hours": 3.0, "gap_s": 1800.0}, region_samples=16,
+                chunk_samples=8)
     base.update(kw)
     return BuildConfig.model_validate(base)
 
@@ -129,6 +132,9 @@ def test_layout_and_normalization_round_trip(colocated, tmp_path: Path, caplog) 
     # ---- layout (bzpipe.schema "Zarr dataset")
     assert ds["x"].dims == ("sample", "channel", "row", "col") and ds["x"].dtype == np.float32
     assert ds.sizes["channel"] == 5 and ds.sizes["row"] == 16 and ds.sizes["col"] == w
+    x_arr = zarr.open_group(uri, mode="r")["train"]["x"]       # random access: one sample per inner chunk,
+    assert x_arr.chunks == (1, 5, 16, w)                         # shards of chunk_samples (issue 14)
+    assert x_arr.shards == (min(cfg.chunk_samples, ds.sizes["sample"]), 5, 16, w)
     assert [str(c) for c in ds["channel"].values] == list(CHANNELS)
     np.testing.assert_allclose(ds["height"].values, (np.arange(16) + 0.5) * 100.0)
     assert ds["height"].attrs["units"] == "m" and ds["height"].attrs["standard_name"] == "height"
@@ -205,8 +211,63 @@ def test_cold_filter(colocated, caplog) -> None:  # type: ignore[no-untyped-def]
         assert temps.size == cold.n_samples(s) and np.all(temps < -2.0)   # every column of every sample
     temps_all = np.concatenate([_sample_temperatures(store, keys, every, s) for s in SPLITS])
     assert np.any(temps_all > 0)                                          # warm samples come back
-    strict = plan_dataset(store, small_config(root, cold_threshold_c=-20.0), keys)
-    assert sum(strict.n_samples(s) for s in SPLITS) == 0
+    with pytest.raises(ConfigError, match=r"gives 0 block\(s\)"):       # nothing cold: refused, with the numbers
+        plan_dataset(store, small_config(root, cold_threshold_c=-20.0), keys)
+
+
+def test_echo_block_starts() -> None:
+    from bzpipe.dataset.plan import echo_block_starts
+
+    e = np.zeros((8, 5), bool)
+    e[2:5, 1:4] = True                                           # a 3 x 3 block starting at time 2
+    assert echo_block_starts(e, 3).tolist() == [False, False, True, False, False, False, False, False]
+    assert not echo_block_starts(e, 4).any()
+    e[3, 2] = False                                              # a hole: no full block
+    assert not echo_block_starts(e, 3).any() and not echo_block_starts(e, 0).any()
+
+
+def test_sample_filter_decides_on_observed_rows_above_the_blind_zone(colocated, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """King et al.'s filter: keep a patch with an echo block above the blind zone; the hidden rows never
+    enter the decision (wiping or filling the blind zone changes nothing)."""
+    root, keys = colocated
+    store = Store(root)
+    every = plan_dataset(store, small_config(root), keys)
+    filt = plan_dataset(store, small_config(root, patch={"width": 16, "blind_zone_rows": 4, "stride": 16,
+                                                         "echo_block": 5}), keys)
+    n_every = {s: every.n_samples(s) for s in SPLITS}
+    n_filt = {s: filt.n_samples(s) for s in SPLITS}
+    assert 0 < sum(n_filt.values()) < sum(n_every.values())
+    assert filt.counts["dropped_no_echo_block"] == sum(n_every.values()) - sum(n_filt.values())
+    series = {r["key"]: r for r in read_series(store, keys, blind_zone_rows=4, echo_block=5)}
+    for s in SPLITS:                                             # every kept patch has a block start inside
+        for site, col in zip(filt.samples[s]["site"], filt.samples[s]["col"], strict=True):
+            key, c0, n = next((d[0], d[1], d[2]) for d in filt.days[site] if d[1] <= col < d[1] + d[2])
+            if col - c0 + 16 <= n:                               # (a patch across midnight: in two stores)
+                assert series[key]["block_start"][col - c0:col - c0 + 16 - 5 + 1].any()
+    # the same stores with the blind zone wiped (no echo) or filled (echo everywhere): the same samples
+    for fill in (np.nan, 0.0):
+        copy = _copy_store(root, tmp_path / f"bz-{fill}")
+        for key in keys:
+            ds = _colocated_day(Store(copy), key)
+            refl = ds["reflectivity"].values.copy()
+            refl[:, :4] = fill
+            ds["reflectivity"] = (("time", "height"), refl)
+            write_colocated(Store(copy), key, ds)
+        again = plan_dataset(Store(copy), small_config(copy, patch={"width": 16, "blind_zone_rows": 4,
+                                                                     "stride": 16, "echo_block": 5}), keys)
+        assert again.samples == filt.samples
+
+
+def test_eval_stride_overlaps_val_and_test_patches_only(colocated) -> None:  # type: ignore[no-untyped-def]
+    root, keys = colocated
+    store = Store(root)
+    plain = plan_dataset(store, small_config(root), keys)
+    over = plan_dataset(store, small_config(root, patch={"width": 16, "blind_zone_rows": 4, "stride": 16,
+                                                         "eval_stride": 8, "echo_block": 0}), keys)
+    assert over.samples["train"] == plain.samples["train"]
+    for s in ("val", "test"):
+        assert over.n_samples(s) > plain.n_samples(s)
+        assert set(plain.samples[s]["col"]) <= set(over.samples[s]["col"])
 
 
 # --------------------------------------------------------------------------- resume, incompleteness
@@ -320,7 +381,8 @@ def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def synthetic_config(root: Path, **kw) -> BuildConfig:  # type: ignore[no-untyped-def]
     base = dict(store_root=str(root), sites=["nsa"], start="2019-01-01", end="2019-01-02",
                 grid={"n_heights": 32, "top_m": 10000.0, "time_step_s": 8.0},
-                patch={"width": 16, "blind_zone_rows": 4}, split={"max_lag_s": 3600.0},
+                patch={"width": 16, "blind_zone_rows": 4, "echo_block": 0},
+                split={"max_lag_s": 3600.0, "block_hours": 1.0, "gap_s": 600.0},
                 region_samples=32, chunk_samples=8, n_workers=2, dask_processes=False)
     base.update(kw)
     return BuildConfig.model_validate(base)
@@ -398,12 +460,12 @@ def test_build_from_the_real_sgp_kazr_file(shared_data: Path, tmp_path: Path) ->
     p = write_era5_month(tmp_path, "sgp", 2019, 5, IngestConfig().era5_levels_hpa, 0.25, 3)
     store.put_file(p, f"raw/era5/sgp/{p.name}")
     kw = dict(store_root=str(store.root), sites=["sgp"], start="2019-05-29", end="2019-05-29",
-              grid={"time_step_s": 60.0}, patch={"width": 16, "stride": 4, "blind_zone_rows": 16},
+              grid={"time_step_s": 60.0}, patch={"width": 16, "stride": 4, "blind_zone_rows": 16, "echo_block": 0},
               split={"fractions": (0.5, 0.25, 0.25), "gap_s": 120.0, "block_hours": 1 / 3},
               region_samples=8, chunk_samples=4, n_workers=1, dask_processes=False)
     # no met file: the cold filter falls back to ERA-5 (this synthetic column is about -22 C at
     # the lowest row); a threshold below that leaves no training sample, and the build says so
-    with pytest.raises(ValueError, match="training split is empty"):
+    with pytest.raises(ValueError, match=r"training split is empty|gives 0 block\(s\)"):
         build_dataset(BuildConfig.model_validate({**kw, "version": "cold", "cold_threshold_c": -40.0}))
     cfg = BuildConfig.model_validate({**kw, "cold_threshold_c": None, "version": "real"})
     build_dataset(cfg)

@@ -37,9 +37,9 @@ EXPECTED = {
     ("reprocess-granule", "reprocess-granule"): "flows/reprocess.py:reprocess_granule",
     ("granule-arrived", "granule-arrived"): "flows/reprocess.py:granule_arrived",
     ("scan-landing", "scan-landing"): "flows/reprocess.py:scan_landing",
-    ("backfill-cloudsat", "backfill-cloudsat"): "flows/reprocess.py:backfill",
+    ("backfill-cloudsat", "backfill-cloudsat"): "flows/backfill.py:backfill",
 }
-GPU_BOUND = {"pipeline", "train", "evaluate"}
+GPU_BOUND = {"pipeline", "train", "evaluate", "reprocess-granule", "backfill-cloudsat"}
 
 
 def _spec() -> dict[str, Any]:
@@ -116,24 +116,29 @@ def test_entrypoint_imports_and_parameters_validate(key):
 
 
 @pytest.mark.parametrize("dep_name", sorted(d for _, d in EXPECTED))
-def test_config_path_loads_as_the_flows_stage_config(dep_name):
-    """The default config file exists and is valid for the config type of the flow's `config` parameter."""
+def test_config_is_chosen_at_run_time_not_in_the_deployment(dep_name, monkeypatch):
+    """No deployment names a config (or a config): every run chooses it when it starts; with nothing
+    set, that is the offline demo, valid for the config type of the flow's `config` parameter."""
     import typing
 
     from bzpipe import config as bc
+    from flows import common
 
     dep = _by_name()[dep_name]
-    config_path = (dep.get("parameters") or {}).get("config_path")
-    assert config_path, f"{dep_name}: no default config_path"
-    assert not Path(config_path).is_absolute(), "config paths are relative to the checkout (pull step)"
-    assert (REPO / config_path).is_file(), f"{dep_name}: {config_path} does not exist"
+    assert not {"config", "config_path"} & set(dep.get("parameters") or {}), dep_name
+    for sched in dep.get("schedules") or []:
+        assert not {"config", "config_path"} & set(sched.get("parameters") or {}), dep_name
+    monkeypatch.setattr(common, "variable_value", lambda name=common.CONFIG_VARIABLE: None)
+    monkeypatch.delenv(common.CONFIG_ENV, raising=False)
+    choice = common.choose_config()
+    assert choice.path == str(REPO / common.DEMO_CONFIG) and "offline demo" in choice.source
     hint = typing.get_type_hints(_flow(dep["entrypoint"]).fn)["config"]
     [model] = [a for a in typing.get_args(hint) if a is not type(None)]
     if model is bc.PipelineConfig:
-        cfg = bc.load_pipeline_config(REPO / config_path)
+        cfg = common.resolve_pipeline_config()
         assert cfg.train.dataset == cfg.build.version and cfg.infer.run_name == cfg.train.run_name
     else:
-        assert isinstance(bc.load_stage_config(model, REPO / config_path), model)
+        assert isinstance(common.resolve_config(model), model)
 
 
 def test_tags_concurrency_and_work_pools():
@@ -231,6 +236,12 @@ def test_k8s_base_job_templates(name):
     assert manifest["kind"] == "Job" and manifest["apiVersion"] == "batch/v1"
     container = manifest["spec"]["template"]["spec"]["containers"][0]
     assert container["name"] == "prefect-job" and container["args"] == "{{ command }}"
+    # S3 and service credentials reach flow pods from Secrets (optional: absent ones add nothing)
+    assert container["envFrom"] == [{"secretRef": {"name": "{{ store_secret }}", "optional": True}},
+                                    {"secretRef": {"name": "{{ credentials_secret }}", "optional": True}}]
+    assert variables["store_secret"]["default"] == "bzpipe-store"
+    assert variables["credentials_secret"]["default"] == "bzpipe-credentials"
+    assert variables["service_account_name"]["default"] == "bzpipe-flow"   # infra/k8s/rbac.yaml
     if "gpu" in name:
         for part in ("requests", "limits"):
             assert container["resources"][part]["nvidia.com/gpu"] == "{{ gpu_count }}"
@@ -266,7 +277,7 @@ def test_render_prefect_yaml_for_kubernetes():
     from prefect.cli.deploy._models import PrefectYamlModel
 
     out = rk.render(_spec(), image="reg/bzpipe:cpu-1", gpu_image="reg/bzpipe:cuda-1",
-                    config_path="/etc/bzpipe/pipeline.yaml")
+                    config_path="/etc/bzpipe/pipeline.yaml", extra_env={"X": "1"})
     PrefectYamlModel.model_validate(out)
     assert out["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/bzpipe"}}]
     by = {d["name"]: d for d in out["deployments"]}
@@ -278,10 +289,11 @@ def test_render_prefect_yaml_for_kubernetes():
         assert pool["job_variables"]["image"] == ("reg/bzpipe:cuda-1" if gpu else "reg/bzpipe:cpu-1")
         env = pool["job_variables"]["env"]
         assert env["DASK_SCHEDULER_ADDRESS"] == "tcp://bzpipe-dask-scheduler.bzpipe.svc.cluster.local:8786"
-        assert env["PREFECT_LOGGING_EXTRA_LOGGERS"] == "bzpipe"
-        assert dep["parameters"]["config_path"] == "/etc/bzpipe/pipeline.yaml"
+        assert env["PREFECT_LOGGING_EXTRA_LOGGERS"] == "bzpipe" and env["X"] == "1"
+        # the installation's default config, read at run time (the Variable bzpipe_config overrides it)
+        assert env["BZPIPE_CONFIG"] == "/etc/bzpipe/pipeline.yaml"
         src = _by_name()[name]
-        for key in ("entrypoint", "schedules", "triggers", "concurrency_limit", "tags"):
+        for key in ("entrypoint", "parameters", "schedules", "triggers", "concurrency_limit", "tags"):
             assert dep.get(key) == src.get(key), f"{name}.{key} changed"
     # the generated file round-trips through YAML without anchors
     text = subprocess.run([sys.executable, str(REPO / "infra/k8s/render_prefect_yaml.py"), "--image", "r/b:1"],
@@ -292,7 +304,7 @@ def test_render_prefect_yaml_for_kubernetes():
 
 def test_dask_cluster_manifest_matches_the_rendered_scheduler_address():
     docs = list(yaml.safe_load_all((REPO / "infra/k8s/dask-cluster.yaml").read_text()))
-    cluster, autoscaler = docs
+    cluster, autoscaler, gpu = docs
     assert cluster["apiVersion"] == "kubernetes.dask.org/v1" and cluster["kind"] == "DaskCluster"
     assert autoscaler["kind"] == "DaskAutoscaler" and autoscaler["spec"]["cluster"] == cluster["metadata"]["name"]
     assert autoscaler["spec"]["minimum"] <= autoscaler["spec"]["maximum"]
@@ -309,6 +321,122 @@ def test_dask_cluster_manifest_matches_the_rendered_scheduler_address():
     assert inspect.signature(rk.render).parameters["dask_address"].default == address
     images = {c["image"] for part in ("scheduler", "worker") for c in cluster["spec"][part]["spec"]["containers"]}
     assert images == {"bzpipe:cpu"}, "scheduler and workers must run the same image"
+    # the GPU worker group of the same cluster: one GPU per pod, advertised as the Dask resource GPU
+    from bzpipe.cluster import GPU_RESOURCE
+
+    assert gpu["kind"] == "DaskWorkerGroup" and gpu["spec"]["cluster"] == cluster["metadata"]["name"]
+    [ctr] = gpu["spec"]["worker"]["spec"]["containers"]
+    assert ctr["image"] == "bzpipe:cuda"
+    assert ctr["resources"]["limits"]["nvidia.com/gpu"] == ctr["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    args = ctr["args"]
+    assert args[args.index("--resources") + 1] == f"{GPU_RESOURCE}=1"
+    # every worker reaches the Prefect API (the granule task runs report their states)
+    for c in [*cluster["spec"]["worker"]["spec"]["containers"], ctr]:
+        refs = [e.get("configMapRef", {}).get("name") for e in c["envFrom"]]
+        assert "bzpipe-prefect" in refs
+
+
+def test_rbac_allows_exactly_what_the_train_flow_calls():
+    """flows/kube.py's API calls are covered by the Role the flow pods run under, and nothing more."""
+    import inspect
+
+    from flows import kube
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all((REPO / "infra/k8s/rbac.yaml").read_text())}
+    assert docs["RoleBinding"]["subjects"][0]["name"] == docs["ServiceAccount"]["metadata"]["name"] == "bzpipe-flow"
+    allowed = {(g, r, v) for rule in docs["Role"]["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}
+    src = inspect.getsource(kube)
+    needed = {"create_namespaced_job": ("batch", "jobs", "create"),
+              "read_namespaced_job_status": ("batch", "jobs/status", "get"),
+              "delete_namespaced_job": ("batch", "jobs", "delete"),
+              "create_namespaced_service": ("", "services", "create"),
+              "list_namespaced_pod": ("", "pods", "list"),
+              "read_namespaced_pod_log": ("", "pods/log", "get")}
+    for call, perm in needed.items():
+        assert call in src, call
+        assert perm in allowed, f"{call} needs {perm}"
+    assert not any(v in ("*", "update", "patch") for _, _, v in allowed)
+
+
+def test_training_job_gets_secrets_and_an_elastic_rendezvous(tmp_path):
+    from bzpipe.config import TrainConfig
+    from flows.train import MAX_RESTARTS, render_k8s_job
+
+    cfg = TrainConfig(store_root="s3://b/x", run_name="big", nnodes=2, nproc_per_node=4, image="reg/bzpipe:cuda")
+    job, svc = render_k8s_job(cfg, "s3://b/x/models/big/train-config.json")
+    [ctr] = job["spec"]["template"]["spec"]["containers"]
+    assert ctr["envFrom"] == [{"secretRef": {"name": "bzpipe-store", "optional": True}},
+                              {"secretRef": {"name": "bzpipe-credentials", "optional": True}}]
+    cmd = ctr["args"][-1]
+    name = job["metadata"]["name"]
+    for part in ("--nnodes=2:2", "--rdzv_backend=c10d", f"--rdzv_endpoint={name}-0.{name}:29500",
+                 f"--rdzv_id={name}", f"--max_restarts={MAX_RESTARTS}"):
+        assert part in cmd, part
+    assert "--master_addr" not in cmd and "--node_rank" not in cmd   # a static rendezvous cannot be rejoined
+    assert job["spec"]["backoffLimit"] >= 1 and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert job["spec"]["template"]["spec"]["subdomain"] == svc["metadata"]["name"] == name
+    # the manifests are what the Kubernetes API accepts: the client's own models take every field
+    client = pytest.importorskip("kubernetes.client", reason="kubernetes client not installed (extra k8s)")
+    api = client.ApiClient()
+    for doc, kind in ((job, "V1Job"), (svc, "V1Service")):
+        model = api._ApiClient__deserialize(json.loads(json.dumps(doc)), kind)
+        assert api.sanitize_for_serialization(model) == json.loads(json.dumps(doc)), kind
+
+
+def test_images_pin_dask_and_distributed_together():
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (REPO / "infra/constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            [spec] = req.specifier
+            assert spec.operator == "==", line
+            pins[req.name] = spec.version
+    assert pins["dask"] == pins["distributed"], pins
+    deps = {Requirement(d).name: Requirement(d) for d in _pyproject()["project"]["dependencies"]}
+    assert deps["dask"].specifier.contains(pins["dask"]), "the pinned dask must satisfy pyproject.toml"
+    text = (REPO / "infra/Dockerfile").read_text()
+    assert "COPY infra/constraints.txt" in text and "pip install -c /opt/bzpipe-constraints.txt -r" in text
+    assert "dask.__version__ == distributed.__version__" in text
+
+
+def _pyproject() -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_dependency_floors_and_no_unused_dependencies():
+    from packaging.requirements import Requirement
+
+    deps = {Requirement(d).name.lower(): Requirement(d) for d in _pyproject()["project"]["dependencies"]}
+    # np.dtypes.StringDType is NumPy 2; ecmwf.datastores (the new CDS client) arrives with cdsapi 0.7.6
+    assert not deps["numpy"].specifier.contains("1.26.4") and deps["numpy"].specifier.contains("2.0.0")
+    assert not deps["cdsapi"].specifier.contains("0.7.5") and deps["cdsapi"].specifier.contains("0.7.6")
+    assert "prefect-dask" in deps                     # the backfill's Dask task runner
+    # no longer imported anywhere: the ARM Live download makes its own saveData request
+    for gone in ("h5netcdf", "act-atmos"):
+        assert gone not in deps, gone
+    code = "\n".join(p.read_text() for d in ("bzpipe", "flows") for p in (REPO / d).rglob("*.py"))
+    assert not re.search(r"^\s*(import|from) (act|h5netcdf)\b", code, re.M)
+    assert "engine=\"h5netcdf\"" not in code and "engine='h5netcdf'" not in code
+
+
+def test_slurm_gpu_workers_advertise_the_gpu_resource():
+    pytest.importorskip("dask_jobqueue")
+    from bzpipe.cluster import GPU_RESOURCE
+
+    res = subprocess.run([sys.executable, str(REPO / "infra/slurm/dask_cluster.py"), "--gpu", "--print-job-script",
+                          "--set", "queue=gpu"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    script = res.stdout
+    assert "#SBATCH -p gpu" in script and "#SBATCH --gpus-per-task=1" in script
+    assert f"--resources {GPU_RESOURCE}=1" in script
+    sbatch = (REPO / "infra/slurm/train.sbatch").read_text()
+    assert "--rdzv_backend c10d" in sbatch and "--max_restarts" in sbatch
 
 
 def test_compose_file_wires_server_worker_and_dask():
@@ -333,6 +461,17 @@ def test_compose_file_wires_server_worker_and_dask():
     mounts = {n: services[n].get("volumes") for n in ("worker", "dask-worker")}
     assert mounts["worker"] == mounts["dask-worker"] == ["store:/opt/bzpipe/bzpipe-data"]
     assert services["worker"]["depends_on"]["deploy"]["condition"] == "service_completed_successfully"
+    # GPU profile: a worker for queue gpu (train, evaluate, pipeline, CloudSat) and a GPU Dask worker
+    from bzpipe.cluster import GPU_RESOURCE
+
+    gw = services["dask-worker-gpu"]
+    assert gw["profiles"] == ["gpu"] and gw["command"][gw["command"].index("--resources") + 1] == f"{GPU_RESOURCE}=1"
+    assert "tcp://dask-scheduler:8786" in gw["command"]
+    assert services["worker-gpu"]["command"][services["worker-gpu"]["command"].index("--work-queue") + 1] == "gpu"
+    # credentials and the default config come from the host's environment, never from a file
+    env = compose["x-flow-env"]
+    for key in ("BZPIPE_CONFIG", "ARM_USERNAME", "ARM_TOKEN", "CDSAPI_URL", "CDSAPI_KEY", "AWS_ACCESS_KEY_ID"):
+        assert key in env and env[key] is None, key
 
 
 def test_dockerfile_paths_agree_with_the_deployments():

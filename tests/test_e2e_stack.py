@@ -1,8 +1,10 @@
 """The local stack end to end, as a user runs it (`bash infra/stack.sh up` ... `down`).
 
 A real Prefect server (SQLite in a temporary PREFECT_HOME) on a free 127.0.0.1 port, the
-process pool bzpipe-local with one worker, and the deployments of prefect.yaml (a copy whose
-default config_path points at a tiny offline config in a temporary store).  Then:
+process pool bzpipe-local with one worker, and the deployments of prefect.yaml as they are.  The
+stack is switched to a tiny offline config in a temporary store the way an operator switches it
+(`bash infra/stack.sh config FILE`: the Prefect Variable bzpipe_config, read by every run when it
+starts; no file is edited, nothing is redeployed).  Then:
 
 * the pipeline deployment runs on the worker (ingest -> build -> train -> evaluate -> granule);
 * a granule event (`prefect event emit bzpipe.granule.arrived`) triggers granule-arrived, which
@@ -11,6 +13,8 @@ default config_path points at a tiny offline config in a temporary store).  Then
   it announces a new granule in the landing area, which is reprocessed the same way;
 * every one of those flow runs is checked as Completed through the REST API, outputs exist in
   the store, bzpipe's own INFO lines are in the run logs;
+* the stack is switched to a second config (another store) and the next run uses it, saying so
+  in its log; a Variable that names a missing file fails the next run at once, naming it;
 * last, the same deployments re-targeted at Kubernetes pools (infra/k8s) are accepted by the
   server, whose job-variable validation runs against the pools' base job templates.
 
@@ -38,6 +42,8 @@ from typing import Any
 import pytest
 import yaml
 
+from flows.server_watchdog import alive as _alive  # a zombie counts as gone
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,11 +59,14 @@ TINY = {
                "synthetic": {"hours_per_day": 3, "time_step_s": 30, "n_gates": 120, "gate_spacing_m": 40,
                              "cloudsat_profiles": 256}},
     "build": {"version": "tiny", "grid": {"n_heights": 32, "top_m": 4000, "time_step_s": 30},
-              "patch": {"width": 16, "blind_zone_rows": 6}, "n_workers": 1, "dask_processes": False,
+              # echo_block 0: three synthetic hours hold no 10 x 10 echo block above the blind zone; this
+              # test is about the stack, not about which patches the paper would keep
+              "patch": {"width": 16, "blind_zone_rows": 6, "echo_block": 0}, "n_workers": 1, "dask_processes": False,
               "split": {"fractions": [0.5, 0.25, 0.25], "gap_s": 120.0, "block_hours": 1 / 3}},
     "train": {"run_name": "tiny", "filters": [2, 4, 4, 8, 8], "epochs": 1, "batch_size": 8},
     "evaluate": {"mc_passes": 2, "n_bootstrap": 10, "xai_samples": 2, "n_cases": 1},
-    "infer": {"mc_passes": 2, "n_workers": 1},
+    # as the demo: a KaZR-resolution model applied to CPR granules, said in every output
+    "infer": {"mc_passes": 2, "n_workers": 1, "allow_resolution_mismatch": True},
 }
 
 
@@ -194,21 +203,6 @@ class Stack:
         return {"PREFECT_API_URL": self.api, "PREFECT_HOME": str(self.root / "stack" / "home")}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is dead for our purposes
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _make_granule(directory: Path, hour: int) -> Path:
     from bzpipe.config import SyntheticConfig
     from bzpipe.sources.synthetic import generate_cloudsat_granule
@@ -225,24 +219,22 @@ def stack(tmp_path_factory) -> Stack:
     store = root / "store"
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump({"store_root": str(store), **TINY}, sort_keys=False))
-    # prefect.yaml as it is, with the default config of every deployment pointed at the tiny one
-    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    for dep in spec["deployments"]:
-        dep["parameters"] = {**dep.get("parameters", {}), "config_path": str(config)}
-    prefect_file = root / "prefect.yaml"
-    prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
 
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BZPIPE_"))}
     env.update({"BZPIPE_STACK_DIR": str(root / "stack"), "BZPIPE_STACK_PORT": str(port),
-                "BZPIPE_PREFECT_FILE": str(prefect_file), "BZPIPE_VENV": sys.prefix,
-                "BZPIPE_STACK_TIMEOUT": "240", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+                "BZPIPE_VENV": sys.prefix, "BZPIPE_STACK_TIMEOUT": "240", "OMP_NUM_THREADS": "1",
+                "PYTHONUNBUFFERED": "1"})
     st = Stack(root=root, store=store, api=f"http://127.0.0.1:{port}/api", env=env,
                logs=root / "stack" / "logs", granules=root / "incoming")
     try:
         up = st.stack_sh("up", timeout=420)
         st.note_pids()
         assert up.returncode == 0, f"stack.sh up failed ({up.returncode}):\n{up.stderr[-6000:]}"
+        # the one command that switches every deployment to another config (validated first)
+        switch = st.stack_sh("config", str(config), timeout=120)
+        assert switch.returncode == 0, switch.stdout + switch.stderr
+        assert f"runs now use: {config} (from the Prefect Variable 'bzpipe_config')" in switch.stdout
         yield st
     finally:
         st.note_pids()
@@ -293,7 +285,9 @@ def test_stack_is_up_with_pool_worker_and_deployments(stack: Stack):
                                       {"directory": str(REPO)}}], key
         assert dep["global_concurrency_limit"]["limit"] >= 1, key
         assert dep["enforce_parameter_schema"] is True, key
-    assert deps[("train", "train")]["work_queue_name"] == "gpu"
+    for key in (("train", "train"), ("reprocess-granule", "reprocess-granule"),
+                ("backfill-cloudsat", "backfill-cloudsat")):
+        assert deps[key]["work_queue_name"] == "gpu", key
     # schedules are live: the scheduler service has created upcoming runs
     for key in (("scan-landing", "scan-landing"), ("ingest-new-days", "daily")):
         dep = deps[key]
@@ -320,6 +314,9 @@ def test_pipeline_scheduled_scan_and_event_triggered_reprocessing(stack: Stack):
                      {"tags": ["e2e"], "idempotency_key": f"e2e-pipeline-{stack.root.name}"})
     done = stack.wait(run["id"], timeout=420)
     assert done["state_type"] == "COMPLETED", stack.explain(done)
+    assert done["parameters"] == {}                       # the deployment names no config: chosen at run time
+    assert f"config: {stack.root / 'tiny.yaml'} (from the Prefect Variable 'bzpipe_config')" in \
+        stack.log_text(run["id"], "config:")
     assert (stack.store / "datasets" / "tiny.zarr").is_dir()
     assert list((stack.store / "models" / "tiny").glob("*.pt")), "no checkpoint written"
     outputs = stack.store / "outputs" / "cloudsat"
@@ -340,19 +337,26 @@ def test_pipeline_scheduled_scan_and_event_triggered_reprocessing(stack: Stack):
 
     # a run the scheduler created from scan-landing's schedule, brought forward to now
     scan = stack.deployment("scan-landing", "scan-landing")
-    upcoming = [r for r in stack.runs_of(scan["id"]) if r["auto_scheduled"] and r["state_type"] == "SCHEDULED"]
-    assert upcoming, "the scheduler created no scan-landing runs"
-    scheduled = upcoming[0]
-    now = datetime.now(timezone.utc) + timedelta(seconds=1)
-    res = stack.call(f"/flow_runs/{scheduled['id']}/set_state",
-                     {"state": {"type": "SCHEDULED", "name": "Scheduled",
-                                "state_details": {"scheduled_time": now.isoformat()}}, "force": True})
-    assert res["status"] == "ACCEPT", res
-
-    scan_done = stack.wait(scheduled["id"], timeout=300)
+    scan_ids = []
+    for _ in range(3):
+        # a scan the schedule started meanwhile would make ours collide (CANCEL_NEW): let it finish
+        stack.wait_for_runs(scan["id"], lambda runs: True, timeout=300)
+        upcoming = [r for r in stack.runs_of(scan["id"]) if r["auto_scheduled"] and r["state_type"] == "SCHEDULED"]
+        assert upcoming, "the scheduler created no scan-landing runs"
+        scheduled = upcoming[0]
+        now = datetime.now(timezone.utc) + timedelta(seconds=1)
+        res = stack.call(f"/flow_runs/{scheduled['id']}/set_state",
+                         {"state": {"type": "SCHEDULED", "name": "Scheduled",
+                                    "state_details": {"scheduled_time": now.isoformat()}}, "force": True})
+        assert res["status"] == "ACCEPT", res
+        scan_done = stack.wait(scheduled["id"], timeout=300)
+        if scan_done["state_type"] != "CANCELLED":     # cancelled: it met a scheduled scan; try again
+            break
     assert scan_done["state_type"] == "COMPLETED", stack.explain(scan_done)
     assert scan_done["auto_scheduled"] and "auto-scheduled" in scan_done["tags"]
-    scan_logs = stack.log_text(scheduled["id"], "announced")
+    # the landed granule was announced once, by this scan or by a scheduled one that ran meanwhile
+    scan_ids = [r["id"] for r in stack.runs_of(scan["id"]) if r["state_type"] == "COMPLETED"]
+    scan_logs = "\n".join(stack.log_text(i, "announced") for i in scan_ids)
     assert "1 pending for model" in scan_logs and "1 announced" in scan_logs, scan_logs[-3000:]
 
     # both granules: event -> granule-arrived (automation) -> reprocess-granule, all Completed
@@ -385,6 +389,39 @@ def test_pipeline_scheduled_scan_and_event_triggered_reprocessing(stack: Stack):
     assert all(r["flow_run_id"] for r in bz)
 
 
+def test_switching_the_config_changes_what_the_next_run_uses(stack: Stack):
+    """An operator switches the stack to another config; the next run of a deployment uses it.
+    A Variable that names a missing file fails the next run at once, naming what it looked for."""
+    other_store = stack.root / "store-2"
+    other = stack.root / "other.yaml"
+    other.write_text(yaml.safe_dump({"store_root": str(other_store), **TINY}, sort_keys=False))
+    try:
+        switch = stack.stack_sh("config", str(other), timeout=120)
+        assert switch.returncode == 0, switch.stdout + switch.stderr
+        dep = stack.deployment("ingest-kazr", "ingest-kazr")
+        run = stack.call(f"/deployments/{dep['id']}/create_flow_run",
+                         {"idempotency_key": f"e2e-switch-{stack.root.name}"})
+        done = stack.wait(run["id"], timeout=300)
+        assert done["state_type"] == "COMPLETED", stack.explain(done)
+        assert f"config: {other} (from the Prefect Variable 'bzpipe_config')" in stack.log_text(run["id"], "config:")
+        assert list((other_store / "raw" / "kazr" / "nsa").glob("*.nc")), "the run used the new config's store"
+        # a Variable that points nowhere (set by hand, past the validating command): the run fails at once
+        missing = stack.root / "gone.yaml"
+        res = stack.cli("variable", "set", "bzpipe_config", str(missing), "--overwrite")
+        assert res.returncode == 0, res.stdout + res.stderr
+        run = stack.call(f"/deployments/{dep['id']}/create_flow_run",
+                         {"idempotency_key": f"e2e-missing-{stack.root.name}"})
+        done = stack.wait(run["id"], timeout=300)
+        assert done["state_type"] == "FAILED"
+        assert f"config file '{missing}' named by the Prefect Variable 'bzpipe_config' does not exist" in \
+            done["state"]["message"], stack.explain(done)
+        tasks = stack.call("/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        assert tasks == [], "the run failed before any task"
+    finally:
+        back = stack.stack_sh("config", str(stack.root / "tiny.yaml"), timeout=120)
+        assert back.returncode == 0, back.stderr
+
+
 def test_kubernetes_flavour_is_accepted_by_the_server(stack: Stack):
     """Last: re-targets the deployments at two kubernetes pools made from infra/k8s/*.json."""
     for pool, template in (("bzpipe-k8s", "work-pool-cpu.json"), ("bzpipe-k8s-gpu", "work-pool-gpu.json")):
@@ -393,8 +430,8 @@ def test_kubernetes_flavour_is_accepted_by_the_server(stack: Stack):
         assert res.returncode == 0, res.stdout + res.stderr
     rendered = stack.root / "prefect.k8s.yaml"
     subprocess.run([sys.executable, str(REPO / "infra/k8s/render_prefect_yaml.py"), "--prefect-file",
-                    str(stack.root / "prefect.yaml"), "--image", "reg/bzpipe:cpu", "--gpu-image", "reg/bzpipe:cuda",
-                    "-o", str(rendered)], check=True, timeout=60)
+                    str(REPO / "prefect.yaml"), "--image", "reg/bzpipe:cpu", "--gpu-image", "reg/bzpipe:cuda",
+                    "--config-path", "/etc/bzpipe/pipeline.yaml", "-o", str(rendered)], check=True, timeout=60)
     res = stack.cli("deploy", "--all", "--prefect-file", str(rendered), timeout=300)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     train = stack.deployment("train", "train")
@@ -404,6 +441,9 @@ def test_kubernetes_flavour_is_accepted_by_the_server(stack: Stack):
     build = stack.deployment("build-dataset", "build-dataset")
     assert build["work_pool_name"] == "bzpipe-k8s"
     assert build["job_variables"]["env"]["DASK_SCHEDULER_ADDRESS"].endswith(":8786")
+    assert build["job_variables"]["env"]["BZPIPE_CONFIG"] == "/etc/bzpipe/pipeline.yaml"
+    for name in ("reprocess-granule", "backfill-cloudsat"):          # CloudSat on the GPU pool
+        assert stack.deployment(name, name)["work_pool_name"] == "bzpipe-k8s-gpu", name
     # the server checks job variables against the pool's template: a wrong type is refused
     bad = stack.cli("deploy", "--prefect-file", str(rendered), "--name", "train", "--job-variable",
                     '{"gpu_count": "four"}', timeout=300)

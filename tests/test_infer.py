@@ -312,11 +312,13 @@ def test_fill_granule_changes_only_blind_zone_bins(store_root, tiny_model, tmp_p
     assert store.entry(res.output_key).producer["granule_sha256"] == sha256_file(path)
     assert prov["inputs"][str(path)] == sha256_file(path)
     assert store.exists(res.plot_key) and store.read_bytes(res.plot_key)[:4] == b"\x89PNG"
-    # model grid: observed above the blind zone, MC statistics inside it
-    rows = out.attrs["blind_zone_rows"]
-    assert rows == 8                                              # ceil(1200 / 156.25)
+    # model grid: observed above the hidden rows, MC statistics inside them; every row that overlaps a
+    # flagged bin is hidden: the top flagged bin ends at 1320 m (ocean) / 1260 m (land) AGL -> 9 rows
+    rows = 9
+    assert (out["hidden_rows"].values == rows).all()
     np.testing.assert_array_equal(out["mc_mean"].values[:, rows:], out["grid_observed"].values[:, rows:])
     assert (out["mc_std"].values[:, :rows] > 0).mean() > 0.9 and (out["mc_std"].values[:, rows:] == 0).all()
+    assert (out["fill_status"].values == 0).all() and int(out["resolution_mismatch"]) == 0
     # idempotent: a second run with the same model skips
     again = process_granule(str(store_root), store.key_of(str(path)), cfg)
     assert again.status == "skipped" and again.output_key == res.output_key
@@ -328,7 +330,7 @@ def test_fill_granule_changes_only_blind_zone_bins(store_root, tiny_model, tmp_p
     assert new_id != tiny_model and current_model_id(str(store_root), "tiny") == new_id
     newer = process_granule(str(store_root), store.key_of(str(path)), cfg)
     assert newer.status == "done" and newer.model_id == new_id
-    assert newer.output_key == f"outputs/cloudsat/{new_id}/{res.granule_id}.zarr"
+    assert newer.output_key == f"outputs/cloudsat/{new_id}-{cfg.settings_id()}/{res.granule_id}.zarr"
     assert store.is_complete(res.output_key) and store.is_complete(newer.output_key)
     # a model swapped between planning and running is refused, not silently used
     with pytest.raises(RuntimeError, match="not the planned"):
@@ -341,11 +343,11 @@ def test_incomplete_output_is_not_complete_and_is_replaced(store_root, tiny_mode
 
     path = write_granule(store_root / "raw" / "cloudsat", n=64)
     store = Store(store_root)
-    key = f"outputs/cloudsat/{tiny_model}/2019002120000_67000.zarr"
+    cfg = InferConfig(store_root=str(store_root), run_name="tiny", mc_passes=2, plot=False)
+    key = f"outputs/cloudsat/{tiny_model}-{cfg.settings_id()}/2019002120000_67000.zarr"
     (store_root / key).mkdir(parents=True)            # a crash left a half-written store
     (store_root / key / "zarr.json").write_text("{}")
     assert store.exists(key) and not store.is_complete(key)
-    cfg = InferConfig(store_root=str(store_root), run_name="tiny", mc_passes=2, plot=False)
     res = process_granule(str(store_root), store.key_of(str(path)), cfg)
     assert res.status == "done" and store.is_complete(key)
     assert xr.open_zarr(store.uri(key), consolidated=False).sizes["profile"] == 64
@@ -402,14 +404,14 @@ def test_landing_scan_bookkeeping(store_root, tiny_model):
     assert [f.name for f in files] == [a.name, b.name]
     assert [f.name for f in select_by_date(files, datetime(2019, 1, 3).date(), None)] == [b.name]
     quarantine(store, b.name, ValueError("bad"))
-    assert [f.name for f in pending_granules(store, files, tiny_model)] == [a.name]
+    assert [f.name for f in pending_granules(store, files, tiny_model, "s")] == [a.name]
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     assert should_emit(store, tiny_model, a.name, 600, now=t0)
     record_emitted(store, tiny_model, files[0], event_id="e1", now=t0)
     assert not should_emit(store, tiny_model, a.name, 600, now=t0 + timedelta(seconds=599))
     assert should_emit(store, tiny_model, a.name, 600, now=t0 + timedelta(seconds=601))
     assert should_emit(store, "another-model", a.name, 600, now=t0)
-    assert idempotency_key(a.name, tiny_model, 123) == f"cloudsat:{a.name}:123:{tiny_model}"
+    assert idempotency_key(a.name, tiny_model, "123:4.5") == f"cloudsat:{a.name}:123:4.5:{tiny_model}"
 
 
 def test_dask_batch_loads_the_model_once_per_worker(store_root, tiny_model):
@@ -443,18 +445,58 @@ def test_five_channel_model_reads_era5_along_the_track(store_root):
 
     norm = {"reflectivity": {}, "t": {"mean": 270.0, "std": 10.0}, "q": {"mean": 1e-3, "std": 1e-3},
             "u": {"mean": 0.0, "std": 10.0}, "v": {"mean": 0.0, "std": 10.0}}
-    save_tiny_model(store_root, "tiny5", channels=5, width=32, normalization=norm)
+    save_tiny_model(store_root, "tiny5", channels=5, width=32, normalization=norm, cold_threshold_c=10.0)
     model, meta = load_model(str(store_root), "tiny5")
     ds = granule_ds(n=80, land_from=None)
     ds["latitude"] = ("profile", np.linspace(70.2, 71.6, 80))    # leaves the 70-71 deg box after ~half
     ds["longitude"] = ("profile", np.full(80, -156.6))
     cfg = InferConfig(store_root=str(store_root), mc_passes=2, window_overlap=8)
     out = fill_granule(ds, model, meta, cfg, era5=[era5_box()], model_id=meta["model_id"])
-    covered = out["era5_colocated"].values.astype(bool)
-    assert covered[:40].all() and not covered[-20:].any()
-    assert (out["filled_flag"].values.sum(1) == 6).all()
-    with pytest.raises(ValueError, match="ERA-5"):
-        fill_granule(ds, model, meta, cfg, era5=None)
+    src = out["atmosphere_source"].values
+    assert (out["out_of_domain"].values == 0).all()               # 7 degC air, trained up to 10 degC
+    assert (src[:40] == 2).all() and (src[-20:] == 0).all()
+    # a profile without an atmospheric state is never filled from the training mean: unfilled, flagged
+    n_filled = out["filled_flag"].values.sum(1)
+    assert (n_filled[src == 2] == 6).all() and (n_filled[src == 0] == 0).all()
+    assert (out["fill_status"].values[src == 2] == 0).all() and (out["fill_status"].values[src == 0] == 3).all()
+    blind = out["blind_zone_flag"].values == 1
+    assert np.isnan(out["reflectivity_filled"].values[(src == 0)[:, None] & blind]).all()
+    assert np.isnan(out["mc_mean"].values[src == 0][:, :9]).all()
+    none = fill_granule(ds, model, meta, cfg, era5=None)
+    assert (none["fill_status"].values == 3).all() and int(none["filled_flag"].sum()) == 0
+    # ... or filled by a configured radar-only model, and flagged as such
+    save_tiny_model(store_root, "tiny1", channels=1, width=32)
+    ro = load_model(str(store_root), "tiny1")
+    both = fill_granule(ds, model, meta, cfg, era5=[era5_box()], radar_only=ro)
+    assert (both["fill_status"].values[src == 0] == 1).all() and (both["fill_status"].values[src == 2] == 0).all()
+    assert (both["filled_flag"].values.sum(1) == 6).all()
+    np.testing.assert_array_equal(both["mc_mean"].values[src == 2], out["mc_mean"].values[src == 2])
+
+
+def test_out_of_domain_profiles_are_flagged_and_not_filled_unless_allowed(store_root):
+    from bzpipe.checkpoint import load_model
+    from bzpipe.infer.fill import fill_granule
+
+    norm = {"reflectivity": {}, "t": {"mean": 270.0, "std": 10.0}, "q": {"mean": 1e-3, "std": 1e-3},
+            "u": {"mean": 0.0, "std": 10.0}, "v": {"mean": 0.0, "std": 10.0}}
+    save_tiny_model(store_root, "cold5", channels=5, width=32, normalization=norm, cold_threshold_c=-2.0)
+    model, meta = load_model(str(store_root), "cold5")
+    ds = granule_ds(n=80, land_from=None)
+    ds["latitude"] = ("profile", np.r_[np.full(40, 70.5), np.full(40, 60.0)])   # training band: 65.5..76.3
+    ds["longitude"] = ("profile", np.full(80, -156.6))
+    era5 = era5_box()
+    era5 = xr.concat([era5, era5.assign_coords(latitude=era5.latitude - 10.5)], dim="latitude")
+    cfg = InferConfig(store_root=str(store_root), mc_passes=2, window_overlap=8)
+    out = fill_granule(ds, model, meta, cfg, era5=[era5])
+    t_low = out["surface_air_temperature"].values
+    assert np.all(t_low - 273.15 > -2.0)                          # ERA-5 here: ~7 degC at the surface
+    np.testing.assert_array_equal(out["out_of_domain"].values, np.r_[np.full(40, 1), np.full(40, 3)])
+    assert (out["fill_status"].values == 4).all() and int(out["filled_flag"].sum()) == 0
+    dom = json.loads(out.attrs["training_domain"])
+    assert dom["cold_threshold_c"] == -2.0 and dom["latitude_band"] == pytest.approx([65.495, 76.323])
+    allowed = fill_granule(ds, model, meta, cfg.model_copy(update={"fill_out_of_domain": True}), era5=[era5])
+    assert (allowed["fill_status"].values == 2).all() and (allowed["filled_flag"].values.sum(1) == 6).all()
+    np.testing.assert_array_equal(allowed["out_of_domain"].values, out["out_of_domain"].values)
 
 
 # --------------------------------------------------------------------------- the real granule's geometry
@@ -496,12 +538,18 @@ def test_real_granule_geometry_filled_with_synthetic_reflectivity(shared_data, t
     store = Store(tmp_path / "store")
     save_tiny_model(store.root, "tiny", n_heights=32, top_m=5000.0, width=128)
     model, meta = load_model(store, "tiny")
-    cfg = InferConfig(store_root=store.root, mc_passes=2, window_overlap=16, batch_size=32)
+    cfg = InferConfig(store_root=store.root, mc_passes=2, window_overlap=16, batch_size=32,
+                      fill_out_of_domain=True)             # the whole orbit, not only the Arctic
     timings: dict[str, float] = {}
     key, entry, out = fill_and_write(store, ds, model, meta, cfg, model_id=meta["model_id"],
                                      inputs={str(shared_data / REAL_GRANULE): "real"}, reflectivity=refl,
                                      timings=timings, reflectivity_source="synthetic scene on real geometry")
     valid = out["profile_valid"].values.astype(bool)
+    lat = ds["latitude"].values
+    outside = (lat < 70.495 - 5) | (lat > 71.323 + 5)
+    np.testing.assert_array_equal(out["out_of_domain"].values[valid] == 2, outside[valid])
+    assert (out["fill_status"].values[valid & outside] == 2).all()
+    assert (out["fill_status"].values[valid & ~outside] == 0).all()
     assert valid.sum() == 20854                                   # profiles with a full Height column
     sb = out["surface_bin"].values
     h = ds["height"].values
@@ -517,7 +565,7 @@ def test_real_granule_geometry_filled_with_synthetic_reflectivity(shared_data, t
     g = out["grid_observed"].values[valid][:, 8:]
     assert 0.02 < np.isfinite(g).mean() < 0.9
     assert store.is_complete(key) and store.exists(png_key(key))
-    assert png_key(key) == f"outputs/cloudsat/{meta['model_id']}/2019002175851_67551.png"
+    assert png_key(key) == f"outputs/cloudsat/{meta['model_id']}-{cfg.settings_id()}/2019002175851_67551.png"
     reopened = open_output(store, key)
     assert reopened.sizes == {"profile": 36950, "bin": 125, "height": 32, "quantile": 3}
     assert set(timings) >= {"regrid", "inference", "write"}
@@ -537,17 +585,17 @@ def test_s3_store_landing_to_zarr_output(s3_root, tmp_path):
     files = list_landing(store, "landing/cloudsat")
     assert [(f.name, f.granule_id, f.size) for f in files] == [(local.name, "2019002120000_67500",
                                                                 local.stat().st_size)]
-    assert pending_granules(store, files, model_id) == files
+    cfg = InferConfig(store_root=s3_root, run_name="tiny", mc_passes=2, window_overlap=16)
+    assert pending_granules(store, files, model_id, cfg.settings_id()) == files
     key = stage_granule(store, files[0].uri)
     assert key == f"raw/cloudsat/{local.name}" and store.entry(key).sha256 == sha256_file(local)
-    cfg = InferConfig(store_root=s3_root, run_name="tiny", mc_passes=2, window_overlap=16)
     res = process_granule(s3_root, key, cfg)
     assert res.status == "done", res.reason
-    assert res.output_key == f"outputs/cloudsat/{model_id}/2019002120000_67500.zarr"
+    assert res.output_key == f"outputs/cloudsat/{model_id}-{cfg.settings_id()}/2019002120000_67500.zarr"
     out = open_output(store, res.output_key)
     assert out.sizes["profile"] == 80 and int(out["filled_flag"].sum()) == 80 * 6
     assert store.read_bytes(res.plot_key)[:4] == b"\x89PNG"
-    assert pending_granules(store, list_landing(store, "landing/cloudsat"), model_id) == []
+    assert pending_granules(store, list_landing(store, "landing/cloudsat"), model_id, cfg.settings_id()) == []
 
 
 def test_grid_comes_from_the_training_dataset_when_the_checkpoint_lacks_it(store_root):

@@ -1,4 +1,4 @@
-"""ARM Live ingest through the real act-atmos client against a local ARM Live double."""
+"""ARM Live ingest (query + direct saveData requests) against a local ARM Live double."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def kazr_item(cfg: IngestConfig, creds: ArmCredentials, day: date) -> IngestItem
 # --------------------------------------------------------------------------- the happy path
 
 
-def test_lists_and_ingests_real_format_files_through_act(tmp_path, armlive, creds, served):
+def test_lists_and_ingests_real_format_files(tmp_path, armlive, creds, served):
     cfg = make_cfg(tmp_path, armlive)
     items = plan(cfg, ("kazr", "met"), arm=creds)
     served_names = sorted(p.name for p in served.iterdir())
@@ -93,7 +93,7 @@ def test_lists_and_ingests_real_format_files_through_act(tmp_path, armlive, cred
         assert entry.sha256 == sha(src) and entry.size == src.stat().st_size
         assert entry.producer["source"] == "arm" and entry.producer["datastream"] == item.datastream
         assert entry.producer["config"]["values"]["arm_live_url"] == armlive.url
-    # act's own URLs reached the double: the query, then saveData with user=<name>:<token>
+    # the service's URLs reached the double: the query, then saveData with user=<name>:<token>
     saves = armlive.requests_to("/armlive/data/saveData")
     assert sorted(s.query["file"][0] for s in saves) == served_names
     assert all(s.query["user"] == [f"{USER}:{TOKEN}"] for s in saves)
@@ -232,13 +232,63 @@ def test_a_file_the_service_cannot_deliver_is_not_retried(tmp_path, armlive, cre
     assert_untouched(store, item.key)
 
 
-def test_a_file_no_longer_listed_is_a_clear_error(tmp_path, armlive, creds):
+def test_a_file_gone_since_the_listing_is_a_clear_error(tmp_path, armlive, creds):
+    """Listed, then removed before saveData: the service answers "not available" for it."""
     cfg = make_cfg(tmp_path, armlive)
     store = Store(cfg.store_root)
     item = kazr_item(cfg, creds, DAYS[0])
     (armlive.files_dir / item.name).unlink()
-    with pytest.raises(DownloadError, match="no longer lists this file"):
+    with pytest.raises(ArmFileUnavailableError, match=f"{item.name} is not available for download"):
         ingest_item(item, cfg, store, arm=creds)
+    assert_untouched(store, item.key)
+
+
+def test_one_direct_savedata_request_per_file(tmp_path, armlive, creds):
+    """The download is one saveData GET with user=<name>:<token> (no second listing, no citation call)."""
+    cfg = make_cfg(tmp_path, armlive)
+    store = Store(cfg.store_root)
+    item = kazr_item(cfg, creds, DAYS[0])
+    before = len(armlive.requests_to("/armlive/data/query"))
+    assert ingest_item(item, cfg, store, arm=creds).status == "fetched"
+    [save] = armlive.requests_to("/armlive/data/saveData")
+    assert save.query == {"user": [f"{USER}:{TOKEN}"], "file": [item.name]}
+    assert len(armlive.requests_to("/armlive/data/query")) == before
+    assert armlive.requests_to("/citationservice/") == []
+
+
+def test_a_stall_in_the_middle_of_the_body_times_out(tmp_path, armlive, creds, monkeypatch):
+    """Headers arrive, then the body stops: the read timeout fails the download, nothing is kept."""
+    import requests
+
+    from bzpipe.sources.arm import download
+
+    real_get = requests.get
+
+    class Stalling:
+        def __init__(self, r):
+            self._r = r
+            self.status_code, self.headers = r.status_code, r.headers
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._r.close()
+
+        def iter_content(self, n):
+            from urllib3.exceptions import ReadTimeoutError
+
+            yield b"CDF\x01"
+            raise requests.ConnectionError(ReadTimeoutError(None, "/armlive/data/saveData", "Read timed out."))
+
+    monkeypatch.setattr(download.requests, "get", lambda *a, **k: Stalling(real_get(*a, **k)))
+    cfg = make_cfg(tmp_path, armlive, request_timeout_s=0.5)
+    store = Store(cfg.store_root)
+    item = IngestItem(kind="kazr", site="nsa", name="nsaarsclkazr1kolliasC1.c0.20190101.000000.nc",
+                      source="arm", datastream="nsaarsclkazr1kolliasC1.c0", day="2019-01-01")
+    with pytest.raises(DownloadError, match=r"no answer within 0.5 s \(timed out\)") as ei:
+        ingest_item(item, cfg, store, arm=creds)
+    assert is_retryable(ei.value) and TOKEN not in str(ei.value)
     assert_untouched(store, item.key)
 
 

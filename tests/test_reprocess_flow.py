@@ -65,7 +65,7 @@ def test_reprocess_granule_flow_with_era5_is_idempotent_and_quarantines(prefect_
     model_id = save_tiny_model(store_root, "tiny", channels=5, width=64, normalization=norm)
     landing = store_root / "landing" / "cloudsat"
     good = generate_cloudsat_granule(landing, datetime(2019, 1, 2, 17, 58, 51), 400, 0, SyntheticConfig(),
-                                     site="nsa")
+                                     site="nsa", ecmwf_aux=False)             # no ECMWF-AUX: ERA-5 it is
     cfg = _cfg(store_root, sites=["nsa"])
     res = reprocess_granule(str(good), config=cfg)
     store = Store(store_root)
@@ -74,7 +74,7 @@ def test_reprocess_granule_flow_with_era5_is_idempotent_and_quarantines(prefect_
     assert store.is_complete(f"raw/cloudsat/{good.name}")           # staged from the landing area
     assert store.is_complete("raw/era5/nsa/era5_nsa_201901.nc")      # fetched by the ingest flow
     out = xr.open_zarr(store.uri(res["output_key"]), consolidated=False)
-    covered = int(out["era5_colocated"].sum())
+    covered = int((out["atmosphere_source"] == 2).sum())
     assert 0 < covered < 400                                        # the track crosses the NSA ERA-5 box
     assert reprocess_granule(str(good), config=cfg)["status"] == "skipped"
 
@@ -88,7 +88,7 @@ def test_reprocess_granule_flow_with_era5_is_idempotent_and_quarantines(prefect_
 
 
 def test_backfill_date_range_runs_on_dask(prefect_server, store_root):
-    from flows.reprocess import backfill
+    from flows.backfill import backfill
 
     model_id = save_tiny_model(store_root, "tiny", width=64)
     landing = store_root / "landing" / "cloudsat"
@@ -101,7 +101,8 @@ def test_backfill_date_range_runs_on_dask(prefect_server, store_root):
     assert set(names) == {p.name for p in day2} | {bad.name}
     store = Store(store_root)
     assert all(store.is_complete(names[p.name]["output_key"]) for p in day2)
-    assert not store.exists("outputs/cloudsat/%s/2019005030000_67300.zarr" % model_id)
+    sid = _cfg(store_root, plot=False).settings_id()
+    assert not store.exists(Store.output_key(model_id, sid, "2019005030000_67300"))
     # a backfill by granule list (bare names, found in the landing area) does nothing new
     again = backfill(config=_cfg(store_root, plot=False), granules=[p.name for p in day2])
     assert again["counts"] == {"done": 0, "skipped": 2, "quarantined": 0, "failed": 0}
@@ -167,7 +168,7 @@ def test_granule_event_triggers_reprocessing_once(prefect_server, store_root, tm
         time.sleep(2)                      # let the server's trigger service load the new automation
         emitted = scan_landing(config=cfg)
         assert [e["name"] for e in emitted] == [granule.name]
-        out_key = f"outputs/cloudsat/{model_id}/{granule.stem.split('_CS_')[0]}.zarr"
+        gid = granule.stem.split('_CS_')[0]
         store = Store(store_root)
 
         def done():
@@ -176,9 +177,11 @@ def test_granule_event_triggers_reprocessing_once(prefect_server, store_root, tm
 
         runs = _wait_for(done, 240, "the reprocess-granule run", proc)
         assert [r.state.type.value for r in runs] == ["COMPLETED"], [r.state for r in runs]
-        assert store.is_complete(out_key)
+        # one complete output of this model (with the settings the served deployments run with)
+        outs = [k for k in store.manifest("outputs/cloudsat") if k.endswith(f"/{gid}.zarr")]
+        assert len(outs) == 1 and outs[0].startswith(f"outputs/cloudsat/{model_id}-") and store.is_complete(outs[0])
         assert runs[0].idempotency_key.startswith(f"cloudsat:{granule.name}:")
-        assert runs[0].idempotency_key.endswith(model_id)
+        assert runs[0].idempotency_key.endswith(outs[0].split("/")[2])      # <model id>-<settings id>
 
         # the same announcement again: the dispatcher runs, the work is not repeated
         emit_event(event=GRANULE_EVENT, resource={"prefect.resource.id": f"cloudsat.granule.{granule.name}"},

@@ -7,8 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bzpipe.split import (NS, SPLITS, assign_blocks, autocorrelation, efolding_time, make_blocks,
-                          make_split, place_patches, season_of, usable_intervals)
+from bzpipe.errors import ConfigError
+from bzpipe.split import (DAY_S, NS, SPLITS, assign_blocks, autocorrelation, check_blocks, decorrelation_lag,
+                          default_block_s, efolding_time, make_blocks, make_split, place_patches, season_of,
+                          usable_intervals)
 
 
 def ns(t: str) -> int:
@@ -41,6 +43,43 @@ def test_efolding_not_reached_is_conservative() -> None:
     x = np.linspace(0, 1, 500)                                     # a trend: never decorrelates
     assert efolding_time(x, 60.0, 600.0) == (600.0, False)
     assert efolding_time(np.ones(100), 60.0, 600.0) == (600.0, False)  # constant: undefined
+
+
+def test_decorrelation_lag_of_an_ar1_series_and_of_6_hour_days() -> None:
+    x = ar1(200_000, tau_steps=50.0, seed=1)
+    lag, found = decorrelation_lag(x, step_s=4.0, max_lag_s=4000.0)
+    # an AR(1) autocorrelation exp(-k / 50) falls to 0.1 after 50 ln 10 = 115 steps
+    assert found and lag == pytest.approx(4.0 * 50 * np.log(10.0), rel=0.2)
+    # 6 hours of every day only: lags between the day files have no pairs and are skipped; the
+    # autocorrelation (e-folding 6 h: 0.1 after 13.8 h) is first seen <= 0.1 at 18 h, the next day's data
+    day = 86400 // 300
+    slow = ar1(200 * day, tau_steps=6 * 3600 / 300, seed=2)       # 5-min steps
+    slow[(np.arange(slow.size) % day) >= day // 4] = np.nan
+    lag6, found6 = decorrelation_lag(slow, step_s=300.0, max_lag_s=10 * DAY_S)
+    assert found6 and 18 * 3600 - 300 <= lag6 <= 19 * 3600
+    assert decorrelation_lag(np.linspace(0, 1, 500), 60.0, 600.0) == (600.0, False)
+
+
+def test_default_blocks_are_at_least_three_whole_days() -> None:
+    assert default_block_s(3600.0, 8.0) == 3 * DAY_S
+    assert default_block_s(1.7 * DAY_S, 8.0) == 4 * DAY_S               # two gaps, rounded up to days
+    assert default_block_s(600.0, 8.0, min_block_days=0.25) == pytest.approx(6 * 3600.0)
+
+
+def test_too_short_a_timeline_is_refused_with_the_numbers() -> None:
+    with pytest.raises(ConfigError, match=r"2 block\(s\) of 3.00 days.*3 splits train/val/test.*9.0 days"):
+        check_blocks(2, (0.7, 0.15, 0.15), block_s=3 * DAY_S, span_s=6 * DAY_S)
+    check_blocks(2, (0.8, 0.2, 0.0), block_s=3 * DAY_S, span_s=6 * DAY_S)       # no test split: 2 are enough
+    valid = {"nsa": np.ones(4 * 24 * 60, bool)}                  # 4 days of 1-min columns: 1 + 3 days
+    with pytest.raises(ConfigError, match="span 4.0 days"):
+        make_split(valid, ns("2019-01-01"), 60.0, fractions=(0.7, 0.15, 0.15), gap_s=3600.0,
+                   block_s=3 * DAY_S)
+
+
+def test_every_split_gets_a_block_when_there_are_enough() -> None:
+    amounts = np.array([[10.0], [9.0], [8.0], [0.5]])
+    lab = assign_blocks(amounts, np.array(["DJF"] * 4), (0.9, 0.05, 0.05), seed=0)
+    assert set(lab.tolist()) == {0, 1, 2}
 
 
 def test_blocks_align_to_epoch_and_seasons() -> None:
@@ -112,9 +151,25 @@ def test_no_patch_of_one_split_comes_near_another_split(tl) -> None:  # type: ig
         runs = np.repeat(rng.random(n // tl["run"] + 1) < tl["density"], tl["run"])[:n]
         valid[f"s{k}"] = runs & (rng.random(n) < 0.98)
     gap_s = tl["gap_steps"] * tl["step_s"]
+    block_s = tl["block_steps"] * tl["step_s"]
+    blocks = make_blocks(tl["t0"], tl["t0"] + n * step_ns, int(block_s * NS))
+    j = np.clip((blocks - tl["t0"]) // step_ns, 0, n)
+    with_data = sum(any(m[a:b].any() for m in valid.values()) for a, b in j)
+    if with_data < sum(f > 0 for f in tl["fractions"]):          # too short: refused, naming the numbers
+        with pytest.raises(ConfigError, match="need at least one block each"):
+            make_split(valid, tl["t0"], tl["step_s"], fractions=tl["fractions"], gap_s=gap_s,
+                       block_s=block_s, seed=tl["seed"])
+        return
     plan = make_split(valid, tl["t0"], tl["step_s"], fractions=tl["fractions"], gap_s=gap_s,
-                      block_s=tl["block_steps"] * tl["step_s"], seed=tl["seed"])
+                      block_s=block_s, seed=tl["seed"])
     labels = plan.labels(n)
+    # every split with a fraction > 0 holds at least one block with data
+    for k, f in enumerate(tl["fractions"]):
+        if f > 0:
+            assert plan.info["blocks_per_split"][SPLITS[k]] >= 1
+    # blocks are contiguous, cover the timeline, and only season starts cut one short
+    assert np.all(plan.blocks[1:, 0] == plan.blocks[:-1, 1])
+    assert np.all(plan.blocks[:, 1] - plan.blocks[:, 0] <= plan.block_ns)
     gap = plan.gap_ns
     assert gap >= int(round(gap_s * NS))
     iv = plan.intervals

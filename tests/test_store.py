@@ -92,3 +92,26 @@ def test_s3_root_same_api(s3_root, tmp_path):
     assert entry["size"] == len(b"netcdf-bytes")
     s.remove("raw/era5/nsa/era5_nsa_201901.nc")
     assert not s.exists("raw/era5/nsa/era5_nsa_201901.nc") and s.entry("raw/era5/nsa/era5_nsa_201901.nc") is None
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_replace_swaps_a_folder_in_and_keeps_the_old_until_then(where, store_root, request):
+    from bzpipe.store.replace import aside_key, finish_replacement, replace, replacement_pending
+
+    s = Store(store_root if where == "local" else request.getfixturevalue("s3_root"))
+    key = "outputs/x.zarr"
+
+    def folder(k, text):
+        s.write_bytes(f"{k}/a.txt", text.encode(), manifest=False)
+        s.write_bytes(f"{k}/sub/b.txt", text.encode(), manifest=False)
+
+    for version in ("one", "two"):
+        aside = aside_key(key)
+        folder(aside, version)
+        assert s.list("outputs") == (["outputs/x.zarr/a.txt", "outputs/x.zarr/sub/b.txt"] if version == "two"
+                                     else [])                      # the aside copy is never listed
+        e = replace(s, aside, key, sha256=version * 4, size=6)
+        assert e.sha256 == version * 4 and s.is_complete(key) and not replacement_pending(s, key)
+        assert s.read_bytes(f"{key}/sub/b.txt") == version.encode() and not s.exists(aside)
+    assert s.list("outputs") == ["outputs/x.zarr/a.txt", "outputs/x.zarr/sub/b.txt"]
+    assert finish_replacement(s, key) is None and not s.list("state")

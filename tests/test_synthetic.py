@@ -69,11 +69,9 @@ def test_atmosphere_climate_and_hydrostatics() -> None:
     t = epoch(date(2019, 1, 1)) + np.arange(0, 40 * 86400.0, 3600.0)
     st = state_at("nsa", t, seed=0)
     tc = st.surface_temperature - 273.15
-    assert -40.0 <= tc.min() < -15.0 and -2.0 < tc.max() <= 8.0
-    assert 0.1 < np.mean(tc > -2.0) < 0.4
-    # nearly every 5-day window has time above and below -2 degC (for a cold filter to act on)
-    both = [(tc[s:s + 120] > -2.0).any() and (tc[s:s + 120] < -2.0).any() for s in range(0, t.size - 120, 24)]
-    assert np.mean(both) > 0.8
+    # Barrow in January-February: February normal -25.7 degC, extremes -38 / -1 degC [ACRC]
+    assert -30.0 < tc.mean() < -18.0 and tc.min() > -45.0 and tc.max() < 2.0
+    assert 0.0 <= np.mean(tc > -2.0) < 0.05                  # warm spells, for the cold filter, are rare
     f = st.on_pressure_levels(np.array(LEVELS, float))
     assert np.all(np.diff(f["z"], axis=1) > 0)  # geopotential increases as pressure decreases
     assert np.all(f["q"] > 0) and f["q"].max() < 0.01
@@ -102,42 +100,147 @@ def test_curtain_is_a_function_of_absolute_time() -> None:
     assert not np.array_equal(np.isfinite(a), np.isfinite(c))
 
 
-def test_blind_zone_is_driven_by_era5_low_level_humidity(era5_jan: dict[str, np.ndarray]) -> None:
-    """Statistics over two weeks: what happens below 1.2 km follows ERA-5's low-level RH / T."""
+@pytest.fixture(scope="module")
+def scene(era5_jan: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """26 days of the true NSA curtain at 3-min steps (30 m gates) and ERA-5 (the files. view) on its times."""
     h = 160.0 + 30.0 * np.arange(330)
-    t = epoch(date(2019, 1, 3)) + np.arange(0, 14 * 86400.0, 120.0)
+    t = epoch(date(2019, 1, 3)) + np.arange(0, 26 * 86400.0, 180.0)
     dbz = reflectivity_curtain("nsa", t, h, seed=0)
-    echo = np.isfinite(dbz)
-    # ERA-5 at the grid point nearest the site, hourly -> curtain times
     lat_i = np.argmin(np.abs(era5_jan["latitude"] - KNOWN_SITES["nsa"].latitude))
     lon_i = np.argmin(np.abs(era5_jan["longitude"] - KNOWN_SITES["nsa"].longitude))
     th = era5_jan["time"].astype(np.int64).astype(float)
     plev = np.array([975.0, 950.0, 925.0, 900.0])  # about 0.2-1.0 km above the ground
     k = [LEVELS.index(int(p)) for p in plev]
     tt = era5_jan["t"][:, k, lat_i, lon_i].astype(float)
-    rh_levels = relative_humidity(era5_jan["q"][:, k, lat_i, lon_i].astype(float), tt, plev)
-    rh_low = np.interp(t, th, rh_levels[:, :3].mean(axis=1))
-    rh_min = np.interp(t, th, rh_levels.min(axis=1))  # the driest low level controls sublimation
-    t_low = np.interp(t, th, tt[:, :3].mean(axis=1)) - 273.15
+    rh = relative_humidity(era5_jan["q"][:, k, lat_i, lon_i].astype(float), tt, plev)
+    return {"h": h, "t": t, "dbz": dbz, "echo": np.isfinite(dbz),
+            "rh_low": np.interp(t, th, rh[:, :3].mean(axis=1)),    # ERA-5 relative humidity (ice), 0.2-0.6 km
+            "rh_min": np.interp(t, th, rh.min(axis=1)),            # the driest low level (sublimation)
+            "t_low": np.interp(t, th, tt[:, :3].mean(axis=1)) - 273.15}
 
-    low = h < 1200.0
-    aloft = (h > 1500.0) & (h < 10000.0)
-    shallow_only = echo[:, low].any(axis=1) & ~echo[:, aloft].any(axis=1)
-    assert shallow_only.mean() > 0.03  # shallow snow happens
-    # shallow-only echo needs a moist and cold (or windy) boundary layer
-    assert np.mean(rh_low[shallow_only] > 0.98) > 0.85
-    moist_cold = (rh_low > 1.06) & (t_low < -6.0)
-    assert moist_cold.sum() > 50 and echo[moist_cold][:, low].any(axis=1).mean() > 0.9
-    # shallow echo tops stay below 1.2 km
-    assert not echo[shallow_only][:, h > 1250.0].any()
 
-    # snow entering the blind zone (echo at 1.2-1.4 km): reaches the lowest gates if moist, fades if dry
-    entering = echo[:, (h >= 1200.0) & (h <= 1400.0)].all(axis=1)
-    reaches = echo[:, h < 300.0].any(axis=1)
-    moist, dry = entering & (rh_min > 0.98), entering & (rh_min < 0.85)
-    assert moist.sum() > 100 and dry.sum() > 100
-    assert reaches[moist].mean() > 0.85
-    assert reaches[dry].mean() < 0.35
+def _row_max(sc: dict[str, np.ndarray], lo: float, hi: float) -> np.ndarray:
+    sel = (sc["h"] >= lo) & (sc["h"] < hi)
+    return np.max(np.where(sc["echo"][:, sel], sc["dbz"][:, sel], -99.0), axis=1)
+
+
+def test_era5_is_an_imperfect_view_of_the_truth(era5_jan: dict[str, np.ndarray]) -> None:
+    """ERA-5 carries the synoptic state, not the hidden truth: weaker inversions, humidity errors."""
+    t = era5_jan["time"].astype(np.int64).astype(float)
+    truth, era5 = state_at("nsa", t, seed=0), state_at("nsa", t, seed=0, view="era5")
+    np.testing.assert_allclose(era5.inversion_strength, np.clip(era5.inversion_strength, 0, None))
+    ratio = era5.inversion_strength.sum() / truth.inversion_strength.sum()
+    assert 0.5 < ratio < 0.7                                     # reanalyses underestimate inversions [HI]
+    err = era5.rh_low - truth.rh_low
+    assert 0.025 < np.sqrt(np.mean(err ** 2)) < 0.08            # a few percent of RH error, not zero
+    assert np.corrcoef(era5.rh_low, truth.rh_low)[0, 1] > 0.8    # ... but informative
+    assert np.abs(era5.bl_top - truth.bl_top).mean() > 30.0
+    # the files carry that view (the grid point nearest the site sees it a few minutes shifted)
+    lat_i = np.argmin(np.abs(era5_jan["latitude"] - KNOWN_SITES["nsa"].latitude))
+    lon_i = np.argmin(np.abs(era5_jan["longitude"] - KNOWN_SITES["nsa"].longitude))
+    levels = np.array(LEVELS, float)
+    in_file = era5_jan["q"][:, :3, lat_i, lon_i]
+    to_view = np.abs(in_file - era5.on_pressure_levels(levels)["q"][:, :3]).mean()
+    to_truth = np.abs(in_file - truth.on_pressure_levels(levels)["q"][:, :3]).mean()
+    assert to_view < 0.5 * to_truth
+
+
+def test_shallow_snow_and_low_cloud_follow_near_surface_humidity(scene: dict[str, np.ndarray]) -> None:
+    """Echo below 1.2 km (with or without echo above) becomes frequent once ERA-5's low-level air is
+    ice-supersaturated; snow confined below 1.2 km under clear air occurs, and only then."""
+    low_echo = scene["echo"][:, scene["h"] < 1200.0].any(axis=1)
+    rh = scene["rh_low"]
+    dry, moist = rh < 0.97, rh > 1.04
+    assert dry.sum() > 300 and moist.sum() > 300
+    assert low_echo[moist].mean() > 2.5 * low_echo[dry].mean() and low_echo[moist].mean() > 0.5
+    rank = np.corrcoef(np.argsort(np.argsort(rh)), low_echo)[0, 1]
+    assert rank > 0.25                                            # rises with humidity (rank correlation)
+    shallow_only = low_echo & ~scene["echo"][:, scene["h"] >= 1200.0].any(axis=1)
+    assert shallow_only.mean() > 0.02                             # shallow snow under clear air exists
+    assert shallow_only[moist].mean() > 2.0 * shallow_only[dry].mean()
+    assert not scene["echo"][shallow_only][:, scene["h"] > 2500.0].any()
+
+
+def test_virga_follows_a_dry_subcloud_layer(scene: dict[str, np.ndarray]) -> None:
+    """Snow entering the blind zone at >= -20 dBZ reaches the surface at >= -20 dBZ in moist air and
+    sublimates below -20 dBZ (virga, as King et al. define it) in dry air."""
+    entering = _row_max(scene, 1200.0, 1400.0) >= -20.0
+    at_surface = _row_max(scene, 160.0, 300.0)
+    dry, moist = entering & (scene["rh_min"] < 0.92), entering & (scene["rh_min"] > 1.0)
+    assert dry.sum() > 40 and moist.sum() > 40
+    virga_dry, virga_moist = np.mean(at_surface[dry] < -20.0), np.mean(at_surface[moist] < -20.0)
+    assert virga_dry > 0.5 and virga_moist < 0.2
+
+
+def test_reflectivity_grows_toward_the_surface_in_moist_air(scene: dict[str, np.ndarray]) -> None:
+    h, echo, dbz = scene["h"], scene["echo"], scene["dbz"]
+
+    def mean_dbz(lo: float, hi: float) -> np.ndarray:
+        sel = (h >= lo) & (h < hi)
+        v = np.where(echo[:, sel], dbz[:, sel], 0.0)
+        k = echo[:, sel].sum(axis=1)
+        return np.where(k > 0, v.sum(axis=1) / np.maximum(k, 1), np.nan)
+
+    change = mean_dbz(200.0, 300.0) - mean_dbz(1200.0, 1300.0)    # dB gained on the way down
+    ok = np.isfinite(change)
+    moist, dry = ok & (scene["rh_low"] > 1.03), ok & (scene["rh_low"] < 0.95)
+    assert moist.sum() > 100 and dry.sum() > 50
+    assert np.mean(change[moist]) > 3.0 > -3.0 > np.mean(change[dry])
+
+
+def test_fall_streaks_slant_with_the_wind_shear() -> None:
+    """The time lag between the same cells at two heights grows with the wind shear between them."""
+    from bzpipe.sources.synthetic.scene import _Stream
+
+    u_gen, v_gen = np.array([10.0, 10.0, 10.0]), np.zeros(3)
+    s = _Stream(3, u_gen, v_gen, fall_speed=1.0)
+    lags = [s.lag(np.ones(3, bool), np.array([10.0, 9.0, 8.0]), np.zeros(3), 100.0) for _ in range(10)]
+    # 1 km below the generating level, wind 0 / 1 / 2 m s-1 slower: drift 0 / 1 / 2 km, lag 0 / 100 / 200 s
+    np.testing.assert_allclose(lags[-1], [0.0, 100.0, 200.0])
+    # in the curtain: cells slant, so the series at 3 km and 2 km are best aligned at a non-zero lag
+    h = np.array([2000.0, 3000.0])
+    t = epoch(date(2019, 1, 17)) + np.arange(0, 4 * 86400.0, 10.0)      # days with mid-level layers
+    dbz = reflectivity_curtain("nsa", t, h, seed=0)
+    both = np.isfinite(dbz).all(axis=1)
+    assert both.mean() > 0.05
+    runs = np.flatnonzero(np.diff(np.r_[0, both.astype(int), 0]))
+    found = []
+    for a, b in zip(runs[::2], runs[1::2], strict=True):
+        if b - a < 360:                                          # streaks of an hour or more
+            continue
+        x, y = dbz[a:b, 1] - dbz[a:b, 1].mean(), dbz[a:b, 0] - dbz[a:b, 0].mean()
+        cc = [np.dot(x[: x.size - k], y[k:]) for k in range(0, 120)]   # lower level lags the upper
+        found.append(int(np.argmax(cc)))
+    assert found and np.median(found) > 0
+
+
+def test_generated_statistics_beside_the_real_kazr_sample(shared_data: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Reflectivity histogram, echo occurrence and horizontal spectral slope of generated KaZR files
+    beside the real SGP sample (printed; run with -s).  The real file is 1 h of a summer day at SGP,
+    so only broad agreement is asserted: the generated winter curtains have clear air (Arctic cloud
+    occurrence 58-83 %, lowest in winter [Sh11a]), a detection floor near -50 dBZ at 1 km, echoes
+    mostly between -40 and +10 dBZ, and a horizontal spectrum close to k^-5/3 [G01]."""
+    from bzpipe.sources.synthetic.realism import curtain_stats, horizontal_spectral_slope
+
+    real = read_kazr(shared_data / "kazr" / "sgpkazrgeC1.a1.20190529.000002.cdf")
+    r = curtain_stats(real["reflectivity"].values, real["height"].values, 60.0)
+    cfg = SyntheticConfig(time_step_s=60.0, hours_per_day=24.0, n_gates=414, gate_spacing_m=30.0,
+                          first_gate_m=100.0)
+    days = [kazr_day_arrays("nsa", date(2019, 1, d), cfg, seed=7) for d in range(3, 9)]
+    syn = np.concatenate([np.where(a["qc"] & (1 | 2 | 8), np.nan, a["reflectivity"]) for a in days])
+    g = curtain_stats(syn, days[0]["height"], 60.0)
+    slopes = [horizontal_spectral_slope(syn[w:w + 61], 60.0)[0] for w in range(0, syn.shape[0] - 61, 61)]
+    g["spectral_slope"] = float(np.nanmedian(slopes))              # the real file is 1 h: 1-h windows
+    with capsys.disabled():
+        print("\n             echo occ.  p1/p50/p99 dBZ        slope   histogram (-60..30 by 10 dBZ)")
+        for name, st in (("real SGP", r), ("synthetic", g)):
+            print(f"  {name:10s} {st['echo_occurrence']:8.2f}  {str(st['dbz_percentiles']):22s}"
+                  f"{st['spectral_slope']:6.2f}   {st['histogram']}")
+    assert 0.45 <= g["echo_occurrence"] <= 0.85
+    assert -2.2 < g["spectral_slope"] < -1.0 and np.isfinite(r["spectral_slope"])
+    mds_1km = np.nanmin(syn[:, np.abs(days[0]["height"] - 1000.0) < 20.0])
+    assert -52.0 < mds_1km < -46.0                               # detection floor near -50 dBZ at 1 km
+    assert sum(g["histogram"][2:7]) > 0.85                       # mostly -40 .. +10 dBZ
 
 
 # ------------------------------------------------------------------ ARM files

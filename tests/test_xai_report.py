@@ -101,16 +101,24 @@ def test_explain_bundle_and_figures():
 # --------------------------------------------------------------------------- summary-driven report pieces
 
 
-def _summary(unet_good: bool, clear: bool = False, n: int = 12) -> dict:
+def _summary(unet_good: bool, clear: bool = False, n: int = 24, virga: bool = True) -> dict:
+    """Hand-made blind zones: the first half of the patches can hold shallow snowfall (weak echo above),
+    the second half virga (strong echo above); every other patch holds the event in the truth."""
     rng = np.random.default_rng(0)
     truth = np.full((n, 3, 8), np.nan) if clear else rng.uniform(-40, 0, size=(n, 3, 8))
+    above = np.full((n, 8), -30.0)
+    above[n // 2:] = -10.0 if virga else -30.0
+    if not clear:
+        event = np.arange(n) % 2 == 0
+        low = np.where((np.arange(n) < n // 2) == event, 1, 0).astype(bool)   # lowest row reaches -20 or not
+        truth[:, 0] = np.where(low[:, None], rng.uniform(-15, 0, (n, 8)), rng.uniform(-40, -25, (n, 8)))
     noise = (lambda s: rng.normal(0, s, truth.shape))
     good, bad = truth + noise(0.5), np.full(truth.shape, np.nan)
     preds = {"UNET": good if unet_good else bad, "REP": bad if unet_good else good, "MAR": bad}
     if clear:
         preds = {k: np.full(truth.shape, np.nan) for k in preds}
     spread = np.abs(noise(1.0))
-    s = summarize(truth, preds, np.full((n, 8), -30.0), np.ones(truth.shape, bool),
+    s = summarize(truth, preds, above, np.ones(truth.shape, bool),
                   np.array(["nsa", "oli"] * (n // 2)), np.arange(12) * 100.0 + 50, np.full((n, 8), 450.0),
                   ScoreSettings(n_bootstrap=30), reference="UNET", spread=spread,
                   quantiles={0.05: preds["UNET"] - 2, 0.5: preds["UNET"], 0.95: preds["UNET"] + 2},
@@ -126,9 +134,24 @@ def test_verdict_states_ahead_or_not_from_the_numbers():
     bad = verdict(_summary(False), context={"epoch": 1, "val_loss": 0.3, "split": "test"})
     assert not bad["ahead"] and bad["headline"].startswith("The U-Net is NOT ahead of REP and MAR")
     assert "MAE vs REP" in bad["headline"] and any("epoch 1" in r for r in bad["reasons"])
-    assert any("only 12 test patches" in r for r in bad["reasons"])
+    assert any("only 24 test patches" in r for r in bad["reasons"])
     clear = verdict(_summary(True, clear=True))
     assert not clear["ahead"] and any("undefined" in r for r in clear["reasons"])
+    # the four headline scores against both baselines
+    assert {c["key"] for c in good["checks"]} == {"MAE", "cloud_CSI", "shallow_snowfall_CSI", "virga_CSI"}
+    assert len(good["checks"]) == 8
+
+
+def test_an_event_absent_from_the_test_split_is_said_not_scored():
+    s = _summary(True, virga=False)
+    assert s["events_in_truth"]["all"]["virga"] == 0 and s["undefined_events"]["all"] == ["virga"]
+    for m in ("UNET", "REP", "MAR"):
+        assert s["scores"]["all"][m]["virga"]["CSI"]["estimate"] is None       # not 0/0 shown as a score
+    v = verdict(s)
+    assert not v["ahead"] and "virga CSI vs REP (not scored: no virga event in the test split)" in v["headline"]
+    assert any("no virga event in the truth" in r for r in v["reasons"])
+    page = render("t", v, s, {}, {})
+    assert "virga 0" in page and "n/a" in page
 
 
 def test_figures_and_html_are_self_contained():

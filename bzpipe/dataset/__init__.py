@@ -12,7 +12,11 @@ dask.distributed client):
    decorrelation time, leak-free split (:mod:`bzpipe.split`), patch placement.
 4. :func:`write_dataset` (:mod:`bzpipe.dataset.write`): ERA-5 statistics on the
    training split, store initialized with the final shapes, region writes as
-   dask tasks with a resumable progress file, manifest entry only at the end.
+   dask tasks with a resumable progress file, manifest entry only at the end;
+   a complete version is replaced by building the new one aside and swapping it in.
+
+:func:`build_dataset` and :func:`check_existing` (:mod:`bzpipe.dataset.build`)
+run the stages and decide whether there is anything to do.
 
 :func:`open_dataset` reads one split of a complete dataset and refuses an
 incomplete one.  Output layout: "Zarr dataset" in :mod:`bzpipe.schema`.
@@ -22,12 +26,12 @@ from bzpipe.dataset.inputs import (DayInputs, colocate_all, colocate_day, coloca
                                    input_checksums, recipe_config, tree_sha256, work_key,
                                    write_colocated)
 from bzpipe.dataset.plan import BuildPlan, plan_dataset, read_series
-from bzpipe.dataset.write import (IncompleteDatasetError, build_dataset, build_recipe, check_existing,
-                                  era5_normalization, load_plan, normalize, open_dataset, read_patches,
-                                  save_plan, write_dataset)
+from bzpipe.dataset.build import build_dataset, build_recipe, check_existing, load_plan, save_plan
+from bzpipe.dataset.write import (EmptySplitError, IncompleteDatasetError, check_splits, era5_normalization,
+                                  normalize, open_dataset, read_patches, write_dataset)
 
-__all__ = ["BuildPlan", "DayInputs", "IncompleteDatasetError", "build_dataset", "build_recipe",
-           "check_existing", "colocate_all", "colocate_day", "colocated_key", "era5_normalization",
+__all__ = ["BuildPlan", "DayInputs", "EmptySplitError", "IncompleteDatasetError", "build_dataset", "build_recipe",
+           "check_existing", "check_splits", "colocate_all", "colocate_day", "colocated_key", "era5_normalization",
            "find_inputs", "input_checksums", "load_plan", "normalize", "open_dataset", "plan_dataset",
            "read_patches", "read_series", "recipe_config", "save_plan", "tree_sha256", "work_key",
            "write_colocated", "write_dataset"]

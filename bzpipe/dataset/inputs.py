@@ -25,14 +25,16 @@ from bzpipe.colocate import colocate
 from bzpipe.config import BuildConfig, Site, resolve_site
 from bzpipe.errors import InputFileError
 from bzpipe.provenance import code_version, sha256_file, sha256_json
-from bzpipe.store import Store
+from bzpipe.store import Store, write_error
 
 log = logging.getLogger("bzpipe.dataset")
 
 COLOCATED_PREFIX = "work/colocated"
 _ARM_NAME = re.compile(r"\.(\d{8})\.(\d{6})\.[A-Za-z0-9]+$")
-#: config fields that do not change the dataset's content (excluded from the recipe id)
-_RUNTIME_FIELDS = ("dask_address", "n_workers", "threads_per_worker", "dask_processes", "overwrite")
+#: config fields that do not change the dataset's content (excluded from the recipe id); the store
+#: root is one of them: a store moved elsewhere holds the same recipe
+_RUNTIME_FIELDS = ("store_root", "dask_address", "n_workers", "threads_per_worker", "dask_processes",
+                   "overwrite", "max_in_flight")
 
 
 # --------------------------------------------------------------------------- keys
@@ -204,7 +206,8 @@ def colocate_day(store_root: str, inputs: dict[str, Any] | DayInputs, config: di
     recipe = sha256_json({"inputs": checks, "grid": cfg.grid.model_dump(mode="json"),
                           "era5_columns": cfg.era5_columns, "met_max_gap_s": cfg.met_max_gap_s,
                           "era5_max_gap_s": cfg.era5_max_gap_s, "code": code_version(),
-                          "site": _site(cfg, di.site).model_dump(mode="json")})
+                          "site": _site(cfg, di.site).model_dump(mode="json"),
+                          **_operator_recipe(cfg)})
     entry = store.entry(key)
     if entry is not None and entry.producer.get("recipe") == recipe and store.exists(key):
         return {"key": key, "skipped": True, **entry.producer.get("counts", {})}
@@ -222,9 +225,25 @@ def colocate_day(store_root: str, inputs: dict[str, Any] | DayInputs, config: di
     ds = colocate(radar, era5, site, cfg.grid, start, start + pd.Timedelta(days=1), met=met,
                   era5_columns=cfg.era5_columns, met_max_gap_s=cfg.met_max_gap_s,
                   era5_max_gap_s=cfg.era5_max_gap_s)
+    ds = _forward_operator(ds, cfg, site.name)
     counts = write_colocated(store, key, ds, producer={"recipe": recipe, "inputs": checks,
                                                        "code_version": code_version()})
     return {"key": key, "skipped": False, **counts}
+
+
+def _operator_recipe(cfg: BuildConfig) -> dict[str, Any]:
+    """The forward-operator setting, in the colocated day's recipe only when it is on."""
+    op = cfg.forward_operator
+    return {"forward_operator": op.model_dump(mode="json"), "seed": cfg.seed} if op.enabled else {}
+
+
+def _forward_operator(ds: xr.Dataset, cfg: BuildConfig, site: str) -> xr.Dataset:
+    """``build.forward_operator``: the day as the CloudSat CPR would see it (:mod:`bzpipe.forward.dataset`)."""
+    if not cfg.forward_operator.enabled:
+        return ds
+    from bzpipe.forward.dataset import cpr_resolution_day
+
+    return cpr_resolution_day(ds, cfg.forward_operator, cfg.grid, seed=cfg.seed, site=site)
 
 
 def write_colocated(store: Store, key: str, ds: xr.Dataset, producer: dict[str, Any] | None = None
@@ -239,9 +258,12 @@ def write_colocated(store: Store, key: str, ds: xr.Dataset, producer: dict[str, 
     ds = ds.chunk({"time": min(3600, max(ds.sizes["time"], 1))})
     for v in ds.variables.values():
         v.encoding.pop("chunks", None)
-    job = ds.to_zarr(store.uri(key), mode="w", compute=False, consolidated=True, zarr_format=2,
-                     storage_options=store.storage_options or None)
-    job.compute(scheduler="synchronous")
+    try:
+        job = ds.to_zarr(store.uri(key), mode="w", compute=False, consolidated=True, zarr_format=2,
+                         storage_options=store.storage_options or None)
+        job.compute(scheduler="synchronous")
+    except OSError as e:   # e.g. a full disk: name the store, not just the errno
+        raise write_error(store.uri(key), e, "this intermediate is incomplete; the next build rewrites it") from e
     n_prof = ds["n_profiles"].values
     valid = (n_prof > 0) & np.asarray(ds["era5_valid"].compute(scheduler="synchronous").values)
     counts = {"profiles": int(n_prof.sum()), "bins": int(n_prof.size), "valid_bins": int(valid.sum())}

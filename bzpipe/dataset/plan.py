@@ -1,19 +1,30 @@
 """Stage 3 of the dataset build: which patches go into which split.
 
 From the per-time series of the colocated site-days (radar present, ERA-5
-present, surface temperature, column echo fraction) on one common time grid:
+present, surface temperature, column echo fraction, low-level ERA-5) and their
+observed rows above the blind zone, on one common time grid:
 
 * a column (time bin) is *usable* when it has radar profiles, ERA-5, and (cold
   filter) a surface temperature below ``cold_threshold_c`` (a sample is kept
   only when every one of its columns is cold, i.e. its warmest surface
   temperature is below the threshold; ``None`` disables the filter);
-* the decorrelation time is the e-folding time of the echo-fraction
-  autocorrelation, per site; the largest is used (conservative; a site whose
-  autocorrelation never falls below 1/e within ``max_lag_s`` counts as ``max_lag_s``);
+* the gap between splits is the first lag at which the autocorrelations of the
+  column echo series and of the low-level ERA-5 series (t, q, u, v averaged
+  below 2 km; the slowest of the four) have both fallen to ``acf_threshold``
+  (0.1), per site, the largest used (conservative; a series still correlated
+  at ``max_lag_s`` counts as ``max_lag_s``); blocks are the longer of
+  ``min_block_days`` (3) and two gaps (:mod:`bzpipe.split`);
 * :func:`bzpipe.split.make_split` splits the timeline into blocks shared by all
   sites, and patches are placed inside the usable intervals of each split
-  (every ``stride`` columns within each run of usable columns), then patches
-  with less echo than ``min_echo_fraction`` are dropped.
+  (every ``stride`` columns within each run of usable columns; ``eval_stride``
+  for val and test);
+* the sample filter of King et al. (2024): a patch is kept only when its
+  observed rows *above the blind zone* hold a full ``echo_block`` x
+  ``echo_block`` block of echo (rows x columns), and (optionally) at least
+  ``min_echo_fraction`` echo; both are decided on the observed rows only, never
+  on the hidden blind zone, so the selection does not depend on the target.
+  A block that straddles two colocated days is not seen (days are filtered on
+  their own).
 
 All counts are logged (logger ``bzpipe.dataset``) and kept in ``plan.counts``.
 """
@@ -29,8 +40,9 @@ import xarray as xr
 
 from bzpipe.config import BuildConfig
 from bzpipe.provenance import sha256_json
-from bzpipe.split import (NS, SPLITS, default_block_s, default_gap_s, efolding_time, make_split,
-                          place_patches, season_of)
+from bzpipe.schema import ERA5_VARIABLES
+from bzpipe.split import (NS, SPLITS, decorrelation_lag, default_block_s, efolding_time,
+                          make_split, place_patches, season_of)
 from bzpipe.store import Store
 
 log = logging.getLogger("bzpipe.dataset")
@@ -120,8 +132,32 @@ def _site_of(ds: xr.Dataset, key: str) -> str:
     return str(ds.attrs.get("site") or key.split("/")[-2])
 
 
-def read_series(store: Store, keys: list[str]) -> list[dict[str, Any]]:
-    """The per-time series and ``n_gates`` of each colocated store (small 1-D arrays)."""
+#: the ERA-5 series of the autocorrelation: each variable averaged over the rows below this height
+ERA5_SERIES_TOP_M = 2000.0
+
+
+def echo_block_starts(echo: np.ndarray, block: int) -> np.ndarray:
+    """Per column of ``echo`` (bool ``(time, row)``): does a full ``block`` x ``block`` echo block
+    start there (at any row)?  Shape ``(time,)``; False where fewer than ``block`` columns remain."""
+    t, r = echo.shape
+    out = np.zeros(t, dtype=bool)
+    if block <= 0 or t < block or r < block:
+        return out
+    c = np.zeros((t + 1, r + 1), dtype=np.int32)
+    c[1:, 1:] = echo.astype(np.int32).cumsum(0).cumsum(1)
+    full = (c[block:, block:] - c[:-block, block:] - c[block:, :-block] + c[:-block, :-block]) == block * block
+    out[:t - block + 1] = full.any(axis=1)
+    return out
+
+
+def read_series(store: Store, keys: list[str], blind_zone_rows: int = 0, echo_block: int = 0
+                ) -> list[dict[str, Any]]:
+    """The per-time series and ``n_gates`` of each colocated store (small 1-D arrays).
+
+    Besides the stored series: ``echo_above`` (fraction of the observed rows at or
+    above ``blind_zone_rows`` with echo), ``block_start`` (:func:`echo_block_starts`
+    on those rows) and ``era5_low`` ({variable: mean below :data:`ERA5_SERIES_TOP_M`}).
+    """
     out = []
     for key in keys:
         with xr.open_zarr(store.uri(key), consolidated=True, chunks=None,
@@ -131,18 +167,68 @@ def read_series(store: Store, keys: list[str]) -> list[dict[str, Any]]:
                    "n_gates": ds["n_gates"].values}
             for v in _SERIES:
                 rec[v] = ds[v].values
+            observed = np.asarray(rec["n_gates"]) > 0
+            observed[:blind_zone_rows] = False
+            refl = ds["reflectivity"].transpose("time", "height").values[:, observed]   # (T, R_obs)
+            echo = np.isfinite(refl)
+            rec["echo_above"] = (echo.mean(axis=1) if echo.shape[1] else np.zeros(echo.shape[0])
+                                 ).astype(np.float32)
+            rec["block_start"] = echo_block_starts(echo, echo_block)
+            low = np.asarray(ds["height"].values) < ERA5_SERIES_TOP_M
+            low[0] = True
+            rec["era5_low"] = {v: ds[v].isel(height=np.flatnonzero(low)).mean("height").values.astype(np.float64)
+                               for v in ERA5_VARIABLES if v in ds}
         out.append(rec)
     return out
 
 
+def _split_scales(config: BuildConfig, sites: list[str], echo: dict[str, np.ndarray],
+                  era5: dict[str, dict[str, np.ndarray]], step_s: float) -> dict[str, Any]:
+    """Decorrelation lags (echo and ERA-5, per site), the gap and the block length of the split."""
+    sp = config.split
+    info: dict[str, Any] = {"efolding_s": {}, "echo_lag_s": {}, "era5_lag_s": {}, "not_reached": []}
+    lags = []
+    for s in sites:
+        tau, _ = efolding_time(echo[s], step_s, sp.max_lag_s)
+        info["efolding_s"][s] = tau
+        lag, found = decorrelation_lag(echo[s], step_s, sp.max_lag_s, sp.acf_threshold)
+        info["echo_lag_s"][s] = lag
+        if not found:
+            info["not_reached"].append(f"{s} echo")
+        per_var = {}
+        for v, x in era5[s].items():
+            lag_v, found_v = decorrelation_lag(x, step_s, sp.max_lag_s, sp.acf_threshold)
+            per_var[v] = lag_v
+            if not found_v:
+                info["not_reached"].append(f"{s} ERA-5 {v}")
+        info["era5_lag_s"][s] = per_var
+        lags += [lag, *per_var.values()]
+        log.info("site %s: decorrelation (autocorrelation <= %g) after %.1f h (echo), %s (ERA-5); "
+                 "echo e-folding %.1f h", s,
+                 sp.acf_threshold, lag / 3600, ", ".join(f"{v} {x / 3600:.1f} h" for v, x in per_var.items()),
+                 tau / 3600)
+    if info["not_reached"]:
+        log.warning("autocorrelation still above %g at max_lag_s=%.0f s for %s: using max_lag_s",
+                    sp.acf_threshold, sp.max_lag_s, ", ".join(info["not_reached"]))
+    info["decorrelation_s"] = max(lags, default=float(sp.max_lag_s))
+    info["gap_s"] = float(sp.gap_s) if sp.gap_s is not None else info["decorrelation_s"]
+    if sp.gap_s is not None and sp.gap_s < info["decorrelation_s"]:
+        log.warning("split gap %.0f s is shorter than the decorrelation lag (%.0f s)", sp.gap_s,
+                    info["decorrelation_s"])
+    info["block_s"] = (sp.block_hours * 3600.0 if sp.block_hours is not None
+                       else default_block_s(info["gap_s"], step_s, sp.min_block_days))
+    return info
+
+
 def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_id: str = "",
                  inputs: dict[str, str] | None = None) -> BuildPlan:
-    """Cold filter, decorrelation time, split and patch placement over the colocated ``keys``."""
+    """Cold filter, decorrelation lags, split, patch placement and the sample filter over ``keys``."""
     step_s = config.grid.time_step_s
     step_ns = int(round(step_s * NS))
     width = config.patch.width
-    stride = config.patch.stride or width
-    series = read_series(store, keys)
+    bz = config.patch.blind_zone_rows
+    block = config.patch.echo_block
+    series = read_series(store, keys, bz, block)
     sites = sorted({s["site"] for s in series})
     if not series:
         raise ValueError("no colocated data to build a dataset from")
@@ -154,6 +240,9 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
     temp = {s: np.full(n, np.nan, np.float32) for s in sites}
     tsrc = {s: np.zeros(n, np.int8) for s in sites}
     echo = {s: np.full(n, np.nan, np.float32) for s in sites}
+    above = {s: np.zeros(n, np.float32) for s in sites}
+    blocks = {s: np.zeros(n, bool) for s in sites}
+    era5 = {s: {v: np.full(n, np.nan) for v in ERA5_VARIABLES} for s in sites}
     days: dict[str, list[list[Any]]] = {s: [] for s in sites}
     for rec in sorted(series, key=lambda r: (r["site"], int(r["time"][0]) if r["time"].size else 0)):
         t = rec["time"]
@@ -175,6 +264,10 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
         temp[s][sl] = rec["surface_temperature"]
         tsrc[s][sl] = rec["surface_temperature_source"]
         echo[s][sl] = np.where(radar[s][sl], rec["echo_fraction"], np.nan)
+        above[s][sl] = np.where(radar[s][sl], rec["echo_above"], 0.0)
+        blocks[s][sl] = rec["block_start"] & radar[s][sl]
+        for v, x in rec["era5_low"].items():
+            era5[s][v][sl] = np.where(era_ok[s][sl], x, np.nan)
 
     # --- cold filter, per column (a sample is cold when all its columns are)
     thr = config.cold_threshold_c
@@ -197,50 +290,44 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
                  thr, c["temperature_from_met"], c["temperature_from_era5"], c["no_temperature_bins"],
                  c["usable_bins"])
 
-    # --- decorrelation time
-    # (a site whose autocorrelation stays above 1/e counts as max_lag_s: the conservative choice)
-    tau: dict[str, float | None] = {}
-    tau_all = [float(config.split.max_lag_s)] if not sites else []
-    for s in sites:
-        t_s, found = efolding_time(echo[s], step_s, config.split.max_lag_s)
-        tau[s] = t_s if found else None
-        tau_all.append(t_s)
-        log.info("site %s: echo decorrelation (e-folding) time %s", s,
-                 f"{t_s:.0f} s" if found else f"not reached within {config.split.max_lag_s:.0f} s")
-    tau_used = max(tau_all)
-    tau["used"] = tau_used
-    gap_s = config.split.gap_s if config.split.gap_s is not None else default_gap_s(tau_used, width, step_s)
-    if config.split.gap_s is not None and gap_s < tau_used + width * step_s:
-        log.warning("split gap %.0f s is shorter than decorrelation + patch (%.0f s)", gap_s,
-                    tau_used + width * step_s)
-    block_s = (config.split.block_hours * 3600.0 if config.split.block_hours is not None
-               else default_block_s(gap_s, step_s))
+    # --- decorrelation, gap, blocks, split
+    scales = _split_scales(config, sites, echo, era5, step_s)
+    gap_s, block_s = scales["gap_s"], scales["block_s"]
     split = make_split(valid, t0, step_s, fractions=tuple(config.split.fractions), gap_s=gap_s,
-                       block_s=block_s, seed=config.seed, decorrelation_s=tau_used)
+                       block_s=block_s, seed=config.seed, decorrelation_s=scales["decorrelation_s"])
     labels = split.labels(n)
 
-    # --- patches
+    # --- patches and the sample filter (observed rows above the blind zone only)
     samples: dict[str, dict[str, list[Any]]] = {k: {"site": [], "col": []} for k in SPLITS}
-    dropped_echo = 0
+    dropped = {"no_echo_block": 0, "low_echo": 0}
     for s in sites:
-        ce = np.r_[0.0, np.cumsum(np.nan_to_num(echo[s], nan=0.0), dtype=np.float64)]
+        ca = np.r_[0.0, np.cumsum(above[s], dtype=np.float64)]
+        cb = np.r_[0, np.cumsum(blocks[s], dtype=np.int64)]
         for k, name in enumerate(SPLITS):
+            stride = (config.patch.stride or width) if name == "train" else \
+                (config.patch.eval_stride or config.patch.stride or width)
             starts = place_patches(valid[s] & (labels == k), width, stride)
+            if block > 0 and starts.size:
+                keep = cb[np.minimum(starts + width - block + 1, n)] - cb[starts] > 0
+                dropped["no_echo_block"] += int((~keep).sum())
+                starts = starts[keep]
             if config.patch.min_echo_fraction > 0 and starts.size:
-                mean_echo = (ce[starts + width] - ce[starts]) / width
-                keep = mean_echo >= config.patch.min_echo_fraction
-                dropped_echo += int((~keep).sum())
+                keep = (ca[starts + width] - ca[starts]) / width >= config.patch.min_echo_fraction
+                dropped["low_echo"] += int((~keep).sum())
                 starts = starts[keep]
             samples[name]["site"] += [s] * int(starts.size)
             samples[name]["col"] += starts.tolist()
     counts["samples"] = {k: len(samples[k]["col"]) for k in SPLITS}
-    counts["dropped_low_echo"] = dropped_echo
+    counts["dropped_no_echo_block"] = dropped["no_echo_block"]
+    counts["dropped_low_echo"] = dropped["low_echo"]
     counts["usable_bins_outside_split_intervals"] = int(sum((valid[s] & (labels < 0)).sum() for s in sites))
-    log.info("samples: %s (dropped for low echo: %d); gap %.0f s, blocks %.1f h, decorrelation %.0f s",
-             counts["samples"], dropped_echo, gap_s, block_s / 3600, tau_used)
+    log.info("samples: %s (dropped: %d without a %dx%d echo block above the blind zone, %d for low echo); "
+             "gap %.1f h, blocks %.1f days", counts["samples"], dropped["no_echo_block"], block, block,
+             dropped["low_echo"], gap_s / 3600, block_s / 86400)
     split_json = split.to_json()
-    split_json.update({"gap_s": gap_s, "block_s": block_s})
+    split_json.update({"gap_s": gap_s, "block_s": block_s, "scales": scales})
+    tau: dict[str, float | None] = {**scales["efolding_s"], "used": scales["decorrelation_s"]}
     return BuildPlan(version=config.version, recipe_id=recipe_id, t0_ns=int(t0), step_ns=step_ns,
                      width=width, n_heights=config.grid.n_heights, dz_m=config.grid.dz_m,
-                     blind_zone_rows=config.patch.blind_zone_rows, days=days, samples=samples,
+                     blind_zone_rows=bz, days=days, samples=samples,
                      split=split_json, decorrelation_s=tau, counts=counts, inputs=dict(inputs or {}))

@@ -10,6 +10,11 @@
   a later run with the same plan skips them.
 * Only when every region is written is ``datasets/<version>.zarr`` recorded
   in the store manifest; :func:`open_dataset` refuses a store without it.
+* A complete version is never deleted to be rebuilt: a new build of it (another
+  plan, ``overwrite=true``) is written aside, under ``datasets/.<version>.zarr.tmp-<plan>``,
+  and swapped in only once complete (:func:`bzpipe.store.replace.replace`).
+  Until then the old version stays complete and readable; a build killed at any
+  point is resumed (or its swap finished) by running it again.
 """
 
 from __future__ import annotations
@@ -26,16 +31,16 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from bzpipe.cluster import current_client, dask_client, total_threads
+from bzpipe.cluster import current_client, total_threads
 from bzpipe.config import BuildConfig, config_record
-from bzpipe.dataset.inputs import (colocate_all, find_inputs, input_checksums, recipe_config, tree_size,
-                                   work_key)
-from bzpipe.dataset.plan import BuildPlan, plan_dataset
-from bzpipe.errors import StoreError
+from bzpipe.dataset.inputs import tree_size, work_key
+from bzpipe.dataset.plan import BuildPlan
+from bzpipe.errors import BzpipeError, StoreError
 from bzpipe.provenance import code_version, provenance_record, sha256_json
 from bzpipe.schema import CHANNELS, ERA5_VARIABLES, dbz_to_norm, default_normalization
 from bzpipe.split import SPLITS
-from bzpipe.store import Store
+from bzpipe.store import Store, write_error
+from bzpipe.store.replace import aside_key, finish_replacement, replace, replacement_pending
 
 log = logging.getLogger("bzpipe.dataset")
 
@@ -45,6 +50,12 @@ RegionCallback = Callable[[str, int], None]
 
 class IncompleteDatasetError(StoreError):
     """The dataset has no manifest entry (never built, or its build was interrupted)."""
+
+
+class EmptySplitError(BzpipeError, ValueError):
+    """A split that training needs (train, val) has no samples: nothing would be learned or validated."""
+
+    retryable = False
 
 
 # --------------------------------------------------------------------------- reading patches
@@ -184,10 +195,22 @@ def _write_region(store_root: str, uri: str, split: str, a: int, b: int, days: d
     x = normalize(refl, era, measured, norm)
     if not np.isfinite(x).all():
         raise ValueError(f"{uri}/{split}[{a}:{b}]: non-finite values in normalized patches")
-    xr.Dataset({"x": (("sample", "channel", "row", "col"), x)}).to_zarr(
-        uri, group=split, region={"sample": slice(a, b)}, consolidated=False,
-        storage_options=store.storage_options or None)
+    try:
+        xr.Dataset({"x": (("sample", "channel", "row", "col"), x)}).to_zarr(
+            uri, group=split, region={"sample": slice(a, b)}, consolidated=False,
+            storage_options=store.storage_options or None)
+    except OSError as e:   # e.g. a full disk: say where, and what is kept
+        raise write_error(f"{uri} ({split} samples {a}..{b})", e,
+                          "the regions written before are kept; run the build again to resume") from e
     return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+def x_encoding(n: int, shape: tuple[int, int, int], chunk: int) -> dict[str, Any]:
+    """Zarr encoding of ``x`` (n samples of ``shape`` = (channel, row, col)) for random access: shards of
+    ``chunk`` samples (one stored object each; region writes stay shard-aligned) whose inner chunks hold
+    one sample, so a shuffled training batch reads and decompresses only its own samples."""
+    shard = max(1, min(chunk, n))
+    return {"chunks": (1, *shape), "shards": (shard, *shape)}
 
 
 def _template(plan: BuildPlan, split: str, chunk: int) -> xr.Dataset:
@@ -242,8 +265,10 @@ def _init_store(store: Store, uri: str, plan: BuildPlan, config: BuildConfig, no
     root.attrs.update(_root_attrs(plan, config, norm))
     for split in SPLITS:
         tpl = _template(plan, split, config.chunk_samples)
+        x_enc = x_encoding(plan.n_samples(split), tpl["x"].shape[1:], config.chunk_samples)
         tpl.to_zarr(uri, group=split, mode="w", compute=False, consolidated=False, storage_options=opts,
-                    encoding={"time_start": {"units": "milliseconds since 1970-01-01", "dtype": "int64"}})
+                    encoding={"time_start": {"units": "milliseconds since 1970-01-01", "dtype": "int64"},
+                              "x": x_enc})
 
 
 def dataset_digest(plan: BuildPlan, digests: dict[str, dict[str, str]]) -> str:
@@ -253,35 +278,71 @@ def dataset_digest(plan: BuildPlan, digests: dict[str, dict[str, str]]) -> str:
                                     for s in SPLITS}})
 
 
+def check_splits(plan: BuildPlan) -> None:
+    """Refuse a plan whose train or validation split is empty (training would fail only later)."""
+    n = {split: plan.n_samples(split) for split in SPLITS}
+    empty = [split for split in ("train", "val") if n[split] == 0]
+    if empty:
+        raise EmptySplitError(f"dataset {plan.version!r}: the {' and '.join(empty)} split(s) would be empty "
+                              f"(samples per split {n}); use a longer period, other split fractions or block "
+                              "length, or a warmer cold_threshold_c")
+    if n["test"] == 0:
+        log.warning("dataset %r: the test split is empty; it cannot be evaluated", plan.version)
+
+
 def write_dataset(store_root: str, plan: BuildPlan, config: BuildConfig, *,
                   on_region_written: RegionCallback | None = None) -> str:
     """Write (or resume writing) ``datasets/<version>.zarr`` for ``plan``; return its URI.
 
-    ``on_region_written(split, index)`` is called after each region is
-    recorded in the progress file (tests use it to interrupt a build).
+    A complete version built from this plan is returned as is.  One built from another plan is
+    replaced only with ``config.overwrite``, and never in place: the new version is written aside
+    and swapped in once complete, so the old one stays readable until then.
+    ``on_region_written(split, index)`` is called after each region is recorded in the progress
+    file (tests use it to interrupt a build).
     """
+    check_splits(plan)
     store = Store(store_root)
     key = Store.dataset_key(config.version)
     uri = store.uri(key)
     pkey = work_key(config.version, "progress.json")
     plan_id = plan.plan_id()
+    finish_replacement(store, key)                          # a swap killed half-way is finished first
+    current = store.entry(key) if store.is_complete(key) else None
+    if current is not None and current.producer.get("plan_id") == plan_id:
+        log.info("%s is complete with this plan", uri)
+        if store.exists(pkey) and store.read_json(pkey).get("plan_id") == plan_id:
+            store.fs.rm(store.uri(pkey))                    # left by a build killed after its swap
+        return uri
+    if current is not None and not config.overwrite:
+        raise StoreError(f"{uri} is complete already (built from another plan); choose a new version or set "
+                         "overwrite=true to replace it")
+    # with a complete version in place, write the new one aside; else straight at the key
+    target = aside_key(key, plan_id[:12]) if current is not None else key
+    target_uri = store.uri(target)
     state: dict[str, Any] | None = None
-    if store.exists(pkey) and store.exists(key):
+    if store.exists(pkey):
         state = store.read_json(pkey)
-        if state.get("plan_id") != plan_id:
-            log.info("%s: unfinished build of another plan; starting again", uri)
+        if (state.get("plan_id"), state.get("target", key)) != (plan_id, target) or not store.exists(target):
+            stale = state.get("target", key)
+            if stale not in (key, target):
+                store.remove(stale)                         # an abandoned aside build of another plan
+            log.info("%s: unfinished build of another plan or place; starting again", uri)
             state = None
     if state is None:
-        if store.is_complete(key):
-            raise StoreError(f"{uri} is complete already; remove it (or set overwrite) to rebuild")
-        store.remove(key)
+        store.remove(target)                                # never the complete version (see above)
         norm = era5_normalization(store.root, plan, config.region_samples)
-        _init_store(store, uri, plan, config, norm)
-        state = {"plan_id": plan_id, "normalization": norm, "done": {s: {} for s in SPLITS}}
+        try:
+            _init_store(store, target_uri, plan, config, norm)
+        except OSError as e:
+            raise write_error(target_uri, e, "nothing complete was changed; run the build again") from e
+        state = {"plan_id": plan_id, "target": target, "normalization": norm, "done": {s: {} for s in SPLITS}}
         store.write_json(pkey, state, manifest=False)
+        if current is not None:
+            log.info("%s: building the new version aside at %s; the current one stays readable until it is "
+                     "complete", uri, target_uri)
     else:
         done_n = sum(len(v) for v in state["done"].values())
-        log.info("%s: resuming, %d regions already written", uri, done_n)
+        log.info("%s: resuming, %d regions already written", target_uri, done_n)
     norm = state["normalization"]
 
     todo = []
@@ -289,7 +350,7 @@ def write_dataset(store_root: str, plan: BuildPlan, config: BuildConfig, *,
         smp = plan.samples[split]
         for i, a, b in _regions(plan.n_samples(split), config.region_samples):
             if str(i) not in state["done"][split]:
-                todo.append((split, i, (store.root, uri, split, a, b, _site_days(plan, smp["site"][a:b]),
+                todo.append((split, i, (store.root, target_uri, split, a, b, _site_days(plan, smp["site"][a:b]),
                                         smp["site"][a:b], smp["col"][a:b], plan.width, plan.n_heights, norm)))
     total = sum(len(_regions(plan.n_samples(s), config.region_samples)) for s in SPLITS)
     log.info("%s: writing %d of %d regions", uri, len(todo), total)
@@ -326,76 +387,18 @@ def write_dataset(store_root: str, plan: BuildPlan, config: BuildConfig, *,
                 wait(list(running), timeout=60)  # let in-flight writes finish before giving up
             raise
 
-    size = tree_size(store, key)
+    size = tree_size(store, target)
     digest = dataset_digest(plan, state["done"])
-    store.record(key, sha256=digest, size=size, producer={
-        "recipe_id": plan.recipe_id, "plan_id": plan_id, "code_version": code_version(),
-        "samples": {s: plan.n_samples(s) for s in SPLITS}})
+    producer = {"recipe_id": plan.recipe_id, "plan_id": plan_id, "code_version": code_version(),
+                "samples": {s: plan.n_samples(s) for s in SPLITS}}
+    if target == key:
+        store.record(key, sha256=digest, size=size, producer=producer)
+    else:
+        replace(store, target, key, sha256=digest, size=size, producer=producer)
     with contextlib.suppress(FileNotFoundError):
         store.fs.rm(store.uri(pkey))
     log.info("%s: complete (%s)", uri, {s: plan.n_samples(s) for s in SPLITS})
     return uri
-
-
-# --------------------------------------------------------------------------- the whole build
-
-
-def save_plan(store: Store, plan: BuildPlan) -> str:
-    key = work_key(plan.version, "plan.json")
-    store.write_json(key, plan.to_json(), manifest=False)
-    return key
-
-
-def load_plan(store: Store, key: str) -> BuildPlan:
-    return BuildPlan.from_json(store.read_json(key))
-
-
-def build_recipe(store: Store, config: BuildConfig) -> tuple[str, dict[str, str], list]:
-    """(recipe id, raw input checksums, inputs per site-day) of a build."""
-    inputs = find_inputs(store, config)
-    checks = input_checksums(store, [k for d in inputs for k in d.keys()])
-    rid = sha256_json({"config": recipe_config(config), "inputs": checks, "code": code_version()})
-    return rid, checks, inputs
-
-
-def check_existing(store: Store, config: BuildConfig, recipe_id: str) -> str | None:
-    """URI if the version is complete with this recipe; raise if complete with another (unless overwrite)."""
-    key = Store.dataset_key(config.version)
-    if not store.is_complete(key):
-        return None
-    entry = store.entry(key)
-    if entry is not None and entry.producer.get("recipe_id") == recipe_id:
-        log.info("%s is complete with the same recipe; nothing to do", store.uri(key))
-        return store.uri(key)
-    if not config.overwrite:
-        raise StoreError(f"{store.uri(key)}: dataset version {config.version!r} exists, built from other "
-                         "inputs / config / code; choose a new version or set overwrite=true")
-    log.warning("%s: replacing the complete dataset (overwrite=true)", store.uri(key))
-    store.remove(key)
-    return None
-
-
-def build_dataset(config: BuildConfig, *, on_region_written: RegionCallback | None = None) -> str:
-    """Run the whole build on the default dask client, or on a cluster started from ``config``.
-
-    Returns the dataset URI.  Idempotent: a complete dataset with the same
-    recipe is returned as is; an interrupted one is resumed.
-    """
-    store = Store(config.store_root)
-    recipe_id, checks, inputs = build_recipe(store, config)
-    existing = check_existing(store, config, recipe_id)
-    if existing:
-        return existing
-    ctx: contextlib.AbstractContextManager[Any] = (
-        contextlib.nullcontext() if current_client() is not None
-        else dask_client(config.dask_address, n_workers=config.n_workers,
-                         threads_per_worker=config.threads_per_worker, processes=config.dask_processes))
-    with ctx:
-        results = colocate_all(store.root, config, inputs)
-        keys = [r["key"] for r in results]
-        plan = plan_dataset(store, config, keys, recipe_id=recipe_id, inputs=checks)
-        save_plan(store, plan)
-        return write_dataset(store.root, plan, config, on_region_written=on_region_written)
 
 
 def open_dataset(store: Store | str, version: str, split: str) -> xr.Dataset:
@@ -409,7 +412,9 @@ def open_dataset(store: Store | str, version: str, split: str) -> xr.Dataset:
     store = store if isinstance(store, Store) else Store(store)
     key = Store.dataset_key(version)
     if not store.is_complete(key):
-        state = "half-written (an interrupted build?)" if store.exists(key) else "missing"
+        state = ("being replaced (a build was killed while swapping in the new version)"
+                 if replacement_pending(store, key) else
+                 "half-written (an interrupted build?)" if store.exists(key) else "missing")
         raise IncompleteDatasetError(
             f"{store.uri(key)}: dataset {version!r} is {state}: it has no manifest entry, so it is not "
             "complete; run the build again (it resumes) before reading it")

@@ -5,10 +5,14 @@ Modules, from the bottom up:
 * :mod:`~bzpipe.infer.geometry`: bin edges, surface bin, blind-zone bins, the model grid;
 * :mod:`~bzpipe.infer.regrid`: conservative linear-Z layer averaging between height grids;
 * :mod:`~bzpipe.infer.windows`: along-track windows and cosine blending of overlaps;
-* :mod:`~bzpipe.infer.era5_track`: ERA-5 colocated along the track;
+* :mod:`~bzpipe.infer.era5_track`: ERA-5 colocated along the track, and the ERA-5 boxes along it;
+* :mod:`~bzpipe.infer.state`: the atmospheric state per profile (ECMWF-AUX, ERA-5, none) and the
+  training domain (``out_of_domain``);
+* :mod:`~bzpipe.infer.companion`: a granule's ECMWF-AUX companion and ERA-5 track boxes in the store;
 * :mod:`~bzpipe.infer.curtain`: a granule onto the model grid and back to CPR bins;
 * :mod:`~bzpipe.infer.predict`: windowed, batched MC-dropout inference; per-process model cache;
 * :mod:`~bzpipe.infer.fill`: one granule in memory -> the output Dataset;
+* :mod:`~bzpipe.infer.cf`: its CF-1.10 metadata and the netCDF-4 export (``bzpipe export``);
 * :mod:`~bzpipe.infer.output`: Zarr writing (complete only once recorded) and the curtain PNG;
 * :mod:`~bzpipe.infer.granule`: one stored granule -> output, idempotent, quarantining bad input;
 * :mod:`~bzpipe.infer.batch`: Dask batches, landing-area scanning and emit bookkeeping.

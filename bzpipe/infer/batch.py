@@ -5,9 +5,10 @@
   processes; each worker loads the model once (:func:`~bzpipe.infer.predict.cached_model`).
 * :func:`run_batch` maps :func:`~bzpipe.infer.granule.process_granule` over
   granule keys; a failing granule becomes a ``failed`` result, the rest go on.
-* :func:`pending_granules` lists landing files that still need work for a model
-  (no complete output, not quarantined), :func:`should_emit` / :func:`record_emitted`
-  keep the scanner from announcing one twice within a dedupe window.
+* :func:`pending_granules` lists landing files that still need work for a model and
+  settings (no complete output; not quarantined, unless the file changed since),
+  :func:`should_emit` / :func:`record_emitted` keep the scanner from announcing one
+  twice within a dedupe window (a changed file is announced at once).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 from bzpipe.config import InferConfig
 from bzpipe.errors import InputFileError
 from bzpipe.infer.granule import GranuleResult, granule_id_of, process_granule
-from bzpipe.quarantine import is_quarantined
-from bzpipe.store import Store
+from bzpipe.quarantine import quarantine_record, unchanged_since
+from bzpipe.store import Store, file_version
 
 EMITTED_PREFIX = "state/emitted"
 
@@ -90,6 +91,7 @@ class LandingFile:
     name: str
     granule_id: str
     size: int
+    version: str = ""       # changes with the content (bzpipe.store.file_version)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,64 +105,79 @@ def landing_store(store: Store, landing: str) -> tuple[Store, str]:
 
 
 def list_landing(store: Store, landing: str) -> list[LandingFile]:
-    """CloudSat granule files (``*.hdf`` with a CloudSat name) under the landing prefix, sorted."""
+    """CloudSat granule files (``*.hdf`` with a CloudSat name) under the landing prefix, sorted; the
+    ECMWF-AUX companions that arrive beside them are not granules to fill (they are staged with them)."""
+    from bzpipe.infer.companion import is_companion
+
     ls, prefix = landing_store(store, landing)
     out = []
     for key in ls.list(prefix, suffix=".hdf"):
         name = posixpath.basename(key)
+        if is_companion(name):
+            continue
         try:
             gid = granule_id_of(name)
         except InputFileError:
             gid = ""
         try:
-            size = int(ls.fs.size(ls.uri(key)))
-        except OSError:
-            size = -1
-        out.append(LandingFile(uri=ls.uri(key), name=name, granule_id=gid, size=size))
+            version = file_version(ls.uri(key))
+            size = int(version.split(":", 1)[0])
+        except (OSError, ValueError):
+            version, size = "", -1
+        out.append(LandingFile(uri=ls.uri(key), name=name, granule_id=gid, size=size, version=version))
     return out
 
 
-def pending_granules(store: Store, files: Sequence[LandingFile], model_id: str) -> list[LandingFile]:
-    """Files that have no complete output for ``model_id`` and are not quarantined.
+def pending_granules(store: Store, files: Sequence[LandingFile], model_id: str,
+                     settings_id: str) -> list[LandingFile]:
+    """Files without a complete output for ``model_id`` and ``settings_id`` and not quarantined.
 
-    A file whose name is not a CloudSat granule name is pending (processing it quarantines it).
+    A quarantined granule is pending again once its file changed (another version than the one
+    that was quarantined).  A file whose name is not a CloudSat granule name is pending
+    (processing it quarantines it).
     """
     out = []
     for f in files:
-        if is_quarantined(store, f.name):
+        rec = quarantine_record(store, f.name)
+        if rec is not None and unchanged_since(rec, f.version):
             continue
-        if f.granule_id and store.is_complete(Store.output_key(model_id, f.granule_id)):
+        if f.granule_id and store.is_complete(Store.output_key(model_id, settings_id, f.granule_id)):
             continue
         out.append(f)
     return out
 
 
-def idempotency_key(name: str, model_id: str, size: int | None = None) -> str:
-    """Key that identifies one unit of work: the granule file (name, size) with one model."""
-    return f"cloudsat:{name}:{size if size is not None else ''}:{model_id}"
+def idempotency_key(name: str, output_id: str, version: str | int | None = None) -> str:
+    """Key of one unit of work: the granule file (name, version) with one model and its settings
+    (``output_id`` = ``<model id>-<settings id>``)."""
+    return f"cloudsat:{name}:{version if version is not None else ''}:{output_id}"
 
 
-def emitted_key(model_id: str, name: str) -> str:
-    return f"{EMITTED_PREFIX}/{model_id}/{name}.json"
+def emitted_key(output_id: str, name: str) -> str:
+    return f"{EMITTED_PREFIX}/{output_id}/{name}.json"
 
 
-def should_emit(store: Store, model_id: str, name: str, dedupe_s: float, now: datetime | None = None) -> bool:
-    """False if this granule was announced for this model less than ``dedupe_s`` seconds ago."""
+def should_emit(store: Store, output_id: str, name: str, dedupe_s: float, now: datetime | None = None,
+                version: str = "") -> bool:
+    """False if this granule file (``version``) was announced for ``output_id`` less than ``dedupe_s`` ago."""
     try:
-        rec = store.read_json(emitted_key(model_id, name))
+        rec = store.read_json(emitted_key(output_id, name))
     except FileNotFoundError:
+        return True
+    if version and rec.get("version") and rec["version"] != version:
         return True
     now = now or datetime.now(timezone.utc)
     last = datetime.fromisoformat(rec["emitted_at"])
     return (now - last).total_seconds() >= dedupe_s
 
 
-def record_emitted(store: Store, model_id: str, f: LandingFile, event_id: str = "",
+def record_emitted(store: Store, output_id: str, f: LandingFile, event_id: str = "",
                    now: datetime | None = None) -> None:
     """Remember that ``f`` was announced (for :func:`should_emit`)."""
     now = now or datetime.now(timezone.utc)
-    store.write_json(emitted_key(model_id, f.name), {**f.to_dict(), "model_id": model_id, "event_id": event_id,
-                                                     "emitted_at": now.isoformat()}, manifest=False)
+    store.write_json(emitted_key(output_id, f.name), {**f.to_dict(), "output_id": output_id,
+                                                      "event_id": event_id, "emitted_at": now.isoformat()},
+                     manifest=False)
 
 
 def select_by_date(files: Sequence[LandingFile], start: date | None, end: date | None) -> list[LandingFile]:

@@ -191,3 +191,45 @@ def colocate_many(era5s: Sequence[xr.Dataset], time: np.ndarray, latitude: np.nd
             out[v][idx] = fields[v]
         covered[idx] = True
     return out, covered
+
+
+def track_boxes(latitude: np.ndarray, longitude: np.ndarray, time: np.ndarray, need: np.ndarray, *,
+                max_span_deg: float = 10.0, margin_deg: float = 0.5) -> list[dict[str, Any]]:
+    """ERA-5 boxes along a track for the profiles in ``need``: ``[{"area": [N, W, S, E], "days":
+    [YYYY-MM-DD], "hours": [..], "profiles": (first, last)}]`` (0.25-degree grid edges).
+
+    The track is cut into runs of needed profiles whose box (plus ``margin_deg``) stays within
+    ``max_span_deg`` in latitude and longitude, within one UTC month, and does not cross the
+    date line; each run's hours are the hours bracketing its profile times.
+    """
+    lat = np.asarray(latitude, np.float64)
+    lon = ((np.asarray(longitude, np.float64) + 180.0) % 360.0) - 180.0
+    t = np.asarray(time).astype("datetime64[s]")
+    idx = np.flatnonzero(np.asarray(need, bool) & np.isfinite(lat) & np.isfinite(lon))
+    runs: list[list[int]] = []
+    for i in idx:
+        run = runs[-1] if runs else None
+        if run is not None and i == run[-1] + 1:
+            la, lo = lat[run[0]:i + 1], lon[run[0]:i + 1]
+            same_month = t[run[0]].astype("datetime64[M]") == t[i].astype("datetime64[M]")
+            if (np.ptp(la) + 2 * margin_deg <= max_span_deg and np.ptp(lo) + 2 * margin_deg <= max_span_deg
+                    and abs(lon[i] - lon[i - 1]) < 180.0 and same_month):
+                run.append(i)
+                continue
+        runs.append([i])
+    boxes = []
+    for run in runs:
+        la, lo, tt = lat[run[0]:run[-1] + 1], lon[run[0]:run[-1] + 1], t[run[0]:run[-1] + 1]
+        north = min(90.0, np.ceil((la.max() + margin_deg) / 0.25) * 0.25)
+        south = max(-90.0, np.floor((la.min() - margin_deg) / 0.25) * 0.25)
+        west = max(-180.0, np.floor((lo.min() - margin_deg) / 0.25) * 0.25)
+        east = min(180.0, np.ceil((lo.max() + margin_deg) / 0.25) * 0.25)
+        h0 = tt.min().astype("datetime64[h]")
+        h1 = tt.max().astype("datetime64[h]") + np.timedelta64(1, "h")
+        hours = np.arange(h0, h1 + np.timedelta64(1, "h"), np.timedelta64(1, "h"))
+        hours = hours[hours.astype("datetime64[M]") == h0.astype("datetime64[M]")]
+        boxes.append({"area": [float(north), float(west), float(south), float(east)],
+                      "days": sorted({str(h.astype("datetime64[D]")) for h in hours}),
+                      "hours": sorted({int(str(h)[11:13]) for h in hours}),
+                      "profiles": (int(run[0]), int(run[-1]))})
+    return boxes

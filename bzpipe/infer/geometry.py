@@ -154,20 +154,64 @@ def surface_bin(height: np.ndarray, surface_m: np.ndarray) -> np.ndarray:
     return np.where(ok, j, -1).astype(np.int64)
 
 
-def blind_zone_bins(height: np.ndarray, surface_m: np.ndarray, blind_zone_m: float) -> np.ndarray:
+def blind_zone_bins(height: np.ndarray, surface_m: np.ndarray, blind_zone_m: float | np.ndarray,
+                    surface_bin_index: np.ndarray | None = None) -> np.ndarray:
     """(P, B) bool: the clutter-contaminated bins to fill.
 
     The surface bin and every bin above it whose bottom edge lies less than
-    ``blind_zone_m`` above ground.  Bins below the surface bin (under ground) and
+    ``blind_zone_m`` (one depth, or one per profile) above ground.  The surface bin is
+    ``surface_bin_index`` when given (e.g. the product's ``SurfaceHeightBin``; -1 = none),
+    else the bin containing ``surface_m``.  Bins below the surface bin (under ground) and
     profiles without valid geometry are never flagged.
     """
     e = bin_edges(height)
-    sb = surface_bin(height, surface_m)
+    sb = surface_bin(height, surface_m) if surface_bin_index is None \
+        else np.where(valid_profiles(height), np.asarray(surface_bin_index, np.int64), -1)
     bottom_agl = e[:, 1:] - np.asarray(surface_m, dtype=np.float64)[:, None]
+    depth = np.broadcast_to(np.asarray(blind_zone_m, dtype=np.float64), (height.shape[0],))[:, None]
     j = np.arange(height.shape[1])[None, :]
     with np.errstate(invalid="ignore"):
-        flag = (j <= sb[:, None]) & (bottom_agl < blind_zone_m)
+        flag = (j <= sb[:, None]) & (bottom_agl < depth)
     return flag & (sb[:, None] >= 0)
+
+
+def ground_in_bin(height: np.ndarray, surface_bin_index: np.ndarray, dem_m: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """Ground height (m MSL, (P,)) of profiles whose surface bin is known: the DEM when it lies inside
+    that bin, else clamped to the bin's edges; the bin centre without a DEM.  NaN where the bin is
+    unknown (-1) or the geometry invalid."""
+    h = np.asarray(height, dtype=np.float64)
+    sb = np.asarray(surface_bin_index, dtype=np.int64)
+    e = bin_edges(h)
+    ok = (sb >= 0) & (sb < h.shape[1]) & valid_profiles(h)
+    j = np.clip(sb, 0, h.shape[1] - 1)[:, None]
+    top = np.take_along_axis(e, j, 1)[:, 0]
+    bottom = np.take_along_axis(e, j + 1, 1)[:, 0]
+    centre = np.take_along_axis(h, j, 1)[:, 0]
+    if dem_m is None:
+        g = centre
+    else:
+        dem = np.asarray(dem_m, dtype=np.float64)
+        g = np.where(np.isfinite(dem), np.clip(dem, bottom, top), centre)
+    return np.where(ok, g, np.nan)
+
+
+def hidden_rows(grid: ModelGrid, edges_agl: np.ndarray, blind_bins: np.ndarray) -> np.ndarray:
+    """(P,) int: model rows to hide per profile: every row that overlaps a clutter-flagged bin.
+
+    That is ``ceil(top / dz)`` with ``top`` the top edge (m AGL) of the highest flagged bin, so a
+    flagged bin never feeds a row the model sees and its value comes from predicted rows only;
+    0 for profiles without flagged bins.  ``edges_agl`` is (P, B+1) increasing
+    (:func:`agl_edges_ascending`), ``blind_bins`` (P, B) with bin 0 at the top.
+    """
+    bb = np.asarray(blind_bins, bool)
+    p, b = bb.shape
+    anyf = bb.any(axis=1)
+    first = np.argmax(bb, axis=1)                                   # highest flagged bin (bin 0 = top)
+    top = np.take_along_axis(np.asarray(edges_agl, np.float64), (b - first)[:, None], 1)[:, 0]
+    with np.errstate(invalid="ignore"):
+        rows = np.ceil(np.where(anyf & np.isfinite(top), top, 0.0) / grid.dz_m - 1e-9)
+    return np.clip(rows, 0, grid.n_heights).astype(np.int64)
 
 
 def agl_edges_ascending(height: np.ndarray, surface_m: np.ndarray) -> np.ndarray:

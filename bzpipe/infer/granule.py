@@ -2,8 +2,10 @@
 
 :func:`process_granule` is what a Dask worker (or a Prefect task) runs for one
 granule key: it skips a granule whose output for this model is complete, reads
-and checks the granule (bad ones are quarantined with the reason), fills the blind
-zone and writes the Zarr output and its curtain PNG, recording provenance.
+and checks the granule (bad ones are quarantined with the reason), reads its
+atmospheric state (:func:`atmosphere_inputs`: the ECMWF-AUX companion, a bad one
+quarantined; stored ERA-5), fills the blind zone and writes the Zarr output and its
+curtain PNG, recording provenance.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import posixpath
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +30,9 @@ from bzpipe.infer.fill import channels_of, fill_granule
 from bzpipe.infer.output import curtain_png, png_key, write_output
 from bzpipe.infer.predict import cached_model
 from bzpipe.provenance import provenance_record, sha256_file
-from bzpipe.quarantine import category, quarantine
-from bzpipe.store import ManifestEntry, Store
+from bzpipe.quarantine import category, is_quarantined, quarantine, release
+from bzpipe.store import ManifestEntry, Store, file_version, url_fs
+from bzpipe.store.replace import finish_replacement
 
 log = logging.getLogger(__name__)
 
@@ -63,34 +68,52 @@ def granule_id_of(name_or_uri: str) -> str:
 
 
 def stage_granule(store: Store, uri: str) -> str:
-    """The store key of a granule under ``raw/cloudsat/``.
+    """The store key of a granule under ``raw/cloudsat/``, recorded with its sha256.
 
-    A granule already there is used as is; one elsewhere (the landing area, another
-    bucket, a local folder) is copied to ``raw/cloudsat/<name>`` atomically with its
-    checksum in the manifest, unless a complete copy of the same size is there.
+    A granule already there is used as is (its manifest entry is renewed when the file changed
+    since it was recorded).  One elsewhere (the landing area, another bucket, a local folder) is
+    copied to ``raw/cloudsat/<name>`` atomically, with its sha256, its source and the source's
+    version (:func:`~bzpipe.store.file_version`) in the manifest, unless the copy there has the same
+    sha256: a replaced file of the same size is staged again.  A remote source whose version (its
+    ETag, a content hash) is the recorded one is not downloaded again.
     """
+    inside = ""
     with contextlib.suppress(StoreError):
-        key = store.key_of(uri)
-        if key.startswith(RAW_PREFIX + "/") and store.exists(key):
-            return key
+        inside = store.key_of(uri)
+    if inside.startswith(RAW_PREFIX + "/") and store.exists(inside):
+        _renew_entry(store, inside, uri)
+        return inside
     name = posixpath.basename(str(uri).rstrip("/"))
     key = f"{RAW_PREFIX}/{name}"
-    import fsspec
-
-    from bzpipe.store import s3_storage_options
-
-    src = uri.removeprefix("file://")
-    fs, path = fsspec.core.url_to_fs(src, **(s3_storage_options() if src.startswith("s3://") else {}))
-    entry = store.entry(key)
-    if entry is not None and store.exists(key) and entry.size == int(fs.size(path)):
+    fs, path = url_fs(uri)
+    producer = {"stage": "stage", "source": uri, "source_version": file_version(uri)}
+    entry = store.entry(key) if store.exists(key) else None
+    local = fs.protocol in ("file", ("file", "local"))
+    if entry is not None and not local and entry.producer.get("source_version") == producer["source_version"]:
         return key
-    producer = {"stage": "stage", "source": uri}
-    if fs.protocol in ("file", ("file", "local")) or "://" not in src:
-        store.put_file(src, key, producer=producer)
-    else:
-        with fs.open(path, "rb") as f, store.atomic_local_file(key, producer=producer) as tmp:
-            tmp.write_bytes(f.read())
+    with tempfile.TemporaryDirectory(prefix="bzpipe-stage-") as d:
+        src = path if local else str(Path(d) / name)
+        if not local:
+            fs.get_file(path, src)
+        digest = sha256_file(src)
+        if entry is not None and entry.sha256 == digest:
+            if entry.producer.get("source_version") != producer["source_version"]:
+                store.record(key, sha256=digest, size=entry.size, producer={**entry.producer, **producer})
+            return key
+        store.put_file(src, key, producer=producer, sha256=digest)
     return key
+
+
+def _renew_entry(store: Store, key: str, uri: str) -> None:
+    """Re-record a granule put straight into ``raw/cloudsat/`` when its file is not the recorded one."""
+    entry = store.entry(key)
+    version = file_version(store.uri(key))
+    if entry is not None and entry.producer.get("source_version") == version:
+        return
+    with store.local_path(key) as path:
+        digest, size = sha256_file(path), path.stat().st_size
+    producer = {**(entry.producer if entry else {}), "source": uri, "source_version": version}
+    store.record(key, sha256=digest, size=size, producer=producer)
 
 
 def read_checked(store: Store, key: str, expected_release: str | None,
@@ -137,11 +160,43 @@ def load_era5(store: Store, keys: Sequence[str]) -> list[xr.Dataset]:
     return out
 
 
+def atmosphere_inputs(store: Store, granule_key: str, ds: xr.Dataset, cfg: InferConfig, meta: dict[str, Any],
+                      model_id: str, inputs: dict[str, str], era5_keys: Sequence[str] | None = None
+                      ) -> tuple[xr.Dataset | None, list[xr.Dataset] | None, tuple[nn.Module, dict[str, Any]] | None]:
+    """The granule's ECMWF-AUX companion (checked; a bad one is quarantined), the stored ERA-5 (site
+    months and the granule's track boxes; ``era5_keys`` overrides) and the radar-only model, as
+    ``infer.atmosphere_sources`` and ``infer.radar_only_run`` ask; their checksums go into ``inputs``."""
+    from bzpipe.infer.companion import load_companion, track_era5_keys
+
+    aux = None
+    if "ecmwf_aux" in cfg.atmosphere_sources:
+        aux, aux_key, aux_sha = load_companion(store, granule_key, ds, model_id=model_id)
+        if aux is not None:
+            inputs[store.uri(aux_key)] = aux_sha
+    era5 = None
+    if "era5" in cfg.atmosphere_sources:
+        keys = list(era5_keys) if era5_keys is not None else (
+            era5_keys_for(store, cfg.sites, ds["time"].values)
+            + track_era5_keys(store, str(ds.attrs.get("granule_id", ""))))
+        era5 = load_era5(store, keys) or None
+        for k in keys:
+            e = store.entry(k)
+            inputs[store.uri(k)] = e.sha256 if e else ""
+    radar_only = None
+    if cfg.radar_only_run and channels_of(meta) == 5:
+        ro_model, ro_meta, ro_id = cached_model(store.root, cfg.radar_only_run, cfg.which, cfg.device)
+        inputs[str(ro_meta.get("checkpoint_uri", ""))] = str(ro_meta.get("checkpoint_sha256", ""))
+        radar_only = (ro_model, ro_meta)
+    return aux, era5, radar_only
+
+
 def fill_and_write(store: Store, ds: xr.Dataset, model: nn.Module, meta: dict[str, Any], cfg: InferConfig, *,
                    model_id: str, inputs: dict[str, str], era5: Sequence[xr.Dataset] | None = None,
                    reflectivity: np.ndarray | None = None, timings: dict[str, float] | None = None,
+                   aux: xr.Dataset | None = None, radar_only: tuple[nn.Module, dict[str, Any]] | None = None,
                    **provenance_extra: Any) -> tuple[str, ManifestEntry, xr.Dataset]:
-    """Fill ``ds`` and write ``outputs/cloudsat/<model_id>/<granule_id>.zarr`` (+ the PNG when ``cfg.plot``).
+    """Fill ``ds`` and write ``outputs/cloudsat/<model_id>-<settings id>/<granule_id>.zarr`` (+ the PNG when
+    ``cfg.plot``); the settings id is :meth:`~bzpipe.config.InferConfig.settings_id`.
 
     ``inputs`` maps input URIs to their sha256 (granule, checkpoint, ERA-5 files) for the
     provenance record.  Returns ``(output key, manifest entry, output Dataset)``.
@@ -149,10 +204,10 @@ def fill_and_write(store: Store, ds: xr.Dataset, model: nn.Module, meta: dict[st
     timings = timings if timings is not None else {}
     gid = str(ds.attrs.get("granule_id", ""))
     out = fill_granule(ds, model, meta, cfg, era5=era5, model_id=model_id, timings=timings,
-                       reflectivity=reflectivity)
+                       reflectivity=reflectivity, aux=aux, radar_only=radar_only)
     t0 = time.perf_counter()
-    key = Store.output_key(model_id, gid)
-    prov = provenance_record(cfg, inputs=inputs, stage="infer", granule_id=gid,
+    key = Store.output_key(model_id, cfg.settings_id(), gid)
+    prov = provenance_record(cfg, inputs=inputs, stage="infer", granule_id=gid, settings_id=cfg.settings_id(),
                              granule_source=ds.attrs.get("source_file", ""), model_id=model_id,
                              model_checkpoint=meta.get("checkpoint_uri", ""),
                              model_checkpoint_sha256=meta.get("checkpoint_sha256", ""), **provenance_extra)
@@ -189,10 +244,11 @@ def process_granule(store_root: str, granule_key: str, cfg: InferConfig, *, mode
     res.model_id = mid
     try:
         res.granule_id = granule_id_of(name)
-        out_key = Store.output_key(mid, res.granule_id)
+        out_key = Store.output_key(mid, cfg.settings_id(), res.granule_id)
         res.output_key = out_key
+        finish_replacement(store, out_key)          # a rewrite killed while it was being swapped in
         if not force and store.is_complete(out_key):
-            res.status, res.reason = "skipped", "output for this model is complete"
+            res.status, res.reason = "skipped", "output for this model and these settings is complete"
             res.seconds = time.perf_counter() - t_start
             return res
         t0 = time.perf_counter()
@@ -206,24 +262,22 @@ def process_granule(store_root: str, granule_key: str, cfg: InferConfig, *, mode
         return res
     inputs = {store.uri(granule_key): digest,
               str(meta.get("checkpoint_uri", "")): str(meta.get("checkpoint_sha256", ""))}
-    era5 = None
-    if channels_of(meta) == 5:
-        t0 = time.perf_counter()
-        keys = list(era5_keys) if era5_keys is not None else era5_keys_for(store, cfg.sites, ds["time"].values)
-        era5 = load_era5(store, keys)
-        for k in keys:
-            e = store.entry(k)
-            inputs[store.uri(k)] = e.sha256 if e else ""
-        res.timings["read"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    aux, era5, radar_only = atmosphere_inputs(store, granule_key, ds, cfg, meta, mid, inputs, era5_keys)
+    res.timings["read"] += time.perf_counter() - t0
     try:
         key, entry, out = fill_and_write(store, ds, model, meta, cfg, model_id=mid, inputs=inputs, era5=era5,
-                                         timings=res.timings, granule_sha256=digest)
+                                         timings=res.timings, granule_sha256=digest, aux=aux,
+                                         radar_only=radar_only)
     except InputFileError as e:   # e.g. no valid heights at all
         quarantine(store, granule_key, e, model_id=mid, store_key=granule_key)
         log.warning("quarantined %s: %s", name, e)
         res.status, res.reason, res.category = "quarantined", str(e), category(e)
         res.seconds = time.perf_counter() - t_start
         return res
+    if is_quarantined(store, granule_key):         # a replaced file that reads well now
+        release(store, granule_key)
+        log.info("%s reads well now: quarantine lifted", name)
     res.status = "done"
     res.plot_key = png_key(key) if cfg.plot else ""
     res.n_profiles = int(out.sizes["profile"])

@@ -1,13 +1,18 @@
-"""Write a filled granule: Zarr under ``outputs/cloudsat/<model id>/<granule id>.zarr`` and a curtain PNG.
+"""Write a filled granule: Zarr under ``outputs/cloudsat/<model id>-<settings id>/<granule id>.zarr`` and a
+curtain PNG.
 
-A Zarr store is many objects, so completeness is the manifest entry written
-*after* the last chunk (:meth:`bzpipe.store.Store.record`): a crash mid-write
-leaves an incomplete store that :meth:`~bzpipe.store.Store.is_complete` reports
-as absent and the next run overwrites.
+A Zarr store is many objects, so it is written aside (a hidden sibling key) and
+swapped in only once complete (:func:`bzpipe.store.replace.replace`): the old
+manifest entry is dropped, the new store moved in, its entry written.  A crash
+mid-write leaves the previous output (if any) complete and untouched, plus a
+hidden leftover that a later write of the same key sweeps away; a crash
+mid-swap leaves a journal that the next write (or run) finishes.  So a key with
+a manifest entry always holds a whole output, also after a forced rewrite.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -17,9 +22,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from bzpipe.store import ManifestEntry, Store
+from bzpipe.store import ManifestEntry, Store, write_error
+from bzpipe.store.replace import aside_key, finish_replacement, replace, sweep_aside
 
 PROFILE_CHUNK = 4096
+#: a hidden leftover of a killed writer is swept once older than this (a live writer is never that slow)
+LEFTOVER_AGE_S = 3600.0
 
 
 def content_sha256(ds: xr.Dataset) -> str:
@@ -34,19 +42,19 @@ def content_sha256(ds: xr.Dataset) -> str:
 
 
 def png_key(output_key: str) -> str:
-    """``outputs/cloudsat/<model>/<granule>.png`` beside ``<granule>.zarr``."""
+    """``outputs/cloudsat/<model>-<settings>/<granule>.png`` beside ``<granule>.zarr``."""
     return posixpath.splitext(output_key)[0] + ".png"
 
 
 def write_output(store: Store, key: str, ds: xr.Dataset, provenance: dict[str, Any]) -> ManifestEntry:
-    """Write ``ds`` as Zarr at ``key`` and mark it complete (manifest entry) at the very end.
+    """Write ``ds`` as Zarr aside, then swap it in as ``key`` with its manifest entry.
 
-    A leftover incomplete store at ``key`` (an earlier crash) is replaced.  The
-    manifest's ``sha256`` is :func:`content_sha256` of the data; ``producer`` is the
-    provenance record, which the Zarr root attributes also carry (as JSON).
+    An existing output at ``key`` stays complete and readable until the new one is whole.  The
+    manifest's ``sha256`` is :func:`content_sha256` of the data; ``producer`` is the provenance
+    record, which the Zarr root attributes also carry (as JSON).
     """
-    if store.exists(key) and not store.is_complete(key):
-        store.remove(key)
+    finish_replacement(store, key)
+    sweep_aside(store, key, LEFTOVER_AGE_S)
     ds = ds.copy()
     ds.attrs["provenance"] = json.dumps(provenance, sort_keys=True, default=str)
     encoding = {}
@@ -54,16 +62,24 @@ def write_output(store: Store, key: str, ds: xr.Dataset, provenance: dict[str, A
         if "profile" in v.dims:
             encoding[name] = {"chunks": tuple(min(PROFILE_CHUNK, n) if d == "profile" else n
                                               for d, n in zip(v.dims, v.shape))}
-    kw: dict[str, Any] = {"mode": "w", "encoding": encoding, "consolidated": False}
+    kw: dict[str, Any] = {"mode": "w-", "encoding": encoding, "consolidated": False}
     if not store.is_local:
         kw["storage_options"] = store.storage_options
-    ds.to_zarr(store.uri(key), **kw)
+    aside = aside_key(key)
+    try:
+        ds.to_zarr(store.uri(aside), **kw)
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            store.fs.rm(store.uri(aside), recursive=True)
+        if isinstance(e, OSError):
+            raise write_error(store.uri(key), e, "the previous output, if any, is untouched") from e
+        raise
     digest = content_sha256(ds)
     try:
-        size = int(store.fs.du(store.uri(key)))
+        size = int(store.fs.du(store.uri(aside)))
     except (OSError, ValueError):
         size = 0
-    return store.record(key, sha256=digest, size=size, producer=provenance)
+    return replace(store, aside, key, sha256=digest, size=size, producer=provenance)
 
 
 def open_output(store: Store, key: str) -> xr.Dataset:
@@ -111,7 +127,11 @@ def curtain_png(ds: xr.Dataset, *, max_height_m: float | None = None, max_column
             lim = (0.0, float(np.percentile(finite, 99)) if finite.size and finite.max() > 0 else 1.0)
         im = ax.imshow(a, origin="lower", aspect="auto", extent=extent, cmap=cmap, vmin=lim[0], vmax=lim[1],
                        interpolation="nearest")
-        ax.axhline(blind / 1000, color="w", lw=0.8, ls="--")
+        if "hidden_rows" in ds:   # the top of each profile's hidden rows (all rows overlapping flagged bins)
+            top_km = ds["hidden_rows"].isel(profile=sel).values * dz / 1000
+            ax.step(np.arange(top_km.size) * step, top_km, where="post", color="w", lw=0.8, ls="--")
+        else:
+            ax.axhline(blind / 1000, color="w", lw=0.8, ls="--")
         ax.set_facecolor("0.85")
         ax.set_ylabel("height AGL (km)")
         ax.set_title(title, fontsize=10)

@@ -17,7 +17,7 @@ from torch import nn
 
 from bzpipe.infer.windows import Blender, window_starts
 from bzpipe.masking import mask_blind_zone, merge_prediction
-from bzpipe.model.mc_dropout import mc_predict
+from bzpipe.model.mc_dropout import auto_mc_batch, mc_predict
 from bzpipe.schema import NO_ECHO
 
 _LOCK = threading.Lock()
@@ -87,10 +87,11 @@ def clear_model_cache() -> None:
         _MODELS.clear()
 
 
-def predict_curtain(model: nn.Module, x: np.ndarray, *, width: int, overlap: int, blind_rows: int,
+def predict_curtain(model: nn.Module, x: np.ndarray, *, width: int, overlap: int, blind_rows: int | np.ndarray,
                     n_passes: int, quantiles: Sequence[float] = (0.05, 0.5, 0.95), batch_size: int = 64,
                     device: str | torch.device = "cpu", generator_seed: int | None = None,
-                    active: np.ndarray | None = None, amp: bool | None = None) -> dict[str, np.ndarray]:
+                    active: np.ndarray | None = None, amp: bool | None = None, mc_path: str = "band",
+                    band_rows: int | None = None) -> dict[str, np.ndarray]:
     """Fill the lowest ``blind_rows`` rows of a normalized curtain with MC-dropout statistics.
 
     Args:
@@ -99,14 +100,22 @@ def predict_curtain(model: nn.Module, x: np.ndarray, *, width: int, overlap: int
             N profiles along track.
         width: window (patch) width of the model, profiles; overlap: profiles shared by
             neighbouring windows.
-        blind_rows: rows hidden and predicted.
+        blind_rows: rows hidden and predicted: one number, or one per profile ((N,) int: the
+            rows covering each profile's clutter-flagged bins, see
+            :func:`bzpipe.infer.geometry.hidden_rows`).
         n_passes: MC-dropout passes; quantiles: levels in [0, 1].
-        batch_size: most samples (windows x passes) in one forward pass.
+        batch_size: most samples (windows x passes) in one forward pass; 0: automatic, filling the
+            device (:func:`bzpipe.model.mc_dropout.auto_mc_batch`; 64 on CPU).
         device: where the model runs.
         generator_seed: seeds torch's RNG for reproducible dropout masks.
         active: (N,) bool, profiles worth predicting (e.g. valid geometry); windows without
             any are skipped and their columns keep the observation (std 0).
         amp: bfloat16 autocast for the forward passes; default on for CUDA devices with bf16.
+        mc_path: ``band`` (default): the exact band-limited decoder (:mod:`bzpipe.model.band`),
+            ~4x less work per pass; ``full``: the whole forward pass (for checking).
+        band_rows: rows the band-limited decoder is built for (a configured maximum hidden
+            depth); default the deepest hidden column of the curtain.  A deeper column raises
+            :class:`bzpipe.model.band.BandTooNarrowError`.
 
     Returns:
         ``mean`` (H, N): the observation above the blind zone (bit-identical) and the MC
@@ -125,19 +134,31 @@ def predict_curtain(model: nn.Module, x: np.ndarray, *, width: int, overlap: int
         pad = np.repeat(xp[:, :, -1:], width - n, axis=2)
         pad[0] = NO_ECHO
         xp = np.concatenate([xp, pad], axis=2)
+    hidden = np.broadcast_to(np.asarray(blind_rows, dtype=np.int64), (n,))
+    hidden = np.concatenate([hidden, np.full(max(0, width - n), int(hidden.max(initial=0)), np.int64)])
+    if mc_path not in ("band", "full"):
+        raise ValueError(f"mc_path must be 'band' or 'full', got {mc_path!r}")
+    band = None if mc_path == "full" else int(band_rows if band_rows is not None else max(1, hidden.max(initial=1)))
     starts = window_starts(n, width, overlap)
     blender = Blender(n, width, starts)
     todo = np.arange(len(starts))
     if active is not None:
         act = np.concatenate([np.asarray(active, bool), np.zeros(max(0, width - n), bool)])
         todo = np.array([i for i, s in enumerate(starts) if act[s:s + width].any()], dtype=np.int64)
+    if batch_size <= 0 and len(todo):                   # fill the device: measured on the first window
+        s0 = int(starts[todo[0]])
+        probe = torch.from_numpy(np.ascontiguousarray(xp[None, :, :, s0:s0 + width])).to(dev)
+        rows0 = torch.from_numpy(np.ascontiguousarray(hidden[None, s0:s0 + width])).to(dev)
+        batch_size = auto_mc_batch(model, mask_blind_zone(probe, rows0, 0)[0], band, autocast)
+    batch_size = max(1, batch_size)
     per_call = max(1, batch_size // max(1, min(n_passes, batch_size)))
     for i0 in range(0, len(todo), per_call):
         idx = [int(i) for i in todo[i0:i0 + per_call]]
         xb = torch.from_numpy(np.stack([xp[:, :, s:s + width] for s in starts[idx]])).to(dev)  # (b, C, H, W)
-        inputs, mask = mask_blind_zone(xb, blind_rows, 0)                                     # (b, C+1, H, W)
+        rows = torch.from_numpy(np.stack([hidden[s:s + width] for s in starts[idx]])).to(dev)  # (b, W)
+        inputs, mask = mask_blind_zone(xb, rows, 0)                                           # (b, C+1, H, W)
         r = mc_predict(model, inputs, n_passes=n_passes, quantiles=quantiles, max_batch=batch_size,
-                       x=xb, mask=mask, autocast_dtype=autocast)
+                       x=xb, mask=mask, autocast_dtype=autocast, band_rows=band)
         mean = r["mean"][:, 0].cpu().numpy()                   # (b, H, W)
         std = r["std"][:, 0].cpu().numpy()                     # (b, H, W)
         q = r["quantiles"][:, :, 0].cpu().numpy()              # (Q, b, H, W)
@@ -154,7 +175,7 @@ def predict_curtain(model: nn.Module, x: np.ndarray, *, width: int, overlap: int
     res["quantiles"][:, :, gap] = obs_np[:, :, gap]
     # re-merge so that everything above the blind zone is the observation, bit for bit
     obs = torch.from_numpy(obs_np[None])                                                   # (1, 1, H, N)
-    _, mask = mask_blind_zone(obs, blind_rows, 0)
+    _, mask = mask_blind_zone(obs, torch.from_numpy(np.ascontiguousarray(hidden[None, :n])), 0)
     mean = merge_prediction(torch.from_numpy(res["mean"][None, None].astype(np.float32)), obs, mask)
     outside = mask[0, 0].numpy() <= 0
     std = np.where(outside, 0.0, res["std"]).astype(np.float32)

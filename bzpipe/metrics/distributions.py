@@ -7,8 +7,14 @@ echo counted as -60 dBZ (lowest bin), so a method that misses echo entirely is
 penalised by the mass it leaves at -60.  Values outside the range are clipped
 into the end bins.  EMD = sum_k |CDF_pred(k) - CDF_truth(k)| * bin_width, with
 each CDF normalised by its own pixel count.  (The paper's script takes
-|sum_k (CDF_pred - CDF_truth)| / 64 x 100, which lets differences of opposite
+``100 |sum_k (CDF_pred - CDF_truth)| / 64``, which lets differences of opposite
 sign cancel; the sum of absolute differences used here is the actual EMD.)
+
+Scale against the paper's numbers: where the two CDFs do not cross, the paper's
+value is ``100 / 64 = 1.5625`` times the CDF-difference sum and this EMD is
+``90 / 64 = 1.40625`` times it (the bin width in dBZ), so **this EMD = 0.9 x
+the paper's** (in dBZ rather than the paper's unit); where the CDFs cross, the
+paper's value is smaller still (cancellation).
 
 Lowest echo ("cloud base"): per profile (column) the height of the lowest row
 with echo (> -60 dBZ) in a full curtain (filled blind zone + observed rows

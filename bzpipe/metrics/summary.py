@@ -5,7 +5,14 @@ echo), the truth, and the single evaluation mask ``valid``, and returns a
 JSON-able dict (see :func:`summarize` for its layout).  Every method is scored
 by the same functions with the same ``valid`` mask and the same bootstrap
 resamples (paired), per site and for all sites together (resampling within
-sites, so the site mix is kept).
+sites, so the site mix is kept).  The resampling unit is a block of patches,
+one site-day by default (:mod:`bzpipe.metrics.bootstrap`): neighbouring
+patches are correlated and must not count as independent.
+
+An event that never occurs in the truth of a site (e.g. no virga in the test
+split) has no defined POD / CSI / HSS there: those scores are NaN (null in
+JSON) and ``events_in_truth`` / ``undefined_events`` say why, so a report
+never shows 0/0 as a score.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ CONTINUOUS: dict[str, bool] = {"MAE": False, "RMSE": False, "bias": False, "Dice
 #: events of the contingency tables
 EVENTS: tuple[str, ...] = ("cloud", "shallow_snowfall", "virga")
 EVENT_SCORES: tuple[str, ...] = ("POD", "FAR", "SR", "CSI", "HSS", "bias")
+#: event scores that are undefined when the truth holds no event (all would be 0/0 or meaningless)
+NEEDS_EVENTS: tuple[str, ...] = ("POD", "CSI", "HSS", "bias")
 ALL = "all"
 
 
@@ -43,6 +52,8 @@ class ScoreSettings:
     confidence: float = 0.9
     seed: int = 0
     spread_skill_bins: int = 10
+    #: resampling unit of the block bootstrap: site and floor(time / unit_hours); <= 0: per patch (i.i.d.)
+    bootstrap_unit_hours: float = 24.0
 
 
 def per_patch_scores(pred: np.ndarray, truth: np.ndarray, row_above: np.ndarray, valid: np.ndarray,
@@ -108,7 +119,7 @@ def summarize(truth: np.ndarray, preds: dict[str, np.ndarray], row_above: np.nda
               sites: np.ndarray, heights: np.ndarray, base_above: np.ndarray, settings: ScoreSettings, *,
               reference: str | None = "UNET", spread: np.ndarray | None = None,
               quantiles: dict[float, np.ndarray] | None = None, mean_key: str | None = None,
-              uq_valid: np.ndarray | None = None) -> dict[str, Any]:
+              uq_valid: np.ndarray | None = None, times: np.ndarray | None = None) -> dict[str, Any]:
     """Score every method in ``preds`` against ``truth``.
 
     Args:
@@ -123,49 +134,59 @@ def summarize(truth: np.ndarray, preds: dict[str, np.ndarray], row_above: np.nda
             and which entry of ``preds`` is the MC mean; for the uncertainty block.
         uq_valid: mask for the uncertainty block (default ``valid``); pass the blind-zone
             mask *before* spread exclusion, since excluding high spread biases spread-skill.
+        times: ``(n,)`` datetime64 start of each patch: the bootstrap blocks are site-days
+            (``settings.bootstrap_unit_hours``); without times every patch is its own unit.
 
     Returns a dict (strict JSON once through :func:`to_json`) with ``settings``,
-    ``methods``, ``n_patches`` {site: n}, ``scores`` {site: {method: {score: interval,
-    event: {"table": {...}, score: interval}}}}, ``differences`` {site: {other: {score:
-    interval of reference - other}}}, ``psd``, ``cloud_base``, ``mask``, ``uncertainty``.
+    ``methods``, ``n_patches`` {site: n}, ``bootstrap`` {site: {"units": k, ...}},
+    ``events_in_truth`` {site: {event: n}}, ``undefined_events`` {site: [event, ...]},
+    ``scores`` {site: {method: {score: interval, event: {"table": {...}, score: interval}}}},
+    ``differences`` {site: {other: {score: interval of reference - other}}}, ``psd``,
+    ``cloud_base``, ``mask``, ``uncertainty``.
     """
     n, b, w = truth.shape
     s = settings
     methods = list(preds)
     sites = np.array([str(v) for v in np.asarray(sites).tolist()], dtype=object)
     site_ix = _site_indices(sites)
-    boot_all = bs.bootstrap_indices(n, s.n_bootstrap, s.seed, strata=sites)
-    boots = {ALL: boot_all}
-    for site, ix in site_ix.items():
-        if site != ALL:
-            boots[site] = ix[bs.bootstrap_indices(ix.size, s.n_bootstrap, s.seed + 1)]
+    t = np.full(n, np.datetime64("NaT"), "datetime64[ns]") if times is None else np.asarray(times)
+    units = bs.unit_labels(sites, t, s.bootstrap_unit_hours if times is not None else 0.0)
+    weights, n_units = {}, {}
+    for k, (site, ix) in enumerate(site_ix.items()):
+        weights[site] = bs.block_weights(units[ix], s.n_bootstrap, s.seed + k, strata=sites[ix])
+        n_units[site] = bs.n_units(units[ix])
     per = {m: per_patch_scores(preds[m], truth, row_above, valid, s) for m in methods}
     truth_events = per_patch_scores(truth, truth, row_above, valid, s)
     counts = {m: {e: ct.table_counts(per[m][e], truth_events[e]) for e in EVENTS} for m in methods}
+    events_in_truth = {site: {e: int(np.nansum(truth_events[e][ix])) for e in EVENTS} for site, ix in site_ix.items()}
+    undefined = {site: [e for e in EVENTS if events_in_truth[site][e] == 0] for site in site_ix}
 
     scores: dict[str, dict[str, Any]] = {}
     diffs: dict[str, dict[str, Any]] = {}
     for site, ix in site_ix.items():
-        bi = boots[site]
+        wts, k_units = weights[site], n_units[site]
         scores[site], reps_by_method = {}, {}
         for m in methods:
             entry: dict[str, Any] = {}
             reps: dict[str, np.ndarray] = {}
             for name in CONTINUOUS:
-                est = float(bs.replicate_means(per[m][name], ix[None, :])[0]) if ix.size else float("nan")
-                reps[name] = bs.replicate_means(per[m][name], bi)
-                entry[name] = bs.from_replicates(est, reps[name], s.confidence, int(ix.size))
+                vals = per[m][name][ix]
+                est = float(bs.weighted_means(vals, np.ones((1, ix.size)))[0]) if ix.size else float("nan")
+                reps[name] = bs.weighted_means(vals, wts)
+                entry[name] = bs.from_replicates(est, reps[name], s.confidence, int(ix.size), k_units)
             for e in EVENTS:
-                total = counts[m][e][ix].sum(axis=0)
-                rep_counts = counts[m][e][bi].sum(axis=1)  # (n_boot, 4)
+                c = counts[m][e][ix]
+                total = c.sum(axis=0)
                 est_scores = ct.scores_from_counts(total)
-                rep_scores = ct.scores_from_counts(rep_counts)
+                rep_scores = ct.scores_from_counts(wts @ c)          # (n_boot, 4) weighted tables
                 cells = ("hits", "misses", "false_alarms", "correct_negatives")
                 ev: dict[str, Any] = {"table": dict(zip(cells, (int(v) for v in total)))}
                 for k in EVENT_SCORES:
-                    ev[k] = bs.from_replicates(float(est_scores[k]), rep_scores[k], s.confidence,
-                                               int(ix.size))
-                    reps[f"{e}_{k}"] = rep_scores[k]
+                    est_k, rep_k = float(est_scores[k]), rep_scores[k]
+                    if e in undefined[site] and k in NEEDS_EVENTS:     # no event in the truth: no score
+                        est_k, rep_k = float("nan"), np.full_like(rep_k, np.nan)
+                    ev[k] = bs.from_replicates(est_k, rep_k, s.confidence, int(ix.size), k_units)
+                    reps[f"{e}_{k}"] = rep_k
                 entry[e] = ev
             scores[site][m] = entry
             reps_by_method[m] = reps
@@ -178,7 +199,7 @@ def summarize(truth: np.ndarray, preds: dict[str, np.ndarray], row_above: np.nda
                 for key in list(CONTINUOUS) + [f"{e}_{k}" for e in EVENTS for k in ("CSI", "HSS")]:
                     est_ref, est_m = _estimate(scores[site][reference], key), _estimate(scores[site][m], key)
                     rep_diff = reps_by_method[reference][key] - reps_by_method[m][key]
-                    d[key] = bs.from_replicates(est_ref - est_m, rep_diff, s.confidence, int(ix.size))
+                    d[key] = bs.from_replicates(est_ref - est_m, rep_diff, s.confidence, int(ix.size), k_units)
                 diffs[site][m] = d
 
     out: dict[str, Any] = {
@@ -186,6 +207,14 @@ def summarize(truth: np.ndarray, preds: dict[str, np.ndarray], row_above: np.nda
         "methods": methods,
         "reference": reference,
         "n_patches": {k: int(v.size) for k, v in site_ix.items()},
+        "bootstrap": {site: {"units": n_units[site], "unit": (f"site x {s.bootstrap_unit_hours:g} h"
+                                                              if times is not None and s.bootstrap_unit_hours > 0
+                                                              else "patch"),
+                             "resamples": s.n_bootstrap, "paired": True, "stratified_by": "site",
+                             "interval": "percentile, expanded for few units (Hesterberg 2015)"}
+                      for site in site_ix},
+        "events_in_truth": events_in_truth,
+        "undefined_events": undefined,
         "scores": scores,
         "differences": diffs,
         "mask": {"pixels": int(valid.size), "valid": int(valid.sum()),
@@ -209,11 +238,13 @@ def _estimate(entry: dict[str, Any], key: str) -> float:
 def _psd_block(truth: np.ndarray, preds: dict[str, np.ndarray], valid: np.ndarray, heights: np.ndarray,
                b: int) -> dict[str, Any]:
     dz = float(np.median(np.diff(heights))) if heights.size > 1 else 1.0
-    freq, p_truth = sp.vertical_psd(truth, dz, valid)
-    power = {"truth": sp.to_db(sp.mean_psd(p_truth))}
+    freq, p_truth = sp.vertical_spectrum_db(truth, dz, valid)
+    power = {"truth": sp.mean_db(p_truth)}
     for m, f in preds.items():
-        power[m] = sp.to_db(sp.mean_psd(sp.vertical_psd(f, dz, valid)[1]))
-    return {"freq_per_km": freq, "power_db": power, "dz_m": dz}
+        power[m] = sp.mean_db(sp.vertical_spectrum_db(f, dz, valid)[1])
+    return {"freq_per_km": freq, "power_db": power, "dz_m": dz,
+            "definition": "King et al. (2024): 20 log10 of the column-mean |rfft| along height of the "
+                          "blind-zone dBZ (no echo = -60), averaged over patches in dB"}
 
 
 def row_edges(heights: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """UNet3+ (Huang et al. 2020) for blind-zone inpainting, as in King et al. (2024).
 
-The layout follows ``keras_unet_collection.models.unet_3plus_2d`` that the
-seed used:
+The layout follows the authors' own Keras ``unet3plus`` (``bp_models.py`` of
+``frasertheking/blindzone_inpainting``; ``docs/paper.md`` section 1.6):
 
 * encoder: 5 levels with ``filters`` (32, 64, 128, 256, 512) channels, each
   2 x (conv3x3 + batch norm + ReLU); max-pooling by 2 between levels,
@@ -14,15 +14,24 @@ seed used:
 * linear conv3x3 output head on d1; with deep supervision, extra linear
   conv3x3 heads on e5, d4, d3, d2, bilinearly upsampled to full size;
 * dropout (p = 0.2) after each pooling and on every resampled skip path; it
-  is an ``nn.Dropout`` so MC-dropout inference keeps it on while batch norm
-  uses its running statistics (:mod:`bzpipe.model.mc_dropout`).
+  is an ``nn.Dropout`` (:class:`~bzpipe.model.dropout.MCDropout`: the same
+  Bernoulli masks drawn cheaply, each call site named) so MC-dropout inference
+  keeps it on while batch norm uses its running statistics
+  (:mod:`bzpipe.model.mc_dropout`); in eval mode without autograd each
+  conv + BN + ReLU block runs as one folded, fused conv (:mod:`bzpipe.model.fused`).
 
-Parameter count (``in_channels=5``, default filters, deep supervision):
-6,758,501, the "about 6.8 M" of King et al. (2024): 6,741,600 conv weights and
-biases of the encoder / skip / fusion convs, 1,441 of the final head, 8,932 of
-the four deep-supervision heads and 6,528 batch-norm scales and shifts.  Keras
-would print 6,528 more "non-trainable" parameters (the BN running mean and
-variance, buffers here), 6,765,029 in all; both read as 6.8 M.
+Parameter count of the 5-channel model (6 inputs: reflectivity, t, q, u, v and
+the mask channel; default filters, deep supervision): 6,758,789, the "about
+6.8 M" of King et al. (2024): 6,741,888 conv weights and biases of the encoder /
+skip / fusion convs, 1,441 of the final head, 8,932 of the four deep-supervision
+heads and 6,528 batch-norm scales and shifts.  Keras would print 6,528 more
+"non-trainable" parameters (the BN running mean and variance, buffers here),
+6,765,317 in all; both read as 6.8 M.
+
+Batch norm: ``bn_momentum`` / ``bn_eps`` default to PyTorch's (0.1, 1e-5) so
+older checkpoints rebuild exactly; training sets the authors' Keras values
+(``BatchNormalization`` momentum 0.99 = PyTorch momentum 0.01, epsilon 1e-3;
+:class:`bzpipe.config.TrainConfig`).
 
 Shapes below use B = batch, H, W = rows, cols (divisible by 16).
 """
@@ -36,6 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bzpipe.masking import mask_blind_zone, merge_prediction
+from bzpipe.model.dropout import MCDropout
+from bzpipe.model.fused import conv3x3, fold_conv_bn, weights_key
 from bzpipe.schema import NO_ECHO
 
 DEPTH = 5
@@ -58,6 +69,10 @@ class UNet3PlusConfig:
     # fill (heads start at 0). The untrained model is exactly REP, so a short CPU run starts from the
     # strongest simple baseline instead of from "no echo". Needs the mask as the last input channel.
     rep_prior: bool = False
+    # batch norm (PyTorch convention: running = (1 - momentum) running + momentum batch); Keras' momentum
+    # 0.99 is 0.01 here. Defaults are PyTorch's, so checkpoints without these fields rebuild unchanged.
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         self.filters = tuple(int(f) for f in self.filters)
@@ -84,11 +99,50 @@ def rep_fill(refl: Tensor, mask: Tensor) -> Tensor:
     return torch.where(hidden, torch.gather(refl, 2, top).expand_as(refl), refl)
 
 
+def channels_last_faster(device: torch.device | str) -> bool:
+    """Whether channels_last (NHWC) is this model's faster memory format on ``device``: on CUDA (cuDNN's
+    NHWC kernels; 2x training, 3.5x inference on an H100) and on CPU (oneDNN's; 1.4x training and
+    1.3x MC inference measured on a 2-core x86-64 VM, ``benchmarks/bench_inference.py --formats``)."""
+    return torch.device(device).type in ("cuda", "cpu")
+
+
+def _upsampler(factor: int):
+    """Bilinear upsampling by an integer factor (align_corners=False, as Keras' UpSampling2D)."""
+    return lambda t: F.interpolate(t, scale_factor=factor, mode="bilinear", align_corners=False)
+
+
+#: eval-mode ``ConvBNReLU`` without autograd runs as one conv with batch norm folded in (and the ReLU fused
+#: on CPU; :mod:`bzpipe.model.fused`); False: the three layers one after the other (the reference)
+FOLD_BN_IN_EVAL = True
+
+
 class ConvBNReLU(nn.Sequential):
-    """conv3x3 (with bias, as in Keras) + batch norm + ReLU; keeps H, W."""
+    """conv3x3 (with bias, as in Keras) + batch norm + ReLU; keeps H, W.
+
+    In eval mode without autograd (inference, MC dropout included) it runs as one convolution with
+    the batch norm folded in and the ReLU fused (:data:`FOLD_BN_IN_EVAL`), the fusion TensorFlow
+    applies to the Keras model; the folded weights are cached until a parameter or buffer changes.
+    """
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """(weight, bias) of the conv with this block's batch norm (eval) folded in; cached."""
+        key = weights_key(self)
+        cached = self.__dict__.get("_folded")
+        if cached is None or cached[0] != key:
+            cached = (key, *fold_conv_bn(self[0], self[1]))
+            self.__dict__["_folded"] = cached
+        return cached[1], cached[2]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training or torch.is_grad_enabled() or not FOLD_BN_IN_EVAL or self[1].running_var is None:
+            return super().forward(x)
+        w, b = self.folded()
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            w, b = w.to(x.dtype), b.to(x.dtype)
+        return conv3x3(x, w, b, relu=True)
 
 
 class EncoderBlock(nn.Sequential):
@@ -103,7 +157,8 @@ class UNet3Plus(nn.Module):
         super().__init__()
         self.config = cfg = config or UNet3PlusConfig(**kw)
         f, s = cfg.filters, cfg.skip_channels
-        self.drop = nn.Dropout(cfg.dropout)  # one stateless module, reused on every path
+        self.drop = MCDropout(cfg.dropout)  # one module, reused on every path (sites named per call)
+        self.drop.exclusive_grad = True     # each dropout output below feeds exactly one conv
         self.encoder = nn.ModuleList(
             [EncoderBlock(cfg.in_channels if i == 0 else f[i - 1], f[i]) for i in range(DEPTH)])
         # channels of the map each decoder level reads from scale `src`:
@@ -122,6 +177,9 @@ class UNet3Plus(nn.Module):
              for src in (4, 3, 2, 1)]) if cfg.deep_supervision else None
         for h in [self.head, *(self.aux_heads or [])]:
             nn.init.constant_(h.bias, 0.0 if cfg.rep_prior else cfg.output_bias)
+        for mod in self.modules():                  # batch-norm settings of the config (see its fields)
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.momentum, mod.eps = cfg.bn_momentum, cfg.bn_eps
 
     def forward(self, x: Tensor, heads: bool = False) -> Tensor | list[Tensor]:
         """x: Tensor[B, in_channels, H, W] -> Tensor[B, out_channels, H, W] (d1 head, raw, unmerged).
@@ -140,7 +198,7 @@ class UNet3Plus(nn.Module):
         e: list[Tensor] = []
         for i, block in enumerate(self.encoder):
             if i > 0:
-                x = self.drop(F.max_pool2d(x, 2))      # (B, f[i-1], H / 2^i, W / 2^i)
+                x = self.drop(F.max_pool2d(x, 2), f"enc{i}")  # (B, f[i-1], H / 2^i, W / 2^i)
             x = block(x)                               # (B, f[i],   H / 2^i, W / 2^i)
             e.append(x)
         # ---- decoder: maps[k] is the deepest map available at scale k (e5, then d4, d3, d2, d1)
@@ -148,13 +206,13 @@ class UNet3Plus(nn.Module):
         for level in range(DEPTH - 2, -1, -1):       # 3, 2, 1, 0  ==  d4, d3, d2, d1
             parts = []
             for src in range(DEPTH):
+                site = f"dec{level}.{src}"
                 if src < level:                        # shallower encoder map, max-pooled down
-                    t = self.drop(F.max_pool2d(e[src], 2 ** (level - src)))
+                    t = self.drop(F.max_pool2d(e[src], 2 ** (level - src)), site)
                 elif src == level:                     # same-scale encoder map (plain U-Net skip)
                     t = e[src]
                 else:                                  # deeper decoder map (or e5), upsampled
-                    t = self.drop(F.interpolate(maps[src], scale_factor=2 ** (src - level),
-                                                mode="bilinear", align_corners=False))
+                    t = self.drop.upsampled(maps[src], _upsampler(2 ** (src - level)), site)
                 parts.append(self.skips[level][src](t))          # (B, s, H / 2^level, W / 2^level)
             maps[level] = self.fuse[level](torch.cat(parts, 1))  # (B, 5 s, H / 2^level, W / 2^level)
         out = self.head(maps[0])                                 # (B, out, H, W)

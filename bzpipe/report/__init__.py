@@ -51,8 +51,12 @@ def markdown_summary(summary: dict[str, Any], verdict_: dict[str, Any], site: st
     header, rows = tables.main_rows(summary, site)
     lines = [f"**{verdict_['headline']}**", ""]
     lines += [f"- {r}" for r in verdict_["reasons"]]
-    lines += ["", f"Scores ({site}, {summary['settings'].get('confidence', 0.9):.0%} bootstrap intervals, "
+    boot = (summary.get("bootstrap") or {}).get(site, {})
+    lines += ["", f"Scores ({site}, {summary['settings'].get('confidence', 0.9):.0%} block-bootstrap intervals "
+                  f"over {boot.get('units', '?')} {boot.get('unit', 'patch')} blocks, "
                   f"{summary['n_patches'].get(site, 0)} patches):", "", tables.to_markdown(header, rows)]
+    if (summary.get("seeds") or {}).get("n", 1) > 1:
+        lines += ["", "Across training seeds (mean ± sd):", "", tables.to_markdown(*tables.seed_rows(summary))]
     if links:
         lines += ["", "Figures: " + ", ".join(f"[{k}]({v})" for k, v in links.items())]
     return "\n".join(lines)

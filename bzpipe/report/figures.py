@@ -109,7 +109,7 @@ def curtains_png(cases: dict[str, Any], methods: tuple[str, ...] = ("REP", "MAR"
             sp[:b] = np.asarray(cases["spread"])[i]
             ims = ax.imshow(sp, origin="lower", aspect="auto", extent=ext, cmap="magma",
                             interpolation="nearest")
-            fig.colorbar(ims, ax=ax, fraction=0.08, pad=0.01, label="MC std (dBZ)")
+            fig.colorbar(ims, ax=ax, fraction=0.08, pad=0.01, label="MC std of per-pass dBZ (dBZ)")
         ax.axhline(bz_top, color="0.5", ls="--", lw=1.2)
         ax.set_yticklabels([])
         if i == 0:
@@ -202,13 +202,13 @@ def scores_png(summary: dict[str, Any], site: str = "all",
         ax.set_xticks(x, [m for m in methods], rotation=45, fontsize=7)
         unit = " (dBZ)" if key in ("MAE", "RMSE", "bias", "EMD") else ""
         ax.set_title(key.replace("_", " ") + unit, fontsize=9)
-    fig.suptitle(f"Blind-zone scores ({site}), {summary['settings'].get('confidence', 0.9):.0%} bootstrap "
+    fig.suptitle(f"Blind-zone scores ({site}), {summary['settings'].get('confidence', 0.9):.0%} block-bootstrap "
                  "intervals", fontsize=10)
     return _png(fig)
 
 
 def psd_png(summary: dict[str, Any]) -> bytes:
-    """Vertical power spectral density (dB) of the blind zone, truth and every method."""
+    """Vertical spectrum (dB; King et al.'s definition, :mod:`bzpipe.metrics.spectra`) of the blind zone."""
     block = summary["psd"]
     f = _arr(block["freq_per_km"])
     fig = _new(6.0, 4.2)
@@ -219,8 +219,8 @@ def psd_png(summary: dict[str, Any]) -> bytes:
         ax.plot(f[1:], p[1:], "o-", color=_color(name), lw=2.2 if name == "truth" else 1.4, ms=3,
                 label=_label(name) + (" (no vertical variation: zero power)" if flat else ""))
     ax.set_xlabel("vertical frequency (cycles per km)")
-    ax.set_ylabel("power spectral density (dB, dBZ$^2$)")
-    ax.set_title("Vertical PSD in the blind zone (mean over profiles; DC term omitted)")
+    ax.set_ylabel("20 log$_{10}$ mean |FFT| (dB re 1 dBZ)")
+    ax.set_title("Vertical spectrum in the blind zone, as King et al. (2024) (DC term omitted)")
     ax.legend(fontsize=7)
     return _png(fig)
 

@@ -57,14 +57,28 @@ def render(title: str, verdict: dict[str, Any], summary: dict[str, Any], figures
         parts.append(tables.to_html(["baseline", "score", "U-Net", "baseline value", "U-Net minus baseline",
                                      "U-Net ahead", "significant"], checks))
     mask = summary.get("mask", {})
+    boot = (summary.get("bootstrap") or {}).get("all", {})
+    excl = summary.get("patch_exclusion") or {}
     parts.append(f"<p class='note'>Evaluation mask (the same for every method): "
                  f"{html.escape(str(mask.get('rule', 'blind zone')))}; {mask.get('valid', '?')} of "
                  f"{mask.get('pixels', '?')} blind-zone pixels scored. Patches: "
                  f"{html.escape(json.dumps(summary.get('n_patches', {})))}. No echo counts as -60 dBZ in "
                  "MAE/RMSE/bias/EMD/PSD; echo is &gt; -60 dBZ. Intervals: "
-                 f"{summary['settings'].get('confidence', 0.9):.0%} percentile bootstrap over patches "
-                 f"({summary['settings'].get('n_bootstrap')} resamples, paired across methods, "
-                 "stratified by site).</p>")
+                 f"{summary['settings'].get('confidence', 0.9):.0%} block bootstrap "
+                 f"({html.escape(str(boot.get('unit', 'patch')))} blocks, {boot.get('units', '?')} of them; "
+                 f"{summary['settings'].get('n_bootstrap')} resamples, paired across methods, stratified by "
+                 "site; percentile interval expanded for few blocks). "
+                 f"{html.escape(str(excl.get('rule', 'No test patch excluded')))}. U-Net MC statistics per pass "
+                 "in dBZ (King et al. 2024): mean and spread of the per-pass dBZ, no echo = -60 dBZ.</p>")
+    events = summary.get("events_in_truth", {}).get("all")
+    if events:
+        parts.append("<p class='note'>Events in the truth (patches): "
+                     + html.escape(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in events.items())) + "</p>")
+    if (summary.get("seeds") or {}).get("stats"):
+        parts.append("<h2>Spread across training seeds</h2><p class='note'>The same test patches and baseline "
+                     "fills scored with each training run; mean ± sample sd (the bootstrap intervals above "
+                     "are for the first run).</p>")
+        parts.append(tables.to_html(*tables.seed_rows(summary)))
     for site in summary["scores"]:
         parts.append(f"<h2>Scores: {html.escape(site)}</h2>")
         parts.append(tables.to_html(*tables.main_rows(summary, site), highlight=ref))

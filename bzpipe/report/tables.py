@@ -77,3 +77,25 @@ def to_html(header: list[str], rows: list[list[str]], highlight: str | None = No
         cls = ' class="ref"' if highlight is not None and r and r[0] == highlight else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+#: how the seed table names the headline scores
+SEED_LABELS = {"MAE": "MAE (dBZ)", "cloud_CSI": "cloud CSI", "shallow_snowfall_CSI": "shallow-snow CSI",
+               "virga_CSI": "virga CSI"}
+
+
+def _mean_sd(st: dict[str, Any] | None) -> str:
+    if not st or st.get("mean") is None:
+        return "n/a"
+    return f"{st['mean']:.3g}" + (f" ± {st['sd']:.2g}" if st.get("sd") is not None else "")
+
+
+def seed_rows(summary: dict[str, Any], reference: str = "UNET") -> tuple[list[str], list[list[str]]]:
+    """Mean ± sd across training seeds of the U-Net's headline scores and its differences to each baseline."""
+    block = summary.get("seeds") or {}
+    stats = block.get("stats", {})
+    bases = sorted({k.split(".")[0].split("-", 1)[1] for k in stats if "-" in k.split(".")[0]})
+    header = ["score", f"{reference} (mean ± sd, {block.get('n', 1)} runs)"] + [f"{reference} minus {b}" for b in bases]
+    rows = [[label, _mean_sd(stats.get(f"{reference}.{k}"))] + [_mean_sd(stats.get(f"{reference}-{b}.{k}")) for b in bases]
+            for k, label in SEED_LABELS.items()]
+    return header, rows

@@ -1,10 +1,15 @@
-"""The report's plain statement: is the U-Net ahead of REP and MAR on MAE and cloud-presence CSI?
+"""The report's plain statement: is the U-Net ahead of REP and MAR on the four headline scores?
 
-The statement is computed from the scores, never written by hand: if the
-U-Net is not ahead on either score against either baseline, the report says
-so in its first lines, with the numbers and the likely reasons that can be
-read off the run (undefined scores, intervals that include zero, a short
-training run, few test patches).
+The headline scores are MAE, blind-zone cloud-presence CSI, shallow-snowfall
+CSI and virga CSI (King et al. 2024; REP cannot produce the last two by
+construction, which is where a learned fill must earn its place).  Each
+U-Net-minus-baseline difference carries its paired block-bootstrap interval
+(:mod:`bzpipe.metrics.bootstrap`); "significantly ahead" means the interval
+excludes zero.  The statement is computed from the scores, never written by
+hand: where the U-Net is not ahead, the report says so in its first lines,
+with the numbers and the likely reasons that can be read off the run
+(undefined scores, an event absent from the test split, intervals that include
+zero, a short training run, few test patches).
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ from typing import Any
 
 #: (summary key, label, lower is better)
 HEADLINE_SCORES: tuple[tuple[str, str, bool], ...] = (("MAE", "MAE", True),
-                                                      ("cloud_CSI", "cloud-presence CSI", False))
+                                                      ("cloud_CSI", "cloud-presence CSI", False),
+                                                      ("shallow_snowfall_CSI", "shallow-snowfall CSI", False),
+                                                      ("virga_CSI", "virga CSI", False))
+#: event of each event score, and how the report names it
+EVENT_NAMES = {"cloud": "blind-zone cloud", "shallow_snowfall": "shallow-snowfall", "virga": "virga"}
 
 
 def _num(v: Any) -> float:
@@ -34,7 +43,7 @@ def _fmt(v: float, unit: str = "") -> str:
 
 def verdict(summary: dict[str, Any], reference: str = "UNET", baselines: tuple[str, ...] = ("REP", "MAR"),
             site: str = "all", context: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Compare ``reference`` with each baseline on MAE and cloud-presence CSI.
+    """Compare ``reference`` with each baseline on the :data:`HEADLINE_SCORES`.
 
     Returns ``{"ahead": bool, "headline": str, "checks": [...], "reasons": [...]}``;
     each check has the two estimates, the paired difference interval and whether the
@@ -63,25 +72,33 @@ def verdict(summary: dict[str, Any], reference: str = "UNET", baselines: tuple[s
     all_ahead = bool(checks) and all(c["ahead"] for c in checks)
     split = ctx.get("split", "test")
     names = " and ".join(present) or "no baseline"
+    labels = ", ".join(label for _, label, _ in HEADLINE_SCORES)
+    absent = [e for e in summary.get("undefined_events", {}).get(site, []) if e in EVENT_NAMES]
     if not checks:
         headline = (f"No REP/MAR baseline was run, so the U-Net cannot be compared with them on the "
                     f"{split} split.")
     elif all_ahead:
         sig = all(c["significant"] for c in checks)
-        headline = (f"On the {split} split the U-Net is ahead of {names} on both MAE and cloud-presence CSI"
-                    + (f" (all differences outside the {conf:.0%} bootstrap interval of zero)." if sig else
-                       f"; not every difference is outside the {conf:.0%} bootstrap interval of zero."))
+        weak = [f"{c['score']} vs {c['baseline']}" for c in checks if not c["significant"]]
+        headline = (f"On the {split} split the U-Net is ahead of {names} on {labels}"
+                    + (f", every difference outside zero in its {conf:.0%} block-bootstrap interval." if sig else
+                       f"; but the {conf:.0%} block-bootstrap interval includes zero for: " + "; ".join(weak)
+                       + "."))
     else:
         lost = [c for c in checks if not c["ahead"]]
-        parts = [f"{c['score']} vs {c['baseline']} ({'tied: ' if c['tied'] else ''}U-Net "
+        parts = [f"{c['score']} vs {c['baseline']} (not scored: no {EVENT_NAMES[e]} event in the {split} split)"
+                 if (e := c["key"].rsplit("_", 1)[0]) in absent else
+                 f"{c['score']} vs {c['baseline']} ({'tied: ' if c['tied'] else ''}U-Net "
                  f"{_fmt(c['reference'])}, {c['baseline']} {_fmt(c['other'])})" for c in lost]
         headline = f"The U-Net is NOT ahead of {names} on the {split} split on: " + "; ".join(parts) + "."
     reasons: list[str] = []
+    for e in absent:
+        reasons.append(f"the {split} split holds no {EVENT_NAMES[e]} event in the truth ({n} patches): its "
+                       "POD, CSI and HSS are undefined and not scored (not 0/0).")
     if not all_ahead and checks:
-        if any(not c["defined"] for c in checks):
-            reasons.append("cloud-presence CSI is undefined (0/0) for a method: no patch has blind-zone "
-                           "cloud in the truth or in that method's fill, so hits + misses + false "
-                           "alarms = 0.")
+        if any(not c["defined"] for c in checks if not any(c["key"].startswith(e) for e in absent)):
+            reasons.append("an event score is undefined (0/0) for a method: hits + misses + false alarms = 0 "
+                           "(no event in the truth nor in that method's fill).")
         if any(c["tied"] and c["key"] == "cloud_CSI" for c in checks):
             reasons.append("cloud-presence CSI is tied: both methods get the same hits, misses and false "
                            "alarms (e.g. every blind-zone cloud is detected without false alarms), so this "
@@ -103,4 +120,7 @@ def verdict(summary: dict[str, Any], reference: str = "UNET", baselines: tuple[s
             reasons.append("REP is exact wherever the blind zone simply continues the echo just above it "
                            "(vertically uniform echo); the more such patches the split holds, the harder REP "
                            "is to beat.")
+    check = summary.get("dataset_check") or {}
+    if check.get("overridden"):   # evaluated on a dataset the model was not trained on (bzpipe.checkpoint)
+        headline = "NOT A HELD-OUT TEST: " + str(check.get("note", "")) + ". " + headline
     return {"ahead": all_ahead, "headline": headline, "checks": checks, "reasons": reasons, "site": site}

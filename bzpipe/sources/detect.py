@@ -28,7 +28,12 @@ def open_any(path: str | Path) -> xr.Dataset:
     except OSError as e:
         raise InputFileError(p, f"cannot open ({e.strerror})") from e
     if head == _HDF4_MAGIC:
-        return read_granule(p, require_reflectivity=False)
+        from bzpipe.sources.cloudsat.ecmwf_aux import PRODUCT, read_ecmwf_aux
+        from bzpipe.sources.cloudsat.hdfeos import SwathFile
+
+        with SwathFile(p) as sw:                               # an ECMWF-AUX swath has its own reader
+            aux = sw.swath_name == PRODUCT
+        return read_ecmwf_aux(p) if aux else read_granule(p, require_reflectivity=False)
     if sniff_format(p) == "grib":
         return _read_era5_present(p)
     try:

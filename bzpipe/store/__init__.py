@@ -8,14 +8,18 @@ Layout under the root (relative keys, always ``/``-separated)::
     raw/kazr/<site>/<arm file name>          raw/met/<site>/<arm file name>
     raw/era5/<site>/era5_<site>_<YYYYMM>.nc  raw/cloudsat/<granule>.hdf
     datasets/<version>.zarr                  models/<run>/...
-    outputs/cloudsat/<model id>/<granule id>.zarr
+    outputs/cloudsat/<model id>-<settings id>/<granule id>.zarr
     reports/<run>/...                        quarantine/<granule>.json
     manifests/<key>.json                     (one manifest entry per object)
+    state/replacing/<key>.json               (a swap in progress, see bzpipe.store.replace)
 
 Writes are atomic: a file is written under a temporary name in the same
 folder and renamed (local), or uploaded in one PUT (S3, where an object only
 appears once complete).  A Zarr store is a folder of many objects, so it is
-complete only once its manifest entry exists (:meth:`Store.is_complete`).
+complete only once its manifest entry exists (:meth:`Store.is_complete`); a
+new version of one is written aside and swapped in
+(:func:`bzpipe.store.replace.replace`), so the old version stays complete
+until the new one is.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 
 import fsspec
 
-from bzpipe.errors import StoreError
+from bzpipe.errors import StoreError, is_credentials_error
 from bzpipe.provenance import sha256_bytes, sha256_file
 
 MANIFEST_PREFIX = "manifests"
@@ -49,6 +53,23 @@ def s3_storage_options() -> dict[str, Any]:
     if endpoint:
         opts["client_kwargs"] = {"endpoint_url": endpoint}
     return opts
+
+
+def url_fs(uri: str) -> tuple[Any, str]:
+    """``(filesystem, path)`` of a local path, ``file://`` or ``s3://`` URI (S3 with the endpoint options)."""
+    uri = str(uri).removeprefix("file://")
+    return fsspec.core.url_to_fs(uri, **(s3_storage_options() if uri.startswith("s3://") else {}))
+
+
+def file_version(uri: str) -> str:
+    """What changes whenever a file's content does, without reading it: ``<size>:<mtime>`` locally,
+    ``<size>:<ETag>`` on S3 (a content hash).  Raises ``FileNotFoundError`` when it is absent."""
+    fs, path = url_fs(uri)
+    info = fs.info(path)
+    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+    if isinstance(tag, float):
+        tag = repr(tag)
+    return f"{info.get('size')}:{str(tag).strip(chr(34))}"
 
 
 @dataclass
@@ -124,8 +145,23 @@ class Store:
         return f"models/{run}/{name}".rstrip("/")
 
     @staticmethod
-    def output_key(model_id: str, granule_id: str) -> str:
-        return f"outputs/cloudsat/{model_id}/{granule_id}.zarr"
+    def output_key(model_id: str, settings_id: str, granule_id: str) -> str:
+        """Key of a filled granule: the model (checkpoint hash) AND the settings that change the numbers
+        (:meth:`bzpipe.config.InferConfig.settings_id`), so other settings never find an output made
+        with the old ones."""
+        if not (model_id and settings_id and granule_id):
+            raise StoreError(f"output key needs a model id, a settings id and a granule id, got "
+                             f"{model_id!r}, {settings_id!r}, {granule_id!r}")
+        return f"{Store.output_prefix(model_id, settings_id)}/{granule_id}.zarr"
+
+    @staticmethod
+    def output_id(model_id: str, settings_id: str) -> str:
+        """``<model id>-<settings id>``: what one set of outputs was made with."""
+        return f"{model_id}-{settings_id}"
+
+    @staticmethod
+    def output_prefix(model_id: str, settings_id: str) -> str:
+        return f"outputs/cloudsat/{Store.output_id(model_id, settings_id)}"
 
     @staticmethod
     def report_key(run: str, name: str = "") -> str:
@@ -133,15 +169,28 @@ class Store:
 
     # ------------------------------------------------------------------ reading
     def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self.uri(key)))
+        with self._access(key):
+            return bool(self.fs.exists(self.uri(key)))
 
     def read_bytes(self, key: str) -> bytes:
+        with self._access(key):
+            try:
+                return self.fs.cat_file(self.uri(key))
+            except FileNotFoundError:
+                raise
+            except OSError as e:
+                raise StoreError(f"{self.uri(key)}: cannot read ({e})") from e
+
+    @contextlib.contextmanager
+    def _access(self, key: str) -> Iterator[None]:
+        """Missing or refused S3 credentials become a StoreError naming the address (never retried)."""
         try:
-            return self.fs.cat_file(self.uri(key))
-        except FileNotFoundError:
+            yield
+        except Exception as e:
+            if is_credentials_error(e):
+                raise StoreError(f"{self.uri(key)}: cannot access the store ({type(e).__name__}: {e}); "
+                                 "set AWS credentials for it") from e
             raise
-        except OSError as e:
-            raise StoreError(f"{self.uri(key)}: cannot read ({e})") from e
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.read_bytes(key))
@@ -149,7 +198,7 @@ class Store:
     def list(self, prefix: str = "", suffix: str = "") -> list[str]:
         """Keys of the files under ``prefix`` (recursive), sorted."""
         base = self.uri(prefix)
-        if not self.fs.exists(base):
+        if not self.exists(prefix):
             return []
         found = self.fs.find(base)
         root = self._fs_root
@@ -199,12 +248,13 @@ class Store:
         """Write ``data`` to ``key`` atomically; record it in the manifest."""
         target = self.uri(key)
         try:
-            if self.is_local:
-                self._local_atomic(target, lambda tmp: Path(tmp).write_bytes(data))
-            else:
-                self.fs.pipe_file(target, data)
+            with self._access(key):
+                if self.is_local:
+                    self._local_atomic(target, lambda tmp: Path(tmp).write_bytes(data))
+                else:
+                    self.fs.pipe_file(target, data)
         except OSError as e:
-            raise _store_error(target, e) from e
+            raise write_error(target, e) from e
         if not manifest:
             return None
         return self.record(key, sha256=sha256_bytes(data), size=len(data), producer=producer)
@@ -220,13 +270,14 @@ class Store:
         size = local.stat().st_size
         target = self.uri(key)
         try:
-            if self.is_local:
-                if Path(target) != local.resolve():
-                    self._local_atomic(target, lambda tmp: shutil.copyfile(local, tmp))
-            else:
-                self.fs.put_file(str(local), target)
+            with self._access(key):
+                if self.is_local:
+                    if Path(target) != local.resolve():
+                        self._local_atomic(target, lambda tmp: shutil.copyfile(local, tmp))
+                else:
+                    self.fs.put_file(str(local), target)
         except OSError as e:
-            raise _store_error(target, e) from e
+            raise write_error(target, e) from e
         return self.record(key, sha256=digest, size=size, producer=producer)
 
     @contextlib.contextmanager
@@ -250,7 +301,7 @@ class Store:
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _store_error(str(parent), e) from e
+            raise write_error(str(parent), e) from e
         return str(parent)
 
     def _local_atomic(self, target: str, write) -> None:  # type: ignore[no-untyped-def]
@@ -327,15 +378,18 @@ def _clean_key(key: str) -> str:
 
 
 def _is_temp(key: str) -> bool:
-    name = posixpath.basename(key)
-    return (name.startswith(".") and ".tmp-" in name) or "/bzpipe-w-" in key or key.startswith("bzpipe-w-")
+    """A temporary file or anything inside a hidden aside folder (``.<name>.tmp-...``): never listed."""
+    return (any(part.startswith(".") and ".tmp-" in part for part in key.split("/"))
+            or "/bzpipe-w-" in key or key.startswith("bzpipe-w-"))
 
 
-def _store_error(target: str, e: OSError) -> StoreError:
+def write_error(target: str, e: OSError, after: str = "nothing was changed at this key") -> StoreError:
+    """A failed write as a StoreError naming ``target``, the reason (full disk, permission, ...) and
+    what the failure left (``after``)."""
     if e.errno == errno.ENOSPC:
         why = "no space left on the device"
     elif isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         why = "permission denied"
     else:
         why = str(e)
-    return StoreError(f"{target}: write failed: {why}; nothing was changed at this key")
+    return StoreError(f"{target}: write failed: {why}; {after}")

@@ -5,8 +5,10 @@ GPU-bound runs).  For a cluster the same deployments go to two Kubernetes work p
 queue ``gpu`` -> the GPU pool (base job template ``work-pool-gpu.json``), everything else ->
 the CPU pool (``work-pool-cpu.json``).  Every deployment also gets the image, the namespace,
 ``DASK_SCHEDULER_ADDRESS`` of the DaskCluster in ``dask-cluster.yaml``, and a pull step that
-enters the code baked into the image.  Names, entrypoints, schedules, triggers,
-concurrency limits and tags are kept.
+enters the code baked into the image; ``--config-path`` becomes ``$BZPIPE_CONFIG`` of every
+flow run (the installation's default config; the Prefect Variable ``bzpipe_config`` switches it
+at run time).  Names, entrypoints, parameters, schedules, triggers, concurrency limits and tags
+are kept.
 
     python infra/k8s/render_prefect_yaml.py --image REGISTRY/bzpipe:cpu-TAG \
         --gpu-image REGISTRY/bzpipe:cuda-TAG --config-path /etc/bzpipe/pipeline.yaml > prefect.k8s.yaml
@@ -57,8 +59,10 @@ def render(spec: dict[str, Any], *, image: str, gpu_image: str | None = None, cp
                               "namespace": namespace, "env": env})
         dep["work_pool"] = {"name": gpu_pool if on_gpu else cpu_pool, "work_queue_name": "default",
                             "job_variables": job_variables}
-        if config_path is not None and "config_path" in (dep.get("parameters") or {}):
-            dep["parameters"] = {**dep["parameters"], "config_path": config_path}
+        if config_path is not None:
+            # the installation's default config (flows/common.py: after the Prefect Variable
+            # bzpipe_config, before the offline demo), read by every run when it starts
+            env["BZPIPE_CONFIG"] = config_path
     return out
 
 
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dask-address", default="tcp://bzpipe-dask-scheduler.bzpipe.svc.cluster.local:8786",
                    help="scheduler of infra/k8s/dask-cluster.yaml; '' for none (LocalCluster per run)")
     p.add_argument("--workdir", default="/opt/bzpipe", help="the checkout inside the image")
-    p.add_argument("--config-path", help="config file inside the pod (e.g. a mounted ConfigMap) for every deployment")
+    p.add_argument("--config-path", help="default config file inside the pod (e.g. a mounted ConfigMap), as "
+                   "$BZPIPE_CONFIG of every flow run; the Prefect Variable bzpipe_config still overrides it")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra flow-run environment")
     p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     a = p.parse_args(argv)

@@ -1,13 +1,15 @@
 """A double of the ARM Live Data Webservice (https://adc.arm.gov/armlive/) on 127.0.0.1.
 
-Speaks what ``act.discovery.download_arm_data`` sends:
+Speaks the service's documented protocol (what bzpipe's client and ``act.discovery.download_arm_data``
+send):
 
 * ``GET /armlive/data/query?user=<name>:<token>&ds=<datastream>&start=<ISO>Z&end=<ISO>Z&wt=json``
   -> ``{"status": "success", "files": [...]}`` (files whose start time lies in [start, end])
-* ``GET /armlive/data/saveData?user=<name>:<token>&file=<name>`` -> the bytes, or ARM's
-  "This data file is not available" text for a file it does not hold
+* ``GET /armlive/data/saveData?user=<name>:<token>&file=<name>`` -> the bytes (with
+  ``Content-Length``), or ARM's "This data file is not available" text (status 200) for a
+  file it does not hold or holds only on tape
 * ``GET /citationservice/citation/datastream?id=<ds>&citationType=apa&startDate=..&endDate=..``
-  -> ``{"citation": "..."}``
+  -> ``{"citation": "..."}`` (act asks for it after a download; bzpipe does not)
 
 Wrong credentials get HTTP 401.  Files are served from a folder of real-format
 files (written with the synthetic generator), keyed by their ARM names.

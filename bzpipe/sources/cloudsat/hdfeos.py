@@ -20,17 +20,20 @@ How CloudSat lays out a granule (checked on a real R05 2B-CLDCLASS file):
 * the SD global attribute ``StructMetadata.0`` describes the swath in ODL.
 
 Everything pyhdf raises (``HDF4Error``, with texts like "SD (7): Error
-opening file") is turned into :class:`~bzpipe.errors.CorruptFileError` naming
-the file.
+opening file", but also ``ValueError("SDreaddata failure")`` when compressed
+data no longer inflate, and whatever a damaged header makes it raise) is
+turned into :class:`~bzpipe.errors.CorruptFileError` naming the file.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyhdf.V  # noqa: F401  (HDF.vgstart needs the submodule imported)
@@ -119,9 +122,12 @@ class SwathFile:
             self.swath_name, self.fields, attr_refs = self._walk()
             self.attributes: dict[str, Any] = {name: self._read_attr_vdata(ref)
                                                for name, ref in attr_refs.items()}
-        except HDF4Error as exc:
+        except InputFileError:
             self.close()
-            raise CorruptFileError(self.source, f"cannot open as HDF4/HDF-EOS2 ({exc})") from None
+            raise
+        except Exception as exc:  # noqa: BLE001 - any pyhdf failure means a damaged file
+            self.close()
+            raise CorruptFileError(self.source, f"cannot open as HDF4/HDF-EOS2 ({_why(exc)})") from None
         except BaseException:
             self.close()
             raise
@@ -214,8 +220,10 @@ class SwathFile:
                 finally:
                     sds.endaccess()
             return self._read_vdata(ref.key)
-        except HDF4Error as exc:
-            raise CorruptFileError(self.source, f"cannot read field {name!r} ({exc})") from None
+        except InputFileError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any pyhdf failure means a damaged file
+            raise CorruptFileError(self.source, f"cannot read field {name!r} ({_why(exc)})") from None
 
     def shape(self, name: str) -> tuple[int, ...]:
         ref = self.fields[name]
@@ -232,8 +240,8 @@ class SwathFile:
                 return (int(vd.inquire()[0]),)
             finally:
                 vd.detach()
-        except HDF4Error as exc:
-            raise CorruptFileError(self.source, f"cannot inquire field {name!r} ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - any pyhdf failure means a damaged file
+            raise CorruptFileError(self.source, f"cannot inquire field {name!r} ({_why(exc)})") from None
 
     def field_attrs(self, name: str) -> FieldAttrs:
         """CloudSat attributes of a field from ``Swath Attributes`` (SDS ``_FillValue`` as fallback fill)."""
@@ -247,8 +255,8 @@ class SwathFile:
                     fill = sds.attributes().get("_FillValue")
                 finally:
                     sds.endaccess()
-            except HDF4Error as exc:
-                raise CorruptFileError(self.source, f"cannot read attributes of {name!r} ({exc})") from None
+            except Exception as exc:  # noqa: BLE001 - any pyhdf failure means a damaged file
+                raise CorruptFileError(self.source, f"cannot read attributes of {name!r} ({_why(exc)})") from None
         vr = a.get(f"{name}.valid_range")
         valid_range = None
         if vr is not None:
@@ -320,6 +328,31 @@ def _check_magic(path: Path, source: str) -> None:
     if head != HDF4_MAGIC:
         raise CorruptFileError(source, "not an HDF4 file (bad magic number; truncated, HTML error page "
                                        "or another format?)")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def damage_is_corrupt(reader: F) -> F:
+    """Decorator for a granule reader ``reader(path, ..., source=None)``: whatever a damaged file makes it
+    raise besides the :class:`InputFileError` family (an overflow decoding a garbled time, a garbled
+    attribute that is no number, ...) becomes :class:`CorruptFileError` naming the file."""
+
+    @functools.wraps(reader)
+    def wrapper(path: str | Path, *args: Any, **kw: Any) -> Any:
+        try:
+            return reader(path, *args, **kw)
+        except InputFileError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - bytes the reader cannot make sense of
+            raise CorruptFileError(kw.get("source") or str(path), f"cannot be decoded ({_why(exc)})") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _why(exc: BaseException) -> str:
+    """pyhdf's message, with the class when it is not HDF4Error (e.g. ``ValueError: SDreaddata failure``)."""
+    return str(exc) if isinstance(exc, HDF4Error) else f"{type(exc).__name__}: {exc}"
 
 
 def _strip(value: Any) -> Any:

@@ -15,6 +15,7 @@ longitude          float32 deg E       ``Longitude`` (-180..180)
 time               datetime64[ns] UTC  granule date + ``UTC_start`` + ``Profile_time``
 dem_elevation      float32 m MSL       ``DEM_elevation``; -9999 (ocean) -> 0 m; missing -> NaN
 land_sea_flag      uint8               ``Navigation_land_sea_flag`` as stored (1 land, 2 ocean, ...)
+surface_height_bin int16               ``SurfaceHeightBin`` made 0-based (-1 = none)
 cloud_scenario     int16               2B-CLDCLASS ``cloud_scenario`` bit field, as stored
 cloud_type         int8 (0-8)          bits 1-4 of ``cloud_scenario`` (0 none, 1 Ci, 2 As, 3 Ac,
                                        4 St, 5 Sc, 6 Cu, 7 Ns, 8 deep convection)
@@ -27,8 +28,8 @@ Stored values become science values as the CloudSat DPC specifies:
 value ``_FV_<field>`` (or the SDS ``_FillValue``).
 
 Optional variables appear only when the file has them: ``cloud_mask`` and
-``land_sea_flag`` (2B-GEOPROF), ``cloud_scenario`` / ``cloud_type``
-(2B-CLDCLASS), ``dem_elevation``.  ``reflectivity`` is required unless
+``land_sea_flag`` and ``surface_height_bin`` (2B-GEOPROF), ``cloud_scenario`` /
+``cloud_type`` (2B-CLDCLASS), ``dem_elevation``.  ``reflectivity`` is required unless
 ``require_reflectivity=False`` (e.g. for the 2B-CLDCLASS sample, which has the
 2B-GEOPROF geometry but no ``Radar_Reflectivity``).
 """
@@ -45,8 +46,9 @@ import xarray as xr
 
 from bzpipe.errors import CorruptFileError, EmptyDataError, InputFileError, MissingVariableError, \
     WrongReleaseError
-from bzpipe.sources.cloudsat.hdfeos import FieldAttrs, SwathFile
+from bzpipe.sources.cloudsat.hdfeos import FieldAttrs, SwathFile, damage_is_corrupt
 from bzpipe.sources.cloudsat.names import GranuleInfo, granule_info
+from bzpipe.sources.cloudsat.plausibility import check_granule
 from bzpipe.sources.cloudsat.tai import tai93_to_utc
 
 CLOUD_MASK_FILL = -9  # int8 value of cloud_mask where the product has no valid mask
@@ -57,6 +59,7 @@ _MISSOPS = {"==": operator.eq, "<": operator.lt, "<=": operator.le, ">": operato
 REQUIRED_GEOMETRY = ("Height", "Latitude", "Longitude", "Profile_time")
 
 
+@damage_is_corrupt
 def read_granule(path: str | Path, *, require_reflectivity: bool = True,
                  source: str | None = None) -> xr.Dataset:
     """Read a CloudSat HDF-EOS2 granule from a local ``path``.
@@ -72,8 +75,10 @@ def read_granule(path: str | Path, *, require_reflectivity: bool = True,
 
     Raises :class:`MissingVariableError` (no ``Radar_Reflectivity`` while
     required, or missing geometry), :class:`CorruptFileError` (not HDF4,
-    truncated, inconsistent shapes), :class:`EmptyDataError` (heights all fill,
-    or reflectivity all fill while required), each naming the file.
+    truncated, inconsistent shapes, anything pyhdf cannot decode),
+    :class:`~bzpipe.errors.ImplausibleDataError` (values no CPR produces: damaged
+    bytes, see :mod:`~bzpipe.sources.cloudsat.plausibility`), :class:`EmptyDataError`
+    (heights all fill, or reflectivity all fill while required), each naming the file.
     """
     source = source or str(path)
     with SwathFile(path, source=source) as sw:
@@ -166,6 +171,11 @@ def read_granule(path: str | Path, *, require_reflectivity: bool = True,
             data_vars["land_sea_flag"] = ("profile", read1d("Navigation_land_sea_flag").astype(np.uint8), {
                 "long_name": "land/sea flag as stored (1 land, 2 ocean; 3-5 coast / inland water classes)",
                 "source_field": "Navigation_land_sea_flag"})
+        if sw.has("SurfaceHeightBin"):
+            data_vars["surface_height_bin"] = ("profile", _surface_bin(read1d("SurfaceHeightBin"),
+                                                                       sw.field_attrs("SurfaceHeightBin"), nbin), {
+                "long_name": "index of the bin holding the surface echo (0-based, bin 0 = top; -1 = none)",
+                "source_field": "SurfaceHeightBin", "comment": "the product stores it 1-based"})
 
         ds_attrs = {
             "granule_id": info["granule_id"], "orbit": info["orbit"], "release": info["release"],
@@ -176,7 +186,8 @@ def read_granule(path: str | Path, *, require_reflectivity: bool = True,
         }
         if sw.has("Vertical_binsize"):
             ds_attrs["vertical_binsize_m"] = float(sw.read("Vertical_binsize").ravel()[0])
-    return xr.Dataset(data_vars, coords={"profile": np.arange(nray), "bin": np.arange(nbin)}, attrs=ds_attrs)
+    ds = xr.Dataset(data_vars, coords={"profile": np.arange(nray), "bin": np.arange(nbin)}, attrs=ds_attrs)
+    return check_granule(ds, source)
 
 
 def check_release(ds: xr.Dataset, expected: str = "R05") -> xr.Dataset:
@@ -285,6 +296,15 @@ def _check_struct_metadata(sw: SwathFile, nray: int, nbin: int, source: str) -> 
     for dim, n in (("nray", nray), ("nbin", nbin)):
         if dim in dims and dims[dim] != n:
             raise CorruptFileError(source, f"StructMetadata.0 says {dim}={dims[dim]} but 'Height' has {n}")
+
+
+def _surface_bin(raw: np.ndarray, attrs: FieldAttrs, nbin: int) -> np.ndarray:
+    """``SurfaceHeightBin`` (1-based, fill -1 [ICARE]; 3S-GEOPROF-COMB ``cloudsat_util_10.py``) -> 0-based
+    int16, -1 where missing or outside ``1..nbin``."""
+    values, bad = decode(raw, attrs)
+    with np.errstate(invalid="ignore"):
+        bad |= ~np.isfinite(values) | (values < 1) | (values > nbin)
+    return np.where(bad, -1, np.round(values) - 1).astype(np.int16)
 
 
 def _nan(values: np.ndarray, bad: np.ndarray) -> np.ndarray:

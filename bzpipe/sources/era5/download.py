@@ -2,7 +2,9 @@
 
 One request per site and month: ``reanalysis-era5-pressure-levels``, variables
 t, q, u, v, z, every hour of the month, the configured pressure levels (down
-to 300 hPa at least), a small box around the site, netCDF.
+to 300 hPa at least), a small box around the site, netCDF.  CloudSat inference
+also asks for boxes along a granule's track, a few hours of one day each
+(:func:`era5_box_request`); both go through :func:`download_request`.
 
 ``cdsapi.Client`` hands a new-CDS personal access token to
 ``ecmwf.datastores`` (``LegacyClient``), which speaks the CDS "retrieve" API:
@@ -144,6 +146,28 @@ def era5_request(site: Site, year: int, month: int, levels_hpa: list[int], box_d
     }
 
 
+def era5_box_request(area: list[float], days: list[str], hours: list[int], levels_hpa: list[int]) -> dict[str, Any]:
+    """The CDS request for a box along a CloudSat track: ``area`` ``[north, west, south, east]``,
+    ``days`` ``YYYY-MM-DD`` (one month), ``hours`` 0-23, every variable and level of
+    :func:`era5_request`."""
+    if min(levels_hpa) > 300:
+        raise ValueError("ERA-5 levels must reach up to 300 hPa at least")
+    months = {d[:7] for d in days}
+    if len(months) != 1:
+        raise ValueError(f"one request covers one month, got days of {sorted(months)}")
+    return {
+        "product_type": ["reanalysis"],
+        "variable": [VARIABLES[v] for v in ("t", "q", "u", "v", "z")],
+        "year": [days[0][:4]], "month": [days[0][5:7]],
+        "day": sorted({d[8:10] for d in days}),
+        "time": [f"{h:02d}:00" for h in sorted(set(hours))],
+        "pressure_level": [str(p) for p in sorted(set(levels_hpa), reverse=True)],
+        "data_format": "netcdf",
+        "download_format": "unarchived",
+        "area": [float(a) for a in area],
+    }
+
+
 def _callback(level: int) -> Any:
     def emit(*args: Any, **_kw: Any) -> None:
         if not args:
@@ -217,6 +241,17 @@ def download_era5_month(creds: CdsCredentials, site: Site, year: int, month: int
     (invalid request), :class:`CdsJobFailedError` (the job failed at the CDS) or
     :class:`DownloadError` (HTTP 5xx, network, timeout, truncated transfer).
     """
+    request = era5_request(site, year, month, levels_hpa, box_deg)
+    what = f"{DATASET} {site.name} {year:04d}-{month:02d}"
+    return download_request(creds, request, target, what, timeout_s=timeout_s, poll_max_s=poll_max_s,
+                            job_book=job_book), request
+
+
+def download_request(creds: CdsCredentials, request: dict[str, Any], target: str | Path, what: str, *,
+                     timeout_s: float = 120.0, poll_max_s: float = 120.0,
+                     job_book: CdsJobBook | None = None) -> Path:
+    """Retrieve one ERA-5 pressure-level ``request`` (:func:`era5_request`, :func:`era5_box_request`)
+    into ``target`` with ``cdsapi``; errors as :func:`download_era5_month`."""
     import cdsapi
 
     register_secrets(creds.secrets)
@@ -224,8 +259,6 @@ def download_era5_month(creds: CdsCredentials, site: Site, year: int, month: int
         raise AuthenticationError(
             "the CDS API key has the old '<UID>:<APIKEY>' form of the CDS that was retired in 2024; "
             "use the personal access token shown on your profile page of the new CDS")
-    request = era5_request(site, year, month, levels_hpa, box_deg)
-    what = f"{DATASET} {site.name} {year:04d}-{month:02d}"
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -256,4 +289,4 @@ def download_era5_month(creds: CdsCredentials, site: Site, year: int, month: int
     if not target.exists() or target.stat().st_size == 0:
         raise DownloadError(f"CDS {what}: no file was written")
     log.info("CDS: downloaded %s (%d bytes)", target.name, target.stat().st_size)
-    return target, request
+    return target

@@ -1,4 +1,4 @@
-"""Write synthetic CloudSat 2B-GEOPROF granules in the real HDF-EOS2 (HDF4) layout, with pyhdf.
+"""Write synthetic CloudSat 2B-GEOPROF and ECMWF-AUX granules in the real HDF-EOS2 (HDF4) layout, with pyhdf.
 
 The file mirrors what the CloudSat DPC writes (checked against a real R05
 granule), so :func:`bzpipe.sources.cloudsat.read_granule` reads it with the
@@ -9,7 +9,11 @@ same code as a real file:
   ``nray:2B-GEOPROF`` x ``nbin:2B-GEOPROF``, SDS attribute ``_FillValue``;
 * one-field Vdata ``Profile_time``, ``UTC_start``, ``TAI_start``,
   ``Latitude``, ``Longitude``, ``DEM_elevation``, ``Vertical_binsize``,
-  ``Navigation_land_sea_flag``;
+  ``Navigation_land_sea_flag``, ``SurfaceHeightBin`` (int8, 1-based, fill -1 [ICARE]);
+* ECMWF-AUX (:func:`write_ecmwf_aux_granule`, layout of [DPC-EC4] / [DPC-EC]): the same
+  geolocation, the fixed 1-D ``EC_height`` (nbin) and float32 SDS ``Temperature``,
+  ``Specific_humidity``, ``U_velocity``, ``V_velocity``, ``Pressure`` (nray x nbin, fill -999,
+  factor 1, offset 0), ``Temperature_2m`` and ``Surface_pressure`` (nray);
 * Vgroup ``2B-GEOPROF`` (class ``SWATH``) holding ``Geolocation Fields``,
   ``Data Fields`` and ``Swath Attributes`` (class ``SWATH Vgroup``); field
   attributes as ``Attr0.0`` Vdata ``<field>.factor|offset|units|long_name|
@@ -44,6 +48,9 @@ from bzpipe.sources.cloudsat.names import format_granule_name
 from bzpipe.sources.cloudsat.tai import utc_to_tai93
 
 PRODUCT = "2B-GEOPROF"
+EC_PRODUCT = "ECMWF-AUX"
+EC_FILL = -999.0  # ECMWF-AUX fill of every state field [DPC-EC4]
+SURFACE_BIN_FILL = -1  # SurfaceHeightBin fill [ICARE]
 NBIN = 125
 BIN_SPACING_M = 239.83  # CloudSat CPR range-bin size (m), as in the real Vertical_binsize
 
@@ -80,6 +87,7 @@ class _Field:
     missing: float | None = None
     factor: float = 1.0
     compress: bool = False
+    dim: str | None = None  # DimList of a 1-D field (default "nray", or "scalar")
 
     @property
     def is_sds(self) -> bool:
@@ -87,13 +95,15 @@ class _Field:
 
 
 def granule_file_name(start: datetime, granule_number: int, product: str = PRODUCT,
-                      release: str = "R05", epoch: str = "E08", version: str | None = "F03") -> str:
+                      release: str = "R05", epoch: str = "E08", version: str | None = "F03",
+                      iteration: str | None = None) -> str:
     """``YYYYDDDHHMMSS_NNNNN_CS_<product>_GRANULE_P1_<release>_<epoch>_<version>.hdf``.
 
     ``version`` is the R05 fix number; ``None`` gives an R04-style name
-    (``..._GRANULE_P_R04_E06.hdf``). Naive ``start`` is UTC.
+    (``..._GRANULE_P_R04_E06.hdf``). ``iteration`` defaults to ``P1`` (``P`` for R04); ECMWF-AUX
+    R05 uses ``P``. Naive ``start`` is UTC.
     """
-    iteration = "P1" if version else "P"
+    iteration = iteration or ("P1" if version else "P")
     return format_granule_name(start, granule_number, product, release=release, epoch=epoch,
                                fix=version, iteration=iteration)
 
@@ -102,14 +112,17 @@ def write_geoprof_granule(path: Path, *, reflectivity_dbz: np.ndarray, height_m:
                           cloud_mask: np.ndarray, latitude: np.ndarray, longitude: np.ndarray,
                           profile_time_s: np.ndarray, start: datetime, dem_elevation_m: np.ndarray,
                           land_sea_flag: np.ndarray, granule_number: int, release: str = "R05",
-                          epoch: str = "E08", version: str | None = "F03") -> Path:
+                          epoch: str = "E08", version: str | None = "F03",
+                          surface_height_bin: np.ndarray | None = None) -> Path:
     """Write one 2B-GEOPROF granule into the folder ``path``; return the file's path.
 
     Shapes: ``reflectivity_dbz``, ``height_m``, ``cloud_mask`` ``(profile, bin)``
     with bin 0 at the top (125 bins of ~240 m in the real product; any count is
     accepted); ``latitude``, ``longitude`` (degrees), ``profile_time_s``
     (seconds since ``start``, increasing), ``dem_elevation_m`` (m MSL),
-    ``land_sea_flag`` (1 land, 2 ocean, 3 coast) ``(profile,)``.
+    ``land_sea_flag`` (1 land, 2 ocean, 3 coast) ``(profile,)``;
+    ``surface_height_bin`` (optional, ``(profile,)``) the 0-based index of the surface bin
+    (-1 = none), written 1-based as the product stores it.
 
     Packing as in the product: reflectivity is stored as int16 hundredths of
     dBZ (NaN -> -8888; values outside -40..50 dBZ are stored but read back as
@@ -129,27 +142,96 @@ def write_geoprof_granule(path: Path, *, reflectivity_dbz: np.ndarray, height_m:
                 "profile_time_s": np.asarray(profile_time_s, dtype=np.float64),
                 "dem_elevation_m": np.asarray(dem_elevation_m, dtype=np.float64),
                 "land_sea_flag": np.asarray(land_sea_flag)}
+    if surface_height_bin is not None:
+        arrays1d["surface_height_bin"] = np.asarray(surface_height_bin)
+    _check_shapes(nray, nbin, arrays2d, arrays1d)
+    start = _utc(start)
+    fields = _geoprof_fields(refl, arrays2d, arrays1d, start)
+    return _write_granule(Path(path), PRODUCT, fields, start, float(arrays1d["profile_time_s"][-1]), nray, nbin,
+                          granule_number, release, epoch, version, "P1" if version else "P")
+
+
+def write_ecmwf_aux_granule(path: Path, *, ec_height_m: np.ndarray, temperature_k: np.ndarray,
+                            specific_humidity: np.ndarray, u_m_s: np.ndarray, v_m_s: np.ndarray,
+                            pressure_pa: np.ndarray, latitude: np.ndarray, longitude: np.ndarray,
+                            profile_time_s: np.ndarray, start: datetime, granule_number: int,
+                            release: str = "R05", epoch: str = "E08", version: str | None = "F03") -> Path:
+    """Write one ECMWF-AUX granule (``..._CS_ECMWF-AUX_GRANULE_P_R05_...``) into the folder ``path``.
+
+    ``ec_height_m`` (nbin,) the fixed bin heights (m MSL, bin 0 at the top); the state fields
+    ``(profile, bin)`` in K, kg kg-1, m s-1, m s-1, Pa (NaN -> fill -999); geolocation as in
+    :func:`write_geoprof_granule`.  ``Temperature_2m`` and ``Surface_pressure`` are written as the
+    values of each profile's lowest bin with data (a stand-in: the generator has no 2 m level).
+    """
+    t = np.asarray(temperature_k, dtype=np.float64)
+    if t.ndim != 2:
+        raise ValueError(f"temperature_k must be (profile, bin), got shape {t.shape}")
+    nray, nbin = t.shape
+    arrays2d = {"temperature_k": t, "specific_humidity": np.asarray(specific_humidity, np.float64),
+                "u_m_s": np.asarray(u_m_s, np.float64), "v_m_s": np.asarray(v_m_s, np.float64),
+                "pressure_pa": np.asarray(pressure_pa, np.float64)}
+    arrays1d = {"latitude": np.asarray(latitude, np.float64), "longitude": np.asarray(longitude, np.float64),
+                "profile_time_s": np.asarray(profile_time_s, np.float64)}
+    _check_shapes(nray, nbin, arrays2d, arrays1d)
+    ech = np.asarray(ec_height_m, np.float64)
+    if ech.shape != (nbin,):
+        raise ValueError(f"ec_height_m must have shape {(nbin,)}, got {ech.shape}")
+    start = _utc(start)
+
+    def f32(x: np.ndarray) -> np.ndarray:
+        return np.where(np.isfinite(x), x, EC_FILL).astype(np.float32)
+
+    def lowest(x: np.ndarray) -> np.ndarray:
+        ok = np.isfinite(x)
+        j = nbin - 1 - np.argmax(ok[:, ::-1], axis=1)
+        return np.where(ok.any(axis=1), x[np.arange(nray), j], np.nan)
+
+    fields = _geolocation(arrays1d, start) + [
+        _Field("EC_height", "geo", HC.INT16, np.where(np.isfinite(ech), np.round(ech), HEIGHT_FILL)
+               .astype(np.int16), "Height of the ECMWF-AUX bins above mean sea level", "m", (-5000, 30000),
+               fill=HEIGHT_FILL, missing=HEIGHT_FILL, dim="nbin"),
+    ]
+    for name, key, long_name, units in (
+            ("Temperature", "temperature_k", "Temperature", "K"),
+            ("Specific_humidity", "specific_humidity", "Specific humidity", "kg/kg"),
+            ("U_velocity", "u_m_s", "U component of the wind", "m/s"),
+            ("V_velocity", "v_m_s", "V component of the wind", "m/s"),
+            ("Pressure", "pressure_pa", "Atmospheric pressure", "Pa")):
+        fields.append(_Field(name, "data", HC.FLOAT32, f32(arrays2d[key]), long_name, units, None,
+                             fill=EC_FILL, missing=EC_FILL, compress=True))
+    fields += [_Field("Temperature_2m", "data", HC.FLOAT32, f32(lowest(t)), "Temperature at 2 m", "K", None,
+                      fill=EC_FILL, missing=EC_FILL),
+               _Field("Surface_pressure", "data", HC.FLOAT32, f32(lowest(arrays2d["pressure_pa"])),
+                      "Surface pressure", "Pa", None, fill=EC_FILL, missing=EC_FILL)]
+    return _write_granule(Path(path), EC_PRODUCT, fields, start, float(arrays1d["profile_time_s"][-1]), nray, nbin,
+                          granule_number, release, epoch, version, "P")
+
+
+def _check_shapes(nray: int, nbin: int, arrays2d: dict[str, np.ndarray], arrays1d: dict[str, np.ndarray]) -> None:
     for name, arr in arrays2d.items():
         if arr.shape != (nray, nbin):
             raise ValueError(f"{name} must have shape {(nray, nbin)}, got {arr.shape}")
     for name, arr in arrays1d.items():
         if arr.shape != (nray,):
             raise ValueError(f"{name} must have shape {(nray,)}, got {arr.shape}")
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=timezone.utc)
-    start = start.astimezone(timezone.utc)
 
-    folder = Path(path)
+
+def _utc(start: datetime) -> datetime:
+    return (start if start.tzinfo is not None else start.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def _write_granule(folder: Path, product: str, fields: list[_Field], start: datetime, span_s: float, nray: int,
+                   nbin: int, granule_number: int, release: str, epoch: str, version: str | None,
+                   iteration: str) -> Path:
+    """Write the fields as one granule of ``product`` under its CloudSat name, atomically."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = granule_file_name(start, granule_number, PRODUCT, release, epoch, version)
-    iteration = "P1" if version else "P"
-    fields = _geoprof_fields(refl, arrays2d, arrays1d, start)
-    end = start + timedelta(seconds=float(arrays1d["profile_time_s"][-1]))
+    name = granule_file_name(start, granule_number, product, release, epoch, version, iteration)
+    end = start + timedelta(seconds=span_s)
     swath_attrs: list[tuple[str, Any, int]] = [
         ("granule_number", float(granule_number), HC.FLOAT32),
         ("ID_SITE", "bzpipe synthetic granule", HC.CHAR8),
         ("ID_CENTER", "bzpipe", HC.CHAR8),
-        ("algorithm_name", PRODUCT, HC.CHAR8),
+        ("algorithm_name", product, HC.CHAR8),
         ("algorithm_version", f"{iteration}_{release}.0", HC.CHAR8),
         ("product_version", f"{iteration}_{release}", HC.CHAR8),
         ("start_time", f"{start:%Y%m%d%H%M%S}", HC.CHAR8),
@@ -163,7 +245,7 @@ def write_geoprof_granule(path: Path, *, reflectivity_dbz: np.ndarray, height_m:
     tmp = tmp_dir / name
     try:
         with HDF4_LOCK:  # the HDF4 C library is not thread-safe
-            _write(tmp, fields, swath_attrs, nray, nbin)
+            _write(tmp, product, fields, swath_attrs, nray, nbin)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -173,22 +255,15 @@ def write_geoprof_granule(path: Path, *, reflectivity_dbz: np.ndarray, height_m:
 
 
 # ---------------------------------------------------------------------- packing
-def _geoprof_fields(refl: np.ndarray, a2: dict[str, np.ndarray], a1: dict[str, np.ndarray],
-                    start: datetime) -> list[_Field]:
-    def pack_int(x: np.ndarray, fill: int, dtype: type, factor: float = 1.0) -> np.ndarray:
-        info = np.iinfo(dtype)
-        scaled = np.clip(np.round(x * factor), info.min, info.max)
-        return np.where(np.isfinite(x), scaled, fill).astype(dtype)
+def _pack_int(x: np.ndarray, fill: int, dtype: type, factor: float = 1.0) -> np.ndarray:
+    info = np.iinfo(dtype)
+    scaled = np.clip(np.round(x * factor), info.min, info.max)
+    return np.where(np.isfinite(x), scaled, fill).astype(dtype)
 
+
+def _geolocation(a1: dict[str, np.ndarray], start: datetime) -> list[_Field]:
     seconds_of_day = (start - start.replace(hour=0, minute=0, second=0, microsecond=0)).total_seconds()
-    dem = a1["dem_elevation_m"]
-    lsf = a1["land_sea_flag"].astype(np.uint8)
-    dem_stored = pack_int(dem, DEM_MISSING, np.int16)
-    dem_stored = np.where((lsf == LAND_SEA_OCEAN) & np.isfinite(dem) & (dem <= 0), DEM_OCEAN,
-                          dem_stored).astype(np.int16)
-    mask = np.asarray(a2["cloud_mask"])
-    mask = np.where(np.isfinite(mask.astype(np.float64)), mask, CLOUD_MASK_FILL).astype(np.int8)
-    geo = [
+    return [
         _Field("Profile_time", "geo", HC.FLOAT32, a1["profile_time_s"].astype(np.float32),
                "Seconds since the start of the granule.", "seconds", (0.0, 6000.0)),
         _Field("UTC_start", "geo", HC.FLOAT32, np.array([seconds_of_day], np.float32),
@@ -199,7 +274,20 @@ def _geoprof_fields(refl: np.ndarray, a2: dict[str, np.ndarray], a1: dict[str, n
                "Spacecraft Latitude", "degrees", (-90.0, 90.0)),
         _Field("Longitude", "geo", HC.FLOAT32, a1["longitude"].astype(np.float32),
                "Spacecraft Longitude", "degrees", (-180.0, 180.0)),
-        _Field("Height", "geo", HC.INT16, pack_int(a2["height_m"], HEIGHT_FILL, np.int16),
+    ]
+
+
+def _geoprof_fields(refl: np.ndarray, a2: dict[str, np.ndarray], a1: dict[str, np.ndarray],
+                    start: datetime) -> list[_Field]:
+    dem = a1["dem_elevation_m"]
+    lsf = a1["land_sea_flag"].astype(np.uint8)
+    dem_stored = _pack_int(dem, DEM_MISSING, np.int16)
+    dem_stored = np.where((lsf == LAND_SEA_OCEAN) & np.isfinite(dem) & (dem <= 0), DEM_OCEAN,
+                          dem_stored).astype(np.int16)
+    mask = np.asarray(a2["cloud_mask"])
+    mask = np.where(np.isfinite(mask.astype(np.float64)), mask, CLOUD_MASK_FILL).astype(np.int8)
+    geo = _geolocation(a1, start) + [
+        _Field("Height", "geo", HC.INT16, _pack_int(a2["height_m"], HEIGHT_FILL, np.int16),
                "Height of range bin in Reflectivity/Cloud Mask above reference surface (~ mean sea level).",
                "m", (-5000, 30000), fill=HEIGHT_FILL, missing=HEIGHT_FILL),
         _Field("DEM_elevation", "geo", HC.INT16, dem_stored, "Digital Elevation Map", "meters",
@@ -212,28 +300,33 @@ def _geoprof_fields(refl: np.ndarray, a2: dict[str, np.ndarray], a1: dict[str, n
         _Field("CPR_Cloud_mask", "data", HC.INT8, mask, "CPR Cloud Mask", "--", (0, 40),
                fill=CLOUD_MASK_FILL, missing=CLOUD_MASK_FILL, compress=True),
         _Field("Radar_Reflectivity", "data", HC.INT16,
-               pack_int(refl, REFLECTIVITY_FILL, np.int16, REFLECTIVITY_FACTOR),
+               _pack_int(refl, REFLECTIVITY_FILL, np.int16, REFLECTIVITY_FACTOR),
                "Radar Reflectivity Factor", "dBZe", REFLECTIVITY_VALID, fill=REFLECTIVITY_FILL,
                missing=REFLECTIVITY_FILL, factor=REFLECTIVITY_FACTOR, compress=True),
     ]
+    if "surface_height_bin" in a1:
+        sb = np.asarray(a1["surface_height_bin"], dtype=np.int64)
+        stored = np.where((sb >= 0) & (sb < refl.shape[1]), sb + 1, SURFACE_BIN_FILL).astype(np.int8)
+        data.append(_Field("SurfaceHeightBin", "data", HC.INT8, stored, "Surface Height Bin", "--",
+                           (1, refl.shape[1]), fill=SURFACE_BIN_FILL, missing=SURFACE_BIN_FILL))
     return geo + data
 
 
 # ---------------------------------------------------------------------- HDF writing
-def _write(tmp: Path, fields: list[_Field], swath_attrs: list[tuple[str, Any, int]],
+def _write(tmp: Path, product: str, fields: list[_Field], swath_attrs: list[tuple[str, Any, int]],
            nray: int, nbin: int) -> None:
     sds_refs: dict[str, int] = {}
     sd = SD(str(tmp), SDC.WRITE | SDC.CREATE | SDC.TRUNC)
     try:
         _set_global(sd, "HDFEOSVersion", "HDFEOS_V2.5")
-        _set_global(sd, "StructMetadata.0", struct_metadata(PRODUCT, nray, nbin, fields))
+        _set_global(sd, "StructMetadata.0", struct_metadata(product, nray, nbin, fields))
         for f in fields:
             if not f.is_sds:
                 continue
             sds = sd.create(f.name, _SDC[f.hdf_type], f.values.shape)
             try:
                 for i, dim in enumerate(("nray", "nbin")):
-                    sds.dim(i).setname(f"{dim}:{PRODUCT}")
+                    sds.dim(i).setname(f"{dim}:{product}")
                 if f.fill is not None:
                     sds.setfillvalue(_NP[f.hdf_type](f.fill).item())
                 if f.compress:
@@ -248,7 +341,7 @@ def _write(tmp: Path, fields: list[_Field], swath_attrs: list[tuple[str, Any, in
     hdf = HDF(str(tmp), HC.WRITE)
     v, vs = hdf.vgstart(), hdf.vstart()
     try:
-        with _vgroup(v, PRODUCT, "SWATH") as swath:
+        with _vgroup(v, product, "SWATH") as swath:
             groups = {}
             for key, gname in (("geo", "Geolocation Fields"), ("data", "Data Fields"),
                                ("attrs", "Swath Attributes")):
@@ -348,7 +441,8 @@ def struct_metadata(swath: str, nray: int, nbin: int, fields: list[_Field]) -> s
             if f.is_sds:
                 dims = '"nray","nbin"'
             else:
-                dims = '"nray"' if f.values.shape[0] == nray and f.name not in _SCALARS else '"scalar"'
+                dims = (f'"{f.dim}"' if f.dim else
+                        '"nray"' if f.values.shape[0] == nray and f.name not in _SCALARS else '"scalar"')
             lines += [f"\t\t\tOBJECT={group}_{i}", f'\t\t\t\t{group}Name="{f.name}"',
                       f"\t\t\t\tDataType={_DFNT[f.hdf_type]}", f"\t\t\t\tDimList=({dims})"]
             if f.compress:

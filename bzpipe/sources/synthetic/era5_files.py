@@ -1,10 +1,12 @@
 """Synthetic ERA-5 months on pressure levels, in the new or the legacy CDS netCDF layout.
 
-Fields are the hidden atmosphere (:mod:`.atmosphere`) sampled hourly on a
-0.25-degree box around the site.  Horizontal structure comes from frozen
+Fields are ERA-5's view of the hidden atmosphere (:func:`.atmosphere.state_at`
+``view="era5"``: no mesoscale detail, a weaker surface inversion, smooth
+humidity / temperature / wind / boundary-layer-depth errors) sampled hourly
+on a 0.25-degree box around the site, on pressure levels.  Horizontal structure comes from frozen
 advection: the grid point displaced by ``r`` from the site sees the site's
 column at ``t - (r . U) / |U|^2`` (``U`` the 1.5 km wind, shift clipped to
-+-3 h), so the point at the site agrees with the KaZR and met files.
++-3 h), so the point at the site is the same ERA-5 view of the column the KaZR and met files see.
 Columns are computed on a 5-minute lattice of absolute time and interpolated.
 
 Layouts (``layout=``):
@@ -85,7 +87,7 @@ def era5_month_arrays(site: str | Site, year: int, month: int, levels_hpa: list[
     t_h = hours.astype("datetime64[s]").astype(np.int64).astype(np.float64)
 
     # steering wind at 1.5 km -> time shift per (hour, lat, lon)
-    st_h = state_at(site, t_h, seed)
+    st_h = state_at(site, t_h, seed, view="era5")
     u, v = st_h.wind(np.array([1500.0]))
     u, v = u[:, 0], v[:, 0]
     speed = np.hypot(u, v)
@@ -102,7 +104,7 @@ def era5_month_arrays(site: str | Site, year: int, month: int, levels_hpa: list[
     lattice = np.arange(k0, k1 + 1) * LATTICE_S
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ERA5_PARAMS}
     for i in range(0, lattice.size, _CHUNK):
-        fields = state_at(site, lattice[i:i + _CHUNK], seed).on_pressure_levels(levels)
+        fields = state_at(site, lattice[i:i + _CHUNK], seed, view="era5").on_pressure_levels(levels)
         for k in cols:
             cols[k].append(fields[k])
     pos = (t_src - lattice[0]) / LATTICE_S

@@ -2,29 +2,39 @@
 
 The curtain is the "true" equivalent reflectivity (dBZ, NaN = no hydrometeors)
 before any instrument effect; the KaZR and CloudSat writers add their own
-sensitivity, speckle, clutter and quality problems.
+sensitivity, speckle, clutter and quality problems.  Numbers and sources:
+:mod:`.climatology`.
 
 Physics, evaluated top-down one height at a time (vectorized over time):
 
-* a mid-level snow-generating layer (cellular texture, undulating top) whose
-  reflectivity grows from about -32 dBZ at the top to its generating value at
-  the base;
-* fall streaks below the layer base: particles fall at ~1 m s-1 and drift with
-  the wind *relative to the generating level*, so the texture seen at height
-  ``z`` and time ``t`` is that of the cell that passed at ``t - drift/U`` (the
-  streaks slant with the wind shear);
-* sublimation below ice saturation (``rate ~ (1 - RH)``, faster for weaker
-  echoes) so echoes fade out with decreasing height (virga) where the air is
-  dry, and slow growth where it is supersaturated;
-* thin cirrus with short fall streaks;
-* shallow snow forming inside a moist (``rh_low`` above ~1.02) and cold
-  (below about -2 degC) boundary layer: echo only below the boundary-layer top
-  (< 1.15 km);
-* blowing snow in the lowest few hundred metres when the 10 m wind exceeds
+* **cells and edges**: every cloud is cut out of a fractal field of time
+  (:func:`~.noise.fractal_noise`, spectrum ~ k^-5/3 [G01]) by a threshold that
+  falls as the cloud's driver strengthens, so clouds have sharp, ragged edges,
+  clear gaps, and textures that are self-similar over minutes to hours;
+* a **mid-level snow-generating layer** (ragged top) whose reflectivity grows
+  from about -32 dBZ at its top to its generating value at its base;
+* **fall streaks** below every generating level: particles fall at ~1 m s-1 and
+  drift with the wind *relative to the generating level*, so the cells seen at
+  height ``z`` and time ``t`` are those that passed at ``t - drift/U``: the
+  streaks slant with the wind shear [HK05];
+* **sublimation** below ice saturation (``rate ~ (1 - RH_ice)``, faster for
+  weaker echoes [ZG08]): falling snow fades out (virga) where the air below the
+  cloud is dry; **depositional growth** above ice saturation: reflectivity grows
+  toward the surface in a moist boundary layer (and stays ~constant near ice
+  saturation [M14]);
+* a **low mixed-phase layer** where the boundary layer is supersaturated w.r.t.
+  ice and cold: ice generated at the boundary-layer top (0.35-2.4 km; a
+  liquid-topped layer [Sh11b] that precipitates [Si21]), weak there (about -36 dBZ)
+  and growing as it falls: shallow snowfall that may stay entirely below 1.2 km
+  under clear air, or grow from < -20 dBZ above the blind zone to > -20 dBZ at
+  the surface;
+* thin **cirrus** with short fall streaks;
+* **blowing snow** in the lowest few hundred metres when the 10 m wind exceeds
   8 m s-1 on a cold day.
 
-The last three plus the sublimation of fall streaks make the lowest 1.2 km a
-function of the low-level humidity, temperature and wind that ERA-5 reports.
+What happens below 1.2 km is thus caused by the boundary-layer humidity,
+temperature and wind profile: the fields ERA-5 reports (with the errors of
+:func:`~.atmosphere.state_at` ``view="era5"``), plus the echo entering from above.
 """
 
 from __future__ import annotations
@@ -34,38 +44,39 @@ from datetime import datetime
 import numpy as np
 
 from bzpipe.config import Site, resolve_site
+from bzpipe.sources.synthetic import climatology as clim
 from bzpipe.sources.synthetic.atmosphere import AtmosphereState, state_at, to_epoch_seconds
-from bzpipe.sources.synthetic.noise import gridded_noise, make_key
+from bzpipe.sources.synthetic.noise import gridded_fractal, make_key
 
 WEATHER_TOP_M = 10000.0  #: no hydrometeors above this height
-NO_ECHO_DBZ = -60.0  #: weaker (true) reflectivities are reported as no echo (NaN)
-K_SUBLIMATION = 170.0  #: dB km-1 per unit ice-saturation deficit (at -10 dBZ)
-K_GROWTH = 60.0  #: dB km-1 per unit ice supersaturation
-SNOW_FALL_SPEED = 1.0  #: m s-1
-CIRRUS_FALL_SPEED = 0.6  #: m s-1
+NO_ECHO_DBZ = clim.NO_ECHO_DBZ  #: weaker (true) reflectivities are reported as no echo (NaN)
 MAX_LAG_S = 3.0 * 3600.0  #: longest fall-streak lag
 ENV_STEP_S = 60.0  #: profiles of T, RH and wind are computed on this absolute time lattice and interpolated
+GONE = -99.0  #: dBZ of snow that has sublimated away
+MAX_SNOW_DBZ = 10.0  #: growth stops here (light to moderate snow at Ka band; King et al. drop test patches > 20)
 
 
 class _Textures:
-    """Smooth random textures of absolute time, tabulated once and interpolated."""
+    """Fractal textures of absolute time (unit variance, k^-5/3), tabulated once and interpolated.
 
-    SPECS = {"gen": (240.0, 0.8), "gen_fine": (60.0, 0.6), "top": (600.0, 1.0), "cirrus": (300.0, 1.0),
-             "shallow": (180.0, 1.0), "shallow_top": (900.0, 1.0), "blowing": (60.0, 1.0)}
+    ``SPECS``: name -> (outer scale s, inner scale s).  ``*_cells`` decide where a cloud is
+    (thresholded); the others modulate its reflectivity.
+    """
+
+    SPECS = {"mid_cells": (4 * 3600.0, 60.0), "mid_gen": (2 * 3600.0, 30.0), "mid_top": (3 * 3600.0, 120.0),
+             "low_cells": (2 * 3600.0, 60.0), "low_gen": (3600.0, 30.0), "low_top": (2 * 3600.0, 120.0),
+             "ci_cells": (3 * 3600.0, 120.0), "ci_gen": (3600.0, 60.0), "blowing": (600.0, 30.0)}
 
     def __init__(self, site: Site, seed: int, t0: float, t1: float, step_s: float = 10.0) -> None:
         self.tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for name, (lattice, _) in self.SPECS.items():
-            self.tables[name] = gridded_noise(make_key(seed, site.name, "texture", name),
-                                              t0 - MAX_LAG_S - 60.0, t1 + 60.0, step_s, lattice)
+        for name, (outer, inner) in self.SPECS.items():
+            self.tables[name] = gridded_fractal(make_key(seed, site.name, "texture", name),
+                                                t0 - MAX_LAG_S - 60.0, t1 + 60.0, step_s, outer, inner,
+                                                clim.TEXTURE_HURST)
 
     def __call__(self, name: str, t: np.ndarray) -> np.ndarray:
         grid, values = self.tables[name]
         return np.interp(t, grid, values)
-
-    def generating(self, t: np.ndarray) -> np.ndarray:
-        a = self("gen", t) * self.SPECS["gen"][1] + self("gen_fine", t) * self.SPECS["gen_fine"][1]
-        return a / np.hypot(self.SPECS["gen"][1], self.SPECS["gen_fine"][1])
 
 
 def _to_lin(dbz: np.ndarray) -> np.ndarray:
@@ -86,15 +97,42 @@ def _internal_grid(heights: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return np.arange(0.0, top + 30.0, 30.0), None
 
 
+def fall_rate_db_per_km(dbz: np.ndarray, rh_ice: np.ndarray) -> np.ndarray:
+    """Change of falling snow's reflectivity per km of descent (dB km-1, positive = weakening).
+
+    Below ice saturation it sublimates at ``K_SUBLIMATION (1 - RH)``, faster for
+    weak echoes (up to 5x below -10 dBZ) [ZG08]; above it grows at
+    ``K_GROWTH (RH - 1)`` (negative rate).
+    """
+    return np.where(rh_ice < 1.0,
+                    clim.K_SUBLIMATION * (1.0 - rh_ice) * (1.0 + np.clip((-10.0 - dbz) / 10.0, 0.0, 4.0)),
+                    -clim.K_GROWTH * (rh_ice - 1.0))
+
 
 def _fall_through(dbz: np.ndarray, falling: np.ndarray, rh: np.ndarray, dz: float) -> np.ndarray:
-    """Falling snow's reflectivity one layer (``dz`` m) lower: it sublimates in sub-saturated air
-    (faster for weak echoes), grows in supersaturated air; below -55 dBZ it is gone (-99)."""
-    rate = np.where(rh < 1.0,                                  # dB per km
-                    K_SUBLIMATION * (1.0 - rh) * (1.0 + np.clip((-10.0 - dbz) / 10.0, 0.0, 4.0)),
-                    -K_GROWTH * (rh - 1.0))
-    out = np.where(falling, dbz - rate * dz / 1000.0, dbz)
-    return np.where(out < -55.0, -99.0, out)
+    """Falling snow's mean reflectivity one layer (``dz`` m) lower (:func:`fall_rate_db_per_km`);
+    at most :data:`MAX_SNOW_DBZ`; below -70 dBZ it is gone (:data:`GONE`)."""
+    out = np.where(falling, np.minimum(dbz - fall_rate_db_per_km(dbz, rh) * dz / 1000.0, MAX_SNOW_DBZ), dbz)
+    return np.where(out < -70.0, GONE, out)
+
+
+class _Stream:
+    """Snow falling from one generating level: its mean dBZ and drift, carried down the column."""
+
+    def __init__(self, n: int, u_gen: np.ndarray, v_gen: np.ndarray, fall_speed: float) -> None:
+        self.mean = np.full(n, GONE)
+        self.drift = np.zeros(n)                       # m along the generating-level wind
+        self.u, self.v = u_gen, v_gen
+        self.speed = np.maximum(np.hypot(u_gen, v_gen), 3.0)
+        self.ex, self.ey = u_gen / self.speed, v_gen / self.speed
+        self.fall_speed = fall_speed
+
+    def lag(self, below_gen: np.ndarray, u: np.ndarray, v: np.ndarray, dz: float) -> np.ndarray:
+        """Advance the drift one layer down (where below the generating level); the source-time lag, s."""
+        step = ((self.u - u) * self.ex + (self.v - v) * self.ey) * dz / self.fall_speed
+        self.drift = np.where(below_gen, self.drift + step, 0.0)
+        return np.clip(np.abs(self.drift) / self.speed, 0.0, MAX_LAG_S)
+
 
 def reflectivity_curtain(site: str | Site, times: np.ndarray | list[datetime], heights_agl: np.ndarray,
                          seed: int, state: AtmosphereState | None = None) -> np.ndarray:
@@ -123,44 +161,47 @@ def reflectivity_curtain(site: str | Site, times: np.ndarray | list[datetime], h
         a = a[:, 0]
         return a[e0] * (1.0 - ew) + a[e0 + 1] * ew
 
+    def wind_at(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        u, v = st.wind(z[:, None])
+        return u[:, 0], v[:, 0]
+
     grid, index = _internal_grid(heights)
     out = np.full((t.size, grid.size), np.nan, dtype=np.float32)
-
     n = t.size
-    # generating level and its wind
-    top_eff = st.layer_top + 250.0 * tex("top", t)
+
+    # --- mid-level layer: ragged top, cells where the envelope is strong enough
+    inten = st.layer_intensity
+    has_layer = inten > 0
+    top_eff = st.layer_top + 300.0 * tex("mid_top", t)
     z_gen = top_eff - 300.0
-    ug, vg = st.wind(z_gen[:, None])
-    ug, vg = ug[:, 0], vg[:, 0]
-    speed_g = np.maximum(np.hypot(ug, vg), 3.0)
-    ex, ey = ug / speed_g, vg / speed_g
-    zc_gen = st.cirrus_top - 150.0
-    uc, vc = st.wind(zc_gen[:, None])
-    uc, vc = uc[:, 0], vc[:, 0]
-    speed_c = np.maximum(np.hypot(uc, vc), 3.0)
-    cx, cy = uc / speed_c, vc / speed_c
+    mid = _Stream(n, *wind_at(z_gen), clim.SNOW_FALL_SPEED)
+    dbz_gen_mean = -22.0 + 24.0 * inten
+    mid_thr = 0.6 - 2.5 * inten
 
-    dbz_gen_mean = -20.0 + 28.0 * st.layer_intensity
-    has_layer = st.layer_intensity > 0
-    has_cirrus = st.cirrus_intensity > 0
-    fall = np.full(n, -99.0)  # mean fall-streak dBZ (no texture), -99 = none
-    fall_c = np.full(n, -99.0)
-    drift = np.zeros(n)  # m, relative to the generating level
-    drift_c = np.zeros(n)
-
-    # boundary layer: shallow snow and blowing snow drivers (per time)
+    # --- low mixed-phase layer: ice-supersaturated, cold boundary layer (generating at its top)
     t_bl = st.temperature((0.5 * st.bl_top)[:, None])[:, 0]
-    moist = np.clip((st.rh_low - 1.02) / 0.08, 0.0, 1.0)
-    cold = np.clip((271.15 - t_bl) / 4.0, 0.0, 1.0)
-    shallow = moist * cold
-    top_sh = st.bl_top * (0.85 + 0.08 * tex("shallow_top", t))
-    u10, v10 = st.wind(np.array([10.0]))
-    wind10 = np.hypot(u10[:, 0], v10[:, 0])
-    blowing = np.where(st.surface_temperature < 268.15, np.clip(wind10 - 8.0, 0.0, None), 0.0)
+    supersat = st.rh_low - clim.LOW_CLOUD_RH_ICE
+    has_low = (supersat > 0) & (t_bl < 273.15 + clim.LOW_CLOUD_MAX_T_C)
+    low_top = np.clip(st.bl_top + 100.0 * tex("low_top", t), *clim.LOW_CLOUD_TOP_M)
+    low = _Stream(n, *wind_at(low_top), clim.SNOW_FALL_SPEED)
+    low_gen = -36.0 + 80.0 * np.clip(supersat, 0.0, 0.2)
+    # liquid-topped Arctic layers are extensive and persistent [Sh11b]: mostly overcast once supersaturated
+    low_thr = 0.2 - 20.0 * np.clip(supersat, 0.0, 0.2)
+    low_started = np.zeros(n, dtype=bool)
+
+    # --- cirrus
+    has_ci = st.cirrus_intensity > 0
+    zc_gen = st.cirrus_top - 150.0
+    ci = _Stream(n, *wind_at(zc_gen), clim.CIRRUS_FALL_SPEED)
+
+    # --- blowing snow near the surface
+    u10, v10 = wind_at(np.full(n, 10.0))
+    blowing = np.where(st.surface_temperature < 268.15, np.clip(np.hypot(u10, v10) - 8.0, 0.0, None), 0.0)
     blow_depth = np.minimum(60.0 + 40.0 * blowing, 350.0)
 
     tops = [top_eff[has_layer].max() if has_layer.any() else -1.0,
-            st.cirrus_top[has_cirrus].max() if has_cirrus.any() else -1.0, 1200.0]
+            st.cirrus_top[has_ci].max() if has_ci.any() else -1.0,
+            low_top[has_low].max() if has_low.any() else -1.0, blow_depth.max()]
     z_max = max(tops) + 50.0
     for k in range(grid.size - 1, -1, -1):
         z = grid[k]
@@ -168,49 +209,49 @@ def reflectivity_curtain(site: str | Site, times: np.ndarray | list[datetime], h
             continue
         dz = grid[k + 1] - z if k + 1 < grid.size else grid[1] - grid[0]
         zz = np.full((1, 1), z)
-        tk = env.temperature(zz)
-        rh = fine(env.relative_humidity(zz, tk))
+        rh = fine(env.relative_humidity(zz, env.temperature(zz)))
         u, v = env.wind(zz)
         u, v = fine(u), fine(v)
         z_lin = np.zeros(n)
 
-        # --- mid-level layer: in cloud, or fall streak below it
-        in_cloud = has_layer & (z <= top_eff) & (z >= st.layer_base)
-        below_gen = z < z_gen
-        drift = np.where(below_gen, drift + ((ug - u) * ex + (vg - v) * ey) * dz / SNOW_FALL_SPEED, 0.0)
-        lag = np.clip(np.abs(drift) / speed_g, 0.0, MAX_LAG_S)
-        texture = 5.0 * tex.generating(t - lag)
-        frac = np.clip((top_eff - z) / np.maximum(top_eff - st.layer_base, 100.0), 0.0, 1.0)
-        dbz_cloud = -32.0 + (dbz_gen_mean + 32.0) * frac ** 0.7
-        fall = np.where(in_cloud, dbz_cloud, fall)
-        below = has_layer & (z < st.layer_base) & (fall > -90.0)
-        fall = _fall_through(fall, below, rh, dz)
-        alive = (in_cloud | below) & (fall > -90.0)
-        z_lin += np.where(alive, _to_lin(fall + texture), 0.0)
+        # mid-level layer: in cloud, or fall streaks below it; cells decided at the source time
+        if z <= tops[0]:
+            lag = mid.lag(z < z_gen, u, v, dz)
+            src = t - lag
+            cells = tex("mid_cells", src) > mid_thr
+            in_cloud = has_layer & (z <= top_eff) & (z >= st.layer_base)
+            frac = np.clip((top_eff - z) / np.maximum(top_eff - st.layer_base, 100.0), 0.0, 1.0)
+            mid.mean = np.where(in_cloud, -32.0 + (dbz_gen_mean + 32.0) * frac ** 0.7, mid.mean)
+            below = has_layer & (z < st.layer_base) & (mid.mean > GONE)
+            mid.mean = _fall_through(mid.mean, below, rh, dz)
+            alive = (in_cloud | below) & (mid.mean > GONE) & cells
+            z_lin += np.where(alive, _to_lin(mid.mean + 5.0 * tex("mid_gen", src)), 0.0)
 
-        # --- cirrus (nothing to do above the highest cirrus top)
+        # cirrus (nothing to do above the highest cirrus top)
         if z <= tops[1]:
-            in_ci = has_cirrus & (z <= st.cirrus_top) & (z >= st.cirrus_base)
-            step_c = ((uc - u) * cx + (vc - v) * cy) * dz / CIRRUS_FALL_SPEED
-            drift_c = np.where(z < zc_gen, drift_c + step_c, 0.0)
-            lag_c = np.clip(np.abs(drift_c) / speed_c, 0.0, MAX_LAG_S)
+            src = t - ci.lag(z < zc_gen, u, v, dz)
+            in_ci = has_ci & (z <= st.cirrus_top) & (z >= st.cirrus_base)
             fr = np.clip((st.cirrus_top - z) / np.maximum(st.cirrus_top - st.cirrus_base, 100.0), 0.0, 1.0)
-            fall_c = np.where(in_ci, -34.0 + (12.0 * st.cirrus_intensity + 4.0) * fr, fall_c)
-            below_c = has_cirrus & (z < st.cirrus_base) & (fall_c > -90.0)
-            fall_c = _fall_through(fall_c, below_c, rh, dz)
-            alive_c = (in_ci | below_c) & (fall_c > -90.0)
+            ci.mean = np.where(in_ci, -34.0 + (12.0 * st.cirrus_intensity + 4.0) * fr, ci.mean)
+            below_c = has_ci & (z < st.cirrus_base) & (ci.mean > GONE)
+            ci.mean = _fall_through(ci.mean, below_c, rh, dz)
+            alive_c = (in_ci | below_c) & (ci.mean > GONE) & (tex("ci_cells", src) > 0.9 - 1.5 * st.cirrus_intensity)
             if alive_c.any():
-                z_lin += np.where(alive_c, _to_lin(fall_c + 4.0 * tex("cirrus", t - lag_c)), 0.0)
+                z_lin += np.where(alive_c, _to_lin(ci.mean + 4.0 * tex("ci_gen", src)), 0.0)
 
-        # --- shallow boundary-layer snow (only below the boundary-layer top)
-        if z < 1200.0:
-            depth = np.clip(top_sh - z, 0.0, None)
-            lag_sh = np.clip(depth * 0.6 / np.maximum(np.hypot(st.u_low, st.v_low), 3.0), 0.0, MAX_LAG_S)
-            dbz_sh = (-34.0 + 26.0 * shallow + 5.0 * tex("shallow", t - lag_sh)
-                      - 14.0 * (1.0 - np.clip(depth / 200.0, 0.0, 1.0)))
-            on = (shallow > 0.02) & (z < top_sh)
-            z_lin += np.where(on, _to_lin(dbz_sh), 0.0)
-            # blowing snow near the surface
+        # low mixed-phase layer: generated at its top, grows (or sublimates) on the way down
+        if z <= tops[2]:
+            src = t - low.lag(z < low_top, u, v, dz)
+            at_top = has_low & (z <= low_top) & ~low_started
+            low_started |= at_top
+            low.mean = np.where(at_top, low_gen, low.mean)
+            falling = has_low & (z < low_top) & ~at_top & (low.mean > GONE)
+            low.mean = _fall_through(low.mean, falling, rh, dz)
+            alive_l = has_low & (z <= low_top) & (low.mean > GONE) & (tex("low_cells", src) > low_thr)
+            z_lin += np.where(alive_l, _to_lin(low.mean + 4.0 * tex("low_gen", src)), 0.0)
+
+        # blowing snow near the surface
+        if z < tops[3]:
             on_b = (blowing > 0) & (z < blow_depth)
             dbz_b = -20.0 + 2.5 * blowing - 15.0 * z / blow_depth + 3.0 * tex("blowing", t)
             z_lin += np.where(on_b, _to_lin(dbz_b), 0.0)

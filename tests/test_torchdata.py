@@ -1,0 +1,69 @@
+"""The training input pipeline: sharded one-sample chunks for random access, the DataLoader settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+
+from _zarr_fixture import tiny_patches
+from bzpipe.dataset.write import x_encoding
+from bzpipe.schema import CHANNELS
+from bzpipe.torchdata import PatchDataset, loader_workers, make_loader
+
+torch.set_num_threads(1)
+
+
+def write(path: Path, x: np.ndarray, encoding: dict) -> str:
+    uri = str(path)
+    xr.Dataset({"x": (("sample", "channel", "row", "col"), x)},
+               coords={"channel": np.array(CHANNELS, dtype=object)}).to_zarr(
+        uri, group="train", mode="w", consolidated=False, encoding={"x": encoding})
+    return uri
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory) -> tuple[np.ndarray, dict[str, str]]:
+    d = tmp_path_factory.mktemp("layouts")
+    x = tiny_patches(20, 16, 24, np.random.default_rng(0))
+    return x, {"sharded": write(d / "sharded.zarr", x, x_encoding(20, x.shape[1:], 8)),
+               "chunked": write(d / "chunked.zarr", x, {"chunks": (8, *x.shape[1:])})}
+
+
+def test_x_encoding_is_one_sample_per_chunk_in_shards():
+    enc = x_encoding(100, (5, 128, 128), 8)
+    assert enc == {"chunks": (1, 5, 128, 128), "shards": (8, 5, 128, 128)}
+    assert x_encoding(3, (5, 16, 16), 8)["shards"] == (3, 5, 16, 16)       # a split smaller than a shard
+
+
+@pytest.mark.parametrize("layout", ["sharded", "chunked"])
+def test_random_batches_read_the_right_samples(layouts, layout):
+    x, uris = layouts
+    arr = zarr.open_group(uris[layout], mode="r")["train"]["x"]
+    if layout == "sharded":
+        assert arr.chunks[0] == 1 and arr.shards[0] == 8
+    ds = PatchDataset(uris[layout], uris[layout], "train", channels="3+_1", cache=False, require_complete=False)
+    assert ds.samples_per_chunk == (1 if layout == "sharded" else 8)
+    idx = [17, 3, 3, 9, 0, 19]                                    # unsorted, repeated, across shards
+    got = torch.stack(ds.__getitems__(idx)).numpy()
+    np.testing.assert_array_equal(got, x[idx][:, :1])
+    np.testing.assert_array_equal(ds[5].numpy(), x[5, :1])
+
+
+def test_make_loader_workers_and_pinned_memory(layouts):
+    x, uris = layouts
+    assert loader_workers(None, "cpu") == 0 and loader_workers(3, "cpu") == 3
+    ds = PatchDataset(uris["sharded"], uris["sharded"], "train", cache=True, require_complete=False)
+    dl = make_loader(ds, 4, "cpu")
+    assert dl.num_workers == 0 and not dl.pin_memory
+    np.testing.assert_array_equal(next(iter(dl)).numpy(), x[:4])
+    # with a worker: the cached split is read here once, before the worker starts, and shared
+    ds2 = PatchDataset(uris["sharded"], uris["sharded"], "train", cache=True, require_complete=False)
+    dl = make_loader(ds2, 5, "cpu", num_workers=1, sampler=torch.utils.data.SequentialSampler(ds2))
+    assert ds2._data is not None and dl.persistent_workers and dl.prefetch_factor == 4
+    got = np.concatenate([b.numpy() for b in dl])
+    np.testing.assert_array_equal(got, x)

@@ -1,0 +1,103 @@
+"""Training that converges and is reproducible: schedule, batch-norm statistics, validation, seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from _zarr_fixture import write_tiny_dataset
+from bzpipe.checkpoint import load_model
+from bzpipe.config import TrainConfig, load_pipeline_config
+from bzpipe.errors import ConfigError
+from bzpipe.optim import bn_momentum_warmup, lr_factor
+from bzpipe.train import train
+
+torch.set_num_threads(1)
+TINY = dict(filters=(4, 8, 8, 8, 8), batch_size=4, lr=1e-3, dataset="tiny", patience=50)
+
+
+@pytest.fixture
+def tiny_root(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    write_tiny_dataset(root, n={"train": 16, "val": 8, "test": 4}, rows=32, cols=32, blind_zone_rows=4)
+    return root
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    cfg = TrainConfig(epochs=10, warmup_epochs=2, lr_min_ratio=0.1)
+    f = lr_factor(cfg, steps_per_epoch=5)
+    assert [f(k) for k in range(3)] == pytest.approx([0.1, 0.2, 0.3])          # linear over 10 steps
+    assert f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(49) == pytest.approx(0.1, abs=0.01)                              # cosine down to 0.1
+    assert all(f(k) >= f(k + 1) for k in range(10, 49))
+    step = lr_factor(TrainConfig(epochs=10, warmup_epochs=0, lr_schedule="step", lr_step_epochs=3,
+                                 lr_gamma=0.5), 5)
+    assert [step(k) for k in (0, 14, 15, 30)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_batch_norm_running_statistics_are_bias_corrected() -> None:
+    """With Keras' momentum (0.01) the first batches still count fully: after k batches the running
+    mean is the mean of the k batch means, not 99 % of the initial 0."""
+    bn = nn.BatchNorm2d(1, momentum=0.01, eps=1e-3)
+    handles = bn_momentum_warmup(bn, 0.01)
+    bn.train()
+    means = [3.0, 5.0, 7.0]
+    for m in means:
+        bn(torch.full((4, 1, 2, 2), m) + torch.randn(4, 1, 2, 2) * 0.0)
+    assert float(bn.running_mean) == pytest.approx(sum(means) / 3)
+    for _ in range(500):                                                     # later: the 0.01 average
+        bn(torch.full((4, 1, 2, 2), 1.0))
+    assert bn.momentum == pytest.approx(0.01)
+    for h in handles:
+        h.remove()
+
+
+def test_model_gets_the_authors_batch_norm_settings(tiny_root: Path) -> None:
+    res = train(TrainConfig(store_root=str(tiny_root), epochs=1, **TINY))
+    bns = [m for m in res.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.eps == 1e-3 for m in bns)                           # Keras epsilon
+    model, meta = load_model(str(tiny_root), "unet3p")
+    assert meta["model"]["bn_momentum"] == 0.01 and meta["model"]["bn_eps"] == 1e-3
+    assert all(m.eps == 1e-3 and m.momentum == 0.01 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_same_seed_same_model_and_several_seeds(tiny_root: Path) -> None:
+    a = train(TrainConfig(store_root=str(tiny_root), epochs=2, run_name="a", seed=3, **TINY))
+    b = train(TrainConfig(store_root=str(tiny_root), epochs=2, run_name="b", seed=3, **TINY))
+    for k, v in a.model.state_dict().items():                               # reproducible, bit for bit
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
+    multi = train(TrainConfig(store_root=str(tiny_root), epochs=1, run_name="m", seeds=[3, 4], **TINY))
+    assert multi.seed_runs == ["m", "m.seed4"]
+    first, _ = load_model(str(tiny_root), "m", which="last")
+    other, meta = load_model(str(tiny_root), "m.seed4", which="last")
+    assert meta["config"]["values"]["seed"] == 4
+    assert any(not torch.equal(v, other.state_dict()[k]) for k, v in first.state_dict().items())
+    # the evaluation of a pipeline scores every seed
+    cfg = load_pipeline_config(overrides=["train.run_name=m", "train.seeds=[3, 4, 5]"])
+    assert cfg.evaluate.seed_runs == ["m.seed4", "m.seed5"]
+    with pytest.raises(ConfigError, match="twice"):
+        TrainConfig(seeds=[1, 1]).seed_runs()
+
+
+def test_validation_loss_is_the_mc_networks_and_repeatable(tiny_root: Path) -> None:
+    """Validation runs the network MC inference uses (dropout on, a fixed seed): the same weights give
+    the same loss, whatever the random state training left behind."""
+    from torch.utils.data import DataLoader
+
+    from bzpipe.torchdata import PatchDataset
+    from bzpipe.train import _Amp, validate
+
+    res = train(TrainConfig(store_root=str(tiny_root), epochs=1, dropout=0.5, **TINY))
+    dl = DataLoader(PatchDataset(tiny_root, "tiny", "val"), batch_size=4)
+    amp = _Amp(TrainConfig(), torch.device("cpu"))
+    runs = []
+    for junk in (1, 2):
+        torch.manual_seed(junk)
+        runs.append(validate(res.model, dl, 4, 0, torch.device("cpu"), amp, False, passes=2, seed=0))
+    assert runs[0] == runs[1]
+    plain = validate(res.model, dl, 4, 0, torch.device("cpu"), amp, False, passes=0)
+    assert plain != runs[0]                                                   # dropout on vs off

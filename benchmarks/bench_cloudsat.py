@@ -48,7 +48,8 @@ def save_model(store_root: str, filters: tuple[int, ...], channels: int, n_heigh
                width: int) -> None:
     import torch
 
-    from bzpipe.checkpoint import checkpoint_key, save_checkpoint
+    from bzpipe.checkpoint import save_checkpoint
+    from bzpipe.store.layout import checkpoint_key
     from bzpipe.model.unet3plus import UNet3Plus, UNet3PlusConfig
     from bzpipe.schema import CHANNELS, ERA5_VARIABLES, default_normalization
     from bzpipe.store import Store
@@ -122,6 +123,7 @@ def run_granule(a: argparse.Namespace, mc_path: str) -> dict:
     from bzpipe.infer.granule import process_granule
     from bzpipe.sources import synthetic
     from bzpipe.store import Store
+    from bzpipe.store.layout import raw_key
 
     filters = tuple(int(f) for f in a.filters.split(","))
     with tempfile.TemporaryDirectory(prefix="bzpipe-bench-") as d:
@@ -136,7 +138,7 @@ def run_granule(a: argparse.Namespace, mc_path: str) -> dict:
             for site in ing.site_objects():
                 f = synthetic.write_era5_month(Path(d) / "era5", site, start.year, start.month,
                                                ing.era5_levels_hpa, ing.era5_box_deg, 0, layout="cds")
-                store.put_file(f, Store.raw_key("era5", Path(f).name, site.name))
+                store.put_file(f, raw_key("era5", Path(f).name, site.name))
         save_model(str(root), filters, a.channels, a.n_heights, a.top_m, a.width)
         setup_s = time.perf_counter() - t0
         cfg = InferConfig(store_root=str(root), run_name="bench", mc_passes=a.passes, window_overlap=a.overlap,

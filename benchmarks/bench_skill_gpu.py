@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     from bzpipe.store import Store
+    from bzpipe.store.layout import report_key
 
     cfg = skill_config(a.store, a.tiny, a.epochs, a.batches, a.seeds, a.device)
     t0 = time.perf_counter()
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pipeline ended {state.type.value}: {state.message}")
             return 1
     wall = time.perf_counter() - t0
-    scores = Store(a.store).read_json(Store.report_key(RUN, "scores.json"))
+    scores = Store(a.store).read_json(report_key(RUN, "scores.json"))
     print(f"\nbzpipe skill benchmark ({'tiny smoke test' if a.tiny else 'full size'}), wall {wall / 3600:.2f} h")
     print(json.dumps(machine_info()))
     print(table(scores))

@@ -14,7 +14,7 @@ weakest echo (-0.5 = -60 dBZ), so a window that is mostly clear averages to
 snapped to ``NO_ECHO`` (-1), the paper's rule, so each method produces the
 same two-state (echo / no echo) field as the truth.
 
-Methods
+Methods:
     REP  :func:`repeat_fill` copies the first row above the blind zone down.
     MAR  :func:`marching_average_fill` sets each edge pixel of the still-masked
          region to the mean of the valid pixels in a 17 x 17 window (mirror

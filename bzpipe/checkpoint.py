@@ -1,6 +1,6 @@
 """Checkpoints, the metrics file, and loading a trained model.
 
-Everything lives under ``models/<run_name>/`` in a :class:`bzpipe.store.Store`
+Everything lives under ``models/<run_name>/`` (:mod:`bzpipe.store.layout`) in a :class:`bzpipe.store.Store`
 (local folder or s3://), written atomically with a manifest entry::
 
     checkpoint-last.pt    the state after the latest finished epoch (resume point)
@@ -27,30 +27,22 @@ from typing import Any
 
 import torch
 
+from bzpipe.checksums import sha256_bytes
 from bzpipe.errors import DatasetMismatchError, StoreError, UnfinishedModelError
 from bzpipe.model.unet3plus import UNet3Plus, UNet3PlusConfig
-from bzpipe.provenance import sha256_bytes
 from bzpipe.store import Store
-
-CHECKPOINTS = ("last", "best")
+from bzpipe.store.layout import (
+    CHECKPOINTS,
+    checkpoint_key,
+    dataset_key,
+    final_key,
+    is_dataset_version,
+    metrics_key,
+)
 
 
 def as_store(store_or_uri: Store | str) -> Store:
     return store_or_uri if isinstance(store_or_uri, Store) else Store(store_or_uri)
-
-
-def checkpoint_key(run_name: str, which: str = "last") -> str:
-    if which not in CHECKPOINTS:
-        raise ValueError(f"which must be one of {CHECKPOINTS}, got {which!r}")
-    return Store.model_key(run_name, f"checkpoint-{which}.pt")
-
-
-def metrics_key(run_name: str) -> str:
-    return Store.model_key(run_name, "metrics.jsonl")
-
-
-def final_key(run_name: str) -> str:
-    return Store.model_key(run_name, "final.json")
 
 
 def mark_finished(store: Store, run_name: str, **extra: Any) -> dict[str, Any]:
@@ -103,8 +95,7 @@ def check_trained_dataset(store: Store, meta: dict[str, Any], dataset: str, *,
     """
     trained = meta.get("dataset") or {}
     t_uri, t_sha = str(trained.get("uri", "")), str(trained.get("sha256") or "")
-    plain = "/" not in dataset and "://" not in dataset and not dataset.endswith(".zarr")
-    key = Store.dataset_key(dataset) if plain else None
+    key = dataset_key(dataset) if is_dataset_version(dataset) else None
     entry = store.entry(key) if key else None
     e_uri, e_sha = (store.uri(key) if key else dataset), (entry.sha256 if entry else "")
     out: dict[str, Any] = {"trained_on": {"uri": t_uri, "sha256": t_sha},

@@ -111,9 +111,10 @@ def verify_zarr(store: Any, key: str) -> bool:
     import zarr
 
     from bzpipe.errors import BzpipeError
+    from bzpipe.store.layout import DATASETS_PREFIX, OUTPUTS_PREFIX
 
     try:
-        if key.startswith("outputs/cloudsat/"):
+        if key.startswith(OUTPUTS_PREFIX + "/"):
             from bzpipe.infer.output import content_sha256, open_output
 
             entry = store.entry(key)
@@ -122,7 +123,7 @@ def verify_zarr(store: Any, key: str) -> bool:
         opts = store.storage_options or None
         root = zarr.open_group(store.uri(key), mode="r", storage_options=opts) if opts else \
             zarr.open_group(store.uri(key), mode="r")
-        if key.startswith("datasets/"):
+        if key.startswith(DATASETS_PREFIX + "/"):
             for split in root.group_keys():
                 x = root[split]["x"]
                 if x.nchunks_initialized != x.nchunks:

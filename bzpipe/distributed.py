@@ -35,6 +35,27 @@ def dist_env() -> DistEnv:
                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def pick_device(spec: str = "auto", local_rank: int | None = None) -> torch.device:
+    """The device of this process: the one device picker of training, evaluation and inference.
+
+    ``auto`` is ``cuda:<local rank>`` when CUDA is available, else the CPU; an explicit device is
+    taken as it is, except that a CUDA device without CUDA is a :class:`~bzpipe.errors.ConfigError`
+    and ``cuda`` without an index is the local rank's.  ``local_rank`` defaults to the torchrun
+    environment's (:func:`dist_env`; 0 in a single process).
+    """
+    from bzpipe.errors import ConfigError
+
+    rank = dist_env().local_rank if local_rank is None else local_rank
+    if spec == "auto":
+        return torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{rank}")
+    return dev
+
+
 def average_bn_stats(model: nn.Module, env: DistEnv) -> None:
     """Average the batch-norm running statistics over the ranks (DDP only syncs them from rank 0
     at the start of each forward, so after an epoch every rank holds those of its own last batch)."""

@@ -37,11 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import xarray as xr
 
 from bzpipe.baselines import run_baselines
 from bzpipe.checkpoint import check_trained_dataset, load_model
 from bzpipe.config import EvalConfig
+from bzpipe.dataset.reader import open_dataset
+from bzpipe.distributed import pick_device
 from bzpipe.errors import BzpipeError
 from bzpipe.masking import mask_blind_zone
 from bzpipe.metrics import distributions as dist
@@ -49,8 +50,7 @@ from bzpipe.metrics import seeds
 from bzpipe.metrics.summary import ScoreSettings, summarize, to_json
 from bzpipe.metrics.uncertainty import spread_exclusion_mask
 from bzpipe.model.mc_dropout import mc_predict
-from bzpipe.model.mc_stats import DBZ_PER_NORM
-from bzpipe.schema import norm_to_dbz
+from bzpipe.schema import DBZ_PER_NORM, norm_to_dbz
 from bzpipe.store import Store
 from bzpipe.torchdata import PatchDataset
 
@@ -82,7 +82,7 @@ class EvalFields:
     def blind_rows(self) -> int:
         return int(self.truth.shape[1])
 
-    def subset(self, keep: np.ndarray) -> "EvalFields":
+    def subset(self, keep: np.ndarray) -> EvalFields:
         """The fields of the patches where ``keep`` (bool ``(n,)``) is True."""
         def sel(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else a[keep]
@@ -114,8 +114,7 @@ def _select_indices(n: int, max_patches: int | None) -> np.ndarray:
 
 def split_coords(dataset: PatchDataset) -> dict[str, np.ndarray]:
     """Per-sample ``site`` / ``time_start`` and the ``height`` of the rows of a split."""
-    ds = xr.open_zarr(dataset.uri, group=dataset.split, consolidated=False,
-                      storage_options=dataset.storage_options or None)
+    ds = open_dataset(None, dataset.uri, require_complete=False).open_split(dataset.split)
     n, _, h, _ = dataset.shape
     sites = [str(v) for v in np.asarray(ds["site"].values).tolist()] if "site" in ds else ["unknown"] * n
     out = {"site": np.array(sites, dtype=object),
@@ -169,7 +168,10 @@ def predict_fields(model: torch.nn.Module, dataset: PatchDataset, cfg: EvalConfi
             quants[q].append(_dbz(mc["quantiles"][k, :, 0, :blind].cpu().numpy()))
         if progress is not None:
             progress(min(start + cfg.batch_size, idx.size), idx.size)
-    cat = (lambda v: np.concatenate(v, 0))
+
+    def cat(v: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(v, 0)
+
     if not truth:
         raise BzpipeError(f"{dataset.uri}/{dataset.split}: no patches to evaluate")
     return EvalFields(indices=idx, truth=cat(truth), preds={m: cat(v) for m, v in preds.items()},
@@ -273,8 +275,6 @@ def case_curtains(fields: EvalFields, dataset: PatchDataset, positions: np.ndarr
 def run_evaluation(cfg: EvalConfig, store: Store | None = None, device: str | None = None,
                    progress: Callable[[int, int], None] | None = None) -> EvaluationResult:
     """Everything but the report: load, predict, mask, score, explain."""
-    from bzpipe.train import pick_device
-
     store = store or Store(cfg.store_root)
     dev = pick_device(device or cfg.device)
     model, meta = load_model(store, cfg.run_name, which=cfg.checkpoint, device=str(dev))
@@ -326,32 +326,3 @@ def score_seed_runs(cfg: EvalConfig, store: Store, dev: torch.device, dataset: P
         values.append(seeds.headline_values(to_json(s_k), UNET))
         log.info("seed run %s scored on the same %d patches", run, fields.truth.shape[0])
     return seeds.across_seeds(values, [cfg.run_name, *cfg.seed_runs])
-
-
-def input_checksums(store: Store, cfg: EvalConfig, meta: dict[str, Any]) -> dict[str, str]:
-    """{URI: sha256} of the evaluated dataset (its manifest entry) and the checkpoint."""
-    out: dict[str, str] = {}
-    key = Store.dataset_key(cfg.dataset)
-    entry = store.entry(key) if "/" not in cfg.dataset and "://" not in cfg.dataset else None
-    out[store.uri(key) if entry else cfg.dataset] = entry.sha256 if entry else "unrecorded"
-    if meta.get("checkpoint_uri"):
-        out[str(meta["checkpoint_uri"])] = str(meta.get("checkpoint_sha256", "unrecorded"))
-    return out
-
-
-def evaluate_and_report(cfg: EvalConfig, store: Store | None = None,
-                        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """:func:`run_evaluation`, then the report under ``reports/<run_name>/``.
-
-    Returns ``{"index": report URI, "scores": URI, "figures": {name: URI}, "verdict": {...},
-    "markdown": str}`` (small and JSON-able: what a Prefect task may pass on).
-    """
-    from bzpipe.provenance import provenance_record
-    from bzpipe.report import write_report
-
-    store = store or Store(cfg.store_root)
-    result = run_evaluation(cfg, store, progress=progress)
-    prov = provenance_record(cfg, inputs=input_checksums(store, cfg, result.model_meta),
-                             model_id=result.model_meta.get("model_id"))
-    return write_report(store, cfg.run_name, result, config=cfg.model_dump(mode="json"), provenance=prov,
-                        split=cfg.split)

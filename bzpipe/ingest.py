@@ -35,12 +35,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bzpipe import errors
+from bzpipe.checksums import sha256_file
 from bzpipe.config import IngestConfig, Site, resolve_site
 from bzpipe.credentials import ArmCredentials, CdsCredentials
-from bzpipe.errors import (AuthenticationError, BzpipeError, ConfigError, DownloadError, EmptyDataError,
-                           InputFileError)
-from bzpipe.provenance import provenance_record, sha256_file
+from bzpipe.errors import (
+    AuthenticationError,
+    BzpipeError,
+    ConfigError,
+    DownloadError,
+    EmptyDataError,
+    InputFileError,
+)
+from bzpipe.provenance import provenance_record
 from bzpipe.store import Store
+from bzpipe.store.layout import cds_job_key, era5_file_name, raw_key
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +82,7 @@ class IngestItem:
 
     @property
     def key(self) -> str:
-        return Store.raw_key(self.kind, self.name, self.site)
+        return raw_key(self.kind, self.name, self.site)
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -116,10 +124,6 @@ def arm_datastream(cfg: IngestConfig, site: str | Site, kind: str) -> str:
     """Full ARM datastream of ``kind`` (kazr, met) at ``site``, e.g. ``nsaarsclkazr1kolliasC1.c0``."""
     s = site_for(cfg, site)
     return s.datastream("kazr") if kind == "kazr" else s.datastream("met")
-
-
-def era5_file_name(site: str, year: int, month: int) -> str:
-    return f"era5_{site}_{year:04d}{month:02d}.nc"
 
 
 def months(cfg: IngestConfig) -> list[tuple[int, int]]:
@@ -230,14 +234,15 @@ def verify_file(kind: str, path: Path) -> None:
 
 
 class StoreJobBook:
-    """A :class:`bzpipe.sources.era5.download.CdsJobBook` kept as ``work/cds-jobs/<key>.json`` in the store.
+    """A :class:`bzpipe.sources.era5.download.CdsJobBook` kept as ``work/cds-jobs/<key>.json`` in the store
+    (:func:`bzpipe.store.layout.cds_job_key`).
 
     Outside the manifest (it is bookkeeping, not data); written atomically.
     """
 
     def __init__(self, store: Store, key: str) -> None:
         self.store = store
-        self.key = f"work/cds-jobs/{key}.json"
+        self.key = cds_job_key(key)
 
     def load(self) -> dict[str, Any] | None:
         try:

@@ -42,6 +42,7 @@ from bzpipe.metrics.contingency import cloud_presence, contingency_table, shallo
 from bzpipe.metrics.pointwise import NO_ECHO_DBZ, fill_no_echo
 from bzpipe.schema import dbz_to_norm, norm_to_dbz
 from bzpipe.store import Store
+from bzpipe.store.layout import era5_key, output_prefix, raw_prefix, report_key
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def along_track_m(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 
 def output_keys(store: Store, model_id: str, settings_id: str) -> list[str]:
     """The complete filled granules of one model and settings."""
-    prefix = Store.output_prefix(model_id, settings_id)
+    prefix = output_prefix(model_id, settings_id)
     return [k for k in store.list_dirs(prefix) if k.endswith(".zarr") and store.is_complete(k)]
 
 
@@ -129,9 +130,9 @@ def kazr_cpr_view(store: Store, site: str | Site, time: str, along_m: np.ndarray
     site = resolve_site(site)
     t_over = pd.Timestamp(time.rstrip("Z"))
     days = {d.strftime("%Y%m%d") for d in kazr_days(time, window_h)}
-    kazr = [k for k in store.list(f"raw/kazr/{site.name}/") if (m := _DAY.search(k)) and m.group(1) in days]
+    kazr = [k for k in store.list(raw_prefix("kazr", site.name)) if (m := _DAY.search(k)) and m.group(1) in days]
     months = sorted({d[:6] for d in days})
-    era5_keys = [Store.raw_key("era5", f"era5_{site.name}_{m}.nc", site.name) for m in months]
+    era5_keys = [era5_key(site.name, m) for m in months]
     era5_keys = [k for k in era5_keys if store.exists(k)]
     if not kazr or not era5_keys:
         raise FileNotFoundError(f"no KaZR ({len(kazr)} files) or ERA-5 ({len(era5_keys)} months) at {site.name} "
@@ -317,7 +318,7 @@ def figure_png(curtains: list[dict[str, Any]], heights_agl: np.ndarray, report: 
 def write_report(store: Store, run: str, report: dict[str, Any], png: bytes,
                  producer: dict[str, Any] | None = None) -> tuple[str, str]:
     """``reports/<run>/overpass.json`` and ``overpass.png``; returns their keys."""
-    jkey, pkey = f"reports/{run}/overpass.json", f"reports/{run}/overpass.png"
+    jkey, pkey = report_key(run, "overpass.json"), report_key(run, "overpass.png")
     store.write_json(jkey, _jsonable(report), producer=producer)
     store.write_bytes(pkey, png, producer=producer)
     return jkey, pkey

@@ -1,4 +1,5 @@
-"""Quarantine of bad input granules: ``quarantine/<granule file stem>.json`` in the store.
+"""Quarantine of bad input granules: ``quarantine/<granule file stem>.json`` in the store
+(:func:`bzpipe.store.layout.quarantine_key`).
 
 A granule that cannot be used (truncated / not HDF4, damaged bytes, values no
 CPR produces, a missing SDS, only fill values, another product release) gets a
@@ -16,15 +17,20 @@ replacement is announced again, and a good read of it lifts the quarantine
 from __future__ import annotations
 
 import posixpath
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from bzpipe.errors import CorruptFileError, EmptyDataError, ImplausibleDataError, InputFileError, \
-    MissingVariableError, WrongReleaseError
-from bzpipe.provenance import sha256_file
+from bzpipe.checksums import sha256_file
+from bzpipe.errors import (
+    CorruptFileError,
+    EmptyDataError,
+    ImplausibleDataError,
+    InputFileError,
+    MissingVariableError,
+    WrongReleaseError,
+)
 from bzpipe.store import Store, file_version
-
-PREFIX = "quarantine"
+from bzpipe.store.layout import QUARANTINE_PREFIX, quarantine_key
 
 _CATEGORIES: tuple[tuple[type[BaseException], str], ...] = (
     (WrongReleaseError, "wrong release"),
@@ -34,16 +40,6 @@ _CATEGORIES: tuple[tuple[type[BaseException], str], ...] = (
     (EmptyDataError, "only fill values"),
     (InputFileError, "unusable input file"),
 )
-
-
-def granule_stem(name_or_uri: str) -> str:
-    """``2019...F03`` from a granule name, path or URI (the file name without ``.hdf``)."""
-    base = posixpath.basename(str(name_or_uri).rstrip("/"))
-    return base[:-4] if base.lower().endswith(".hdf") else base
-
-
-def quarantine_key(name_or_uri: str) -> str:
-    return f"{PREFIX}/{granule_stem(name_or_uri)}.json"
 
 
 def category(error: BaseException) -> str:
@@ -69,7 +65,7 @@ def quarantine(store: Store, name_or_uri: str, error: BaseException, **extra: An
         "reason": str(error),
         "problem": getattr(error, "problem", str(error)),
         "file": getattr(error, "path", str(name_or_uri)),
-        "quarantined_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if staged is not None:
         rec.update(sha256=staged.sha256, staged_from=staged.producer.get("source", ""),
@@ -111,7 +107,7 @@ def unchanged_since(record: dict[str, Any], version: str, sha256: str | None = N
 def quarantined(store: Store) -> dict[str, dict[str, Any]]:
     """All quarantine records, by granule stem."""
     out = {}
-    for key in store.list(PREFIX, suffix=".json"):
+    for key in store.list(QUARANTINE_PREFIX, suffix=".json"):
         out[posixpath.basename(key)[:-5]] = store.read_json(key)
     return out
 

@@ -53,12 +53,15 @@ DBZ_MAX = 30.0
 NORM_LO = -0.5
 NORM_HI = 1.0
 NO_ECHO = -1.0
+#: dBZ per normalized unit in the echo range (90 dBZ over 1.5 units): an MC spread of the
+#: normalized output times this is a spread in dB
+DBZ_PER_NORM = (DBZ_MAX - DBZ_MIN) / (NORM_HI - NORM_LO)
 
 G0 = 9.80665  # m s-2, standard gravity (ERA-5 geopotential -> geopotential height)
 
 
 def dbz_to_norm(dbz: np.ndarray) -> np.ndarray:
-    """dBZ in [-60, 30] -> [-0.5, 1]; NaN (no echo) and values below -60 dBZ -> -1."""
+    """DBZ in [-60, 30] -> [-0.5, 1]; NaN (no echo) and values below -60 dBZ -> -1."""
     dbz = np.asarray(dbz, dtype=np.float32)
     clipped = np.clip(dbz, DBZ_MIN, DBZ_MAX)
     out = NORM_LO + (clipped - DBZ_MIN) * ((NORM_HI - NORM_LO) / (DBZ_MAX - DBZ_MIN))

@@ -22,7 +22,6 @@ loader throughput against the training step rate.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from bzpipe.dataset.reader import open_dataset
 from bzpipe.errors import StoreError
 from bzpipe.schema import CHANNELS
 from bzpipe.store import Store
@@ -41,44 +41,6 @@ CHANNEL_SETS: dict[str, tuple[str, ...]] = {"3+_1": CHANNELS[:1], "3+_5": CHANNE
 
 #: splits up to this size (bytes, selected channels) are read into memory once by default
 CACHE_LIMIT_BYTES = 256 * 2**20
-
-
-def resolve_dataset_uri(store_root_or_uri: str | Store, version_or_uri: str,
-                        require_complete: bool = True) -> tuple[str, dict[str, Any]]:
-    """(URI of the Zarr dataset, zarr storage options).
-
-    ``version_or_uri`` is a dataset version (``v1`` -> ``<root>/datasets/v1.zarr``)
-    or a full path / ``s3://`` URI.  A version must be complete in the store's
-    manifest unless ``require_complete`` is False.
-    """
-    store = store_root_or_uri if isinstance(store_root_or_uri, Store) else Store(store_root_or_uri)
-    if "://" in version_or_uri or "/" in version_or_uri or version_or_uri.endswith(".zarr"):
-        uri = version_or_uri
-        opts = Store(uri).storage_options if uri.startswith("s3://") else {}
-        return uri, opts
-    key = Store.dataset_key(version_or_uri)
-    if require_complete and not store.is_complete(key):
-        raise StoreError(f"{store.uri(key)}: dataset {version_or_uri!r} is missing or incomplete "
-                         "(no manifest entry); build it first")
-    return store.uri(key), dict(store.storage_options)
-
-
-def _decode_attr(v: Any) -> Any:
-    if isinstance(v, str):
-        try:
-            return json.loads(v)
-        except ValueError:
-            return v
-    return v
-
-
-def _open_root(uri: str, storage_options: dict[str, Any]) -> zarr.Group:
-    try:
-        if uri.startswith("s3://"):
-            return zarr.open_group(uri, mode="r", storage_options=storage_options)
-        return zarr.open_group(uri, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:  # type: ignore[attr-defined]
-        raise StoreError(f"{uri}: no Zarr dataset here ({e})") from e
 
 
 class PatchDataset(Dataset):
@@ -99,15 +61,12 @@ class PatchDataset(Dataset):
     def __init__(self, store_root_or_uri: str | Store, version_or_uri: str, split: str,
                  channels: ChannelSet | list[str] | tuple[str, ...] = "3+_5", augment: bool = False,
                  cache: bool | None = None, require_complete: bool = True) -> None:
-        self.uri, self.storage_options = resolve_dataset_uri(store_root_or_uri, version_or_uri,
-                                                             require_complete)
+        opened = open_dataset(store_root_or_uri, version_or_uri, require_complete=require_complete)
+        self.uri, self.storage_options = opened.uri, opened.storage_options
         self.split = split
         self.augment = augment
-        root = _open_root(self.uri, self.storage_options)
-        self.attrs = {k: _decode_attr(v) for k, v in root.attrs.items()}
-        if split not in set(root.group_keys()):
-            raise StoreError(f"{self.uri}: no split {split!r} (groups: {sorted(root.group_keys())})")
-        grp = root[split]
+        self.attrs = opened.attrs
+        grp = opened.group(split)
         if "x" not in set(grp.array_keys()):
             raise StoreError(f"{self.uri}/{split}: variable 'x' missing")
         arr = grp["x"]
@@ -139,7 +98,7 @@ class PatchDataset(Dataset):
 
     def _array(self) -> zarr.Array:
         if self._arr is None:
-            self._arr = _open_root(self.uri, self.storage_options)[self.split]["x"]
+            self._arr = open_dataset(None, self.uri, require_complete=False).group(self.split)["x"]
         return self._arr
 
     def preload(self) -> None:

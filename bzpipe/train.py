@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -49,16 +47,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from bzpipe.checkpoint import (
-    checkpoint_key,
-    mark_finished,
-    metrics_key,
-    read_checkpoint,
-    save_checkpoint,
-    write_metrics,
-)
+from bzpipe.checkpoint import mark_finished, read_checkpoint, save_checkpoint, write_metrics
 from bzpipe.config import TrainConfig, config_record, load_stage_config
-from bzpipe.distributed import DistEnv, all_reduce_sum, average_bn_stats, dist_env
+from bzpipe.dataset.reader import build_values
+from bzpipe.distributed import DistEnv, all_reduce_sum, average_bn_stats, dist_env, pick_device
 from bzpipe.errors import BzpipeError, ConfigError
 from bzpipe.masking import mask_blind_zone
 from bzpipe.model.mc_dropout import mc_predict
@@ -66,6 +58,7 @@ from bzpipe.model.unet3plus import UNet3Plus, UNet3PlusConfig, channels_last_fas
 from bzpipe.optim import bn_momentum_warmup, lr_factor
 from bzpipe.provenance import provenance_record
 from bzpipe.store import Store
+from bzpipe.store.layout import checkpoint_key, metrics_key
 from bzpipe.torchdata import CHANNEL_SETS, PatchDataset, make_loader
 
 log = logging.getLogger("bzpipe.train")
@@ -86,18 +79,6 @@ def supervision_loss(outputs: Sequence[Tensor], target: Tensor, mask: Tensor) ->
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def pick_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda:<local_rank> when available, else cpu; or an explicit device."""
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
 
 
 def model_config_for(cfg: TrainConfig) -> UNet3PlusConfig:
@@ -240,14 +221,6 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[dict[str, Any]], None] | Non
             dist.destroy_process_group()
 
 
-def _build_values(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The build config values recorded in a dataset's root attributes ({} if absent)."""
-    rec = attrs.get("config")
-    if isinstance(rec, str):
-        rec = json.loads(rec)
-    return rec.get("values", {}) if isinstance(rec, dict) else {}
-
-
 def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
            on_epoch_end: Callable[[dict[str, Any]], None] | None) -> TrainResult:
     store = Store(cfg.store_root)
@@ -266,7 +239,7 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
     bn_momentum_warmup(model, cfg.bn_momentum)
     amp = _Amp(cfg, device)
 
-    built = _build_values(train_ds.attrs)
+    built = build_values(train_ds.attrs)
     ds_entry = store.entry(store.key_of(train_ds.uri)) if train_ds.uri.startswith(store.root) else None
     ds_sha = ds_entry.sha256 if ds_entry else ""
     meta: dict[str, Any] = {

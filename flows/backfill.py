@@ -27,12 +27,12 @@ from prefect import flow, get_run_logger
 from bzpipe.cluster import GPU_RESOURCE, gpu_slots, scheduler_address
 from bzpipe.config import InferConfig
 from bzpipe.infer import batch as bz_batch
-from bzpipe.infer.granule import RAW_PREFIX
 from bzpipe.quarantine import quarantined
 from bzpipe.store import Store
-from flows.common import resolve_config
+from flows.common import resolve_stage
 from flows.fanout import Progress, bounded
 from flows.reprocess import ensure_era5, process_task, report, resolve_model, stage_task
+from flows.settings import FlowSettings
 
 BACKFILL_PROGRESS_KEY = "cloudsat-backfill-progress"
 
@@ -45,7 +45,8 @@ def granule_task_runner(cfg: InferConfig) -> Any:
     address = scheduler_address(cfg.dask_address)
     if address:
         return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.n_workers, "threads_per_worker": cfg.threads_per_worker,
+    return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.n_workers,
+                                          "threads_per_worker": cfg.threads_per_worker,
                                           "processes": True, "dashboard_address": ":0"})
 
 
@@ -64,7 +65,8 @@ def failed_result(granule: str, model_id: str, state: Any) -> dict[str, Any]:
 
 
 @flow(name="backfill-granules")
-def fill_granules(cfg: InferConfig, keys: list[str], model_id: str, gpu: bool = False) -> list[dict[str, Any]]:
+def fill_granules(cfg: InferConfig, keys: list[str], model_id: str,
+                  gpu: bool = False) -> list[dict[str, Any]]:
     """One ``process-granule`` task per granule on the flow's (Dask) task runner, at most
     ``cfg.max_in_flight`` at once, each on a GPU worker when ``gpu``; a progress artifact and a log
     line per granule while it runs."""
@@ -98,23 +100,18 @@ def fill_granules(cfg: InferConfig, keys: list[str], model_id: str, gpu: bool = 
 @flow(name="backfill-cloudsat")
 def backfill(config: InferConfig | None = None, config_path: str | None = None,
              overrides: list[str] | None = None, start: date | None = None, end: date | None = None,
-             granules: list[str] | None = None) -> dict[str, Any]:
+             granules: list[str] | None = None, settings: FlowSettings | None = None) -> dict[str, Any]:
     """Fill every granule of a date range (landing area + ``raw/cloudsat/``) or of a list, on Dask.
 
     ``granules`` are URIs, store keys or bare file names (looked up in the landing area
-    and ``raw/cloudsat/``).  Returns ``{"counts": ..., "results": [...]}``.
+    and ``raw/cloudsat/``, :func:`bzpipe.infer.batch.backfill_uris`).  Returns
+    ``{"counts": ..., "results": [...]}``.
     """
-    cfg = resolve_config(InferConfig, config, config_path, overrides)
+    cfg, found = resolve_stage(InferConfig, config, config_path, overrides, settings)
     logger = get_run_logger()
     store = Store(cfg.store_root)
     model_id = resolve_model(cfg)
-    known = {f.name: f.uri for f in bz_batch.list_landing(store, cfg.landing)}
-    known.update({f.name: f.uri for f in bz_batch.list_landing(store, RAW_PREFIX)})
-    if granules:
-        uris = [known.get(g, g) if "/" not in g else (store.uri(g) if store.exists(g) else g) for g in granules]
-    else:
-        files = [bz_batch.LandingFile(uri=u, name=n, granule_id="", size=-1) for n, u in sorted(known.items())]
-        uris = [f.uri for f in bz_batch.select_by_date(files, start, end)]
+    uris = bz_batch.backfill_uris(store, cfg.landing, granules, start, end)
     logger.info("backfill: %d granule(s) for model %s, at most %d in flight", len(uris), model_id,
                 cfg.max_in_flight)
     keys, results = [], []
@@ -125,7 +122,7 @@ def backfill(config: InferConfig | None = None, config_path: str | None = None,
         else:
             results.append(failed_result(posixpath.basename(uri), model_id, fut.state))
     keys.sort()
-    ensure_era5(cfg, model_id, [posixpath.basename(k) for k in keys])
+    ensure_era5(cfg, model_id, [posixpath.basename(k) for k in keys], found.ingest)
     if keys:
         gpus = gpu_slots(cfg.dask_address)
         runner = granule_task_runner(cfg)

@@ -27,12 +27,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prefect.cache_policies import NO_CACHE as _NO_CACHE
 from pydantic import BaseModel
 
-import flows.logging_setup  # noqa: F401  (bzpipe.* log lines into the Prefect UI)
-from bzpipe.config import PipelineConfig, load_pipeline_config, load_stage_config, override_config
+import flows.logging_setup  # noqa: F401  (bzpipe.* log lines into the Prefect UI; the one import of it)
+from bzpipe.config import (
+    PipelineConfig,
+    apply_overrides,
+    load_pipeline_config,
+    load_stage_config,
+    override_config,
+    read_config_file,
+)
 from bzpipe.errors import ConfigError, is_retryable
 from flows import server_watchdog
+from flows.settings import FlowSettings, merge_settings, split_overrides, split_settings
+
+#: every task's cache policy: Prefect's result cache is off, because repeat-safety is the store's
+#: (a complete output is found by its manifest entry and skipped), not a cached task result
+NO_CACHE = _NO_CACHE
 
 server_watchdog.install()   # a flow killed with SIGKILL does not leave its temporary Prefect server running
 
@@ -69,7 +82,8 @@ def _existing(path: str, source: str) -> str:
 
 
 def _parse_choice(value: Any, source: str) -> ConfigChoice:
-    """A Variable / environment value: a path, or ``{"path": ..., "overrides": [...]}`` (also as JSON text)."""
+    """A Variable / environment value: a path, or ``{"path": ..., "overrides": [...]}`` (also as JSON
+    text)."""
     if isinstance(value, str) and value.strip().startswith("{"):
         try:
             value = json.loads(value)
@@ -127,31 +141,86 @@ def _for_stage(model: type[BaseModel], overrides: list[str]) -> list[str]:
     return [o for o in overrides if o.partition("=")[0].strip().split(".")[0] not in others]
 
 
-def resolve_config(model: type[C], config: C | dict[str, Any] | None = None,
-                   config_path: str | None = None, overrides: list[str] | None = None) -> C:
-    """The stage config a flow runs with.
+def _stage_of(model: type[BaseModel]) -> str | None:
+    return next((n for n, f in PipelineConfig.model_fields.items() if f.annotation is model), None)
+
+
+def _in_file_form(overrides: list[str], stage: str | None, pipeline_file: bool) -> list[str]:
+    """One stage's overrides, addressed as the file holds its keys: ``train.epochs=3`` in a pipeline
+    file, ``epochs=3`` in a file of the stage alone."""
+    stages = set(PipelineConfig.model_fields)
+    out = []
+    for o in overrides:
+        head = o.partition("=")[0].strip().split(".")[0]
+        if stage is None:
+            out.append(o)
+        elif pipeline_file:
+            out.append(o if head in stages else f"{stage}.{o}")
+        else:
+            out.append(o.removeprefix(f"{stage}.") if head == stage else o)
+    return out
+
+
+def resolve_stage(model: type[C], config: C | dict[str, Any] | None = None, config_path: str | None = None,
+                  overrides: list[str] | None = None,
+                  settings: FlowSettings | dict[str, Any] | None = None) -> tuple[C, FlowSettings]:
+    """The stage config a flow runs with, and the flows' infrastructure settings (:mod:`flows.settings`)
+    from the same file sections.
 
     ``config`` (a model or a dict, as Prefect passes parameters) wins; without it the file
-    comes from :func:`choose_config`.  ``overrides`` (``key.path=value``) apply on top.
+    comes from :func:`choose_config`.  ``settings`` (a flow parameter) wins over the file's.
+    ``overrides`` (``key.path=value``) apply on top of both.
     """
+    stage = _stage_of(model)
     if config is None:
         choice = choose_config(config_path)
         _log_choice(choice)
-        return load_stage_config(model, choice.path, [*_for_stage(model, choice.overrides), *(overrides or [])])
-    base = config if isinstance(config, model) else load_stage_config(model, None, config)
-    return override_config(base, overrides)
+        data = read_config_file(choice.path)
+        pipeline_file = any(s in data for s in PipelineConfig.model_fields)
+        ovs = _in_file_form([*_for_stage(model, choice.overrides), *(overrides or [])], stage, pipeline_file)
+        data, found = split_settings(apply_overrides(data, ovs), None if pipeline_file else stage)
+        cfg = load_stage_config(model, choice.path, data=data)
+    else:
+        keep, found = split_overrides(overrides, stage)
+        if isinstance(config, model):
+            base, file_found = config, FlowSettings()
+        else:
+            data, file_found = split_settings(apply_overrides({}, config), stage)
+            base = load_stage_config(model, None, data)
+        cfg, found = override_config(base, keep), merge_settings(file_found, found)
+    if settings is not None:
+        given = settings if isinstance(settings, FlowSettings) else FlowSettings.model_validate(settings)
+        found = merge_settings(given, split_overrides(overrides, stage)[1])
+    return cfg, found
+
+
+def resolve_config(model: type[C], config: C | dict[str, Any] | None = None,
+                   config_path: str | None = None, overrides: list[str] | None = None) -> C:
+    """The stage config a flow runs with (:func:`resolve_stage` without the flow settings)."""
+    return resolve_stage(model, config, config_path, overrides)[0]
+
+
+def resolve_pipeline(config: PipelineConfig | dict[str, Any] | None = None, config_path: str | None = None,
+                     overrides: list[str] | None = None) -> tuple[PipelineConfig, FlowSettings]:
+    """:func:`resolve_stage` for the whole-pipeline config."""
+    if config is None:
+        choice = choose_config(config_path)
+        _log_choice(choice)
+        data = apply_overrides(read_config_file(choice.path), [*choice.overrides, *(overrides or [])])
+        data, found = split_settings(data)
+        return load_pipeline_config(choice.path, data=data), found
+    keep, found = split_overrides(overrides)
+    if isinstance(config, PipelineConfig):
+        return override_config(config, keep), found
+    data, file_found = split_settings(json.loads(json.dumps(config, default=str)))
+    return override_config(PipelineConfig.model_validate(data), keep), merge_settings(file_found, found)
 
 
 def resolve_pipeline_config(config: PipelineConfig | dict[str, Any] | None = None,
                             config_path: str | None = None,
                             overrides: list[str] | None = None) -> PipelineConfig:
-    """:func:`resolve_config` for the whole-pipeline config."""
-    if config is None:
-        choice = choose_config(config_path)
-        _log_choice(choice)
-        return load_pipeline_config(choice.path, [*choice.overrides, *(overrides or [])])
-    base = config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(config)
-    return override_config(base, overrides)
+    """:func:`resolve_pipeline` without the flow settings."""
+    return resolve_pipeline(config, config_path, overrides)[0]
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -172,7 +241,8 @@ def cli_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
     """
     p = argparse.ArgumentParser(prog=f"python -m flows.{module}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", dest="config_path", help="YAML/JSON/TOML file (a stage section or a whole pipeline file)")
+    p.add_argument("--config", dest="config_path",
+                   help="YAML/JSON/TOML file (a stage section or a whole pipeline file)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     return p

@@ -48,10 +48,12 @@ def variable_value_for(path: str, overrides: Sequence[str] = ()) -> tuple[Any, s
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.config_switch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", nargs="?", help="config file (YAML/JSON/TOML), relative to the checkout or absolute")
+    p.add_argument("path", nargs="?",
+                   help="config file (YAML/JSON/TOML), relative to the checkout or absolute")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value for every run, e.g. --set store_root=s3://bucket/bzpipe")
-    p.add_argument("--demo", action="store_true", help=f"remove the Variable {CONFIG_VARIABLE}: back to the default")
+    p.add_argument("--demo", action="store_true",
+                   help=f"remove the Variable {CONFIG_VARIABLE}: back to the default")
     a = p.parse_args(argv)
     from prefect.variables import Variable
 

@@ -14,15 +14,14 @@ overlapping windows of consecutive days cost nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-import flows.logging_setup  # noqa: F401  (bzpipe's INFO lines in the Prefect UI)
 from bzpipe.config import IngestConfig, override_config
-from flows.common import cli_parser, resolve_config
+from flows.common import cli_parser, resolve_stage
 from flows.ingest import ingest
 
 
@@ -44,9 +43,9 @@ def scheduled_day() -> date:
 
     when = flow_run.scheduled_start_time
     if not isinstance(when, datetime):
-        when = datetime.now(timezone.utc)
+        when = datetime.now(UTC)
     if when.tzinfo is not None:
-        when = when.astimezone(timezone.utc)
+        when = when.astimezone(UTC)
     return when.date()
 
 
@@ -64,12 +63,12 @@ def ingest_new_days(config: IngestConfig | None = None, config_path: str | None 
     logger = get_run_logger()
     reference = day or scheduled_day()
     start, end = new_days_window(reference, days, lag_days)
-    cfg = resolve_config(IngestConfig, config, config_path, overrides)
+    cfg, settings = resolve_stage(IngestConfig, config, config_path, overrides)
     cfg = override_config(cfg, {"start": start.isoformat(), "end": end.isoformat()})
     logger.info("ingesting %s..%s (%d day(s), %d day(s) before %s) for %s into %s",
                 start, end, days, lag_days, reference, [getattr(s, "name", s) for s in cfg.sites],
                 cfg.store_root)
-    return ingest(config=cfg)
+    return ingest(config=cfg, settings=settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,24 +18,22 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NONE
 
-from bzpipe import evaluate as bzeval
-from bzpipe.checkpoint import checkpoint_key
 from bzpipe.config import EvalConfig
+from bzpipe.dataset.reader import open_dataset
 from bzpipe.errors import StoreError
+from bzpipe.report import evaluate_and_report as write_evaluation_report
 from bzpipe.store import Store
-from bzpipe.torchdata import resolve_dataset_uri
-from flows.common import artifact_slug, cli_parser, resolve_config, retry_if_transient
-
+from bzpipe.store.layout import checkpoint_key
+from flows.common import NO_CACHE, artifact_slug, cli_parser, resolve_config, retry_if_transient
 
 
 @task(name="check-evaluation-inputs", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient,
-      cache_policy=NONE)
+      cache_policy=NO_CACHE)
 def check_inputs(cfg: EvalConfig) -> dict[str, str]:
     """The dataset (complete in the manifest) and the checkpoint must exist; return their URIs."""
     store = Store(cfg.store_root)
-    dataset_uri, _ = resolve_dataset_uri(store, cfg.dataset)
+    dataset_uri = open_dataset(store, cfg.dataset).uri
     ckpt = checkpoint_key(cfg.run_name, cfg.checkpoint)
     if not store.exists(ckpt):
         raise StoreError(f"{store.uri(ckpt)}: no trained model; run the train flow for {cfg.run_name!r} "
@@ -43,7 +41,7 @@ def check_inputs(cfg: EvalConfig) -> dict[str, str]:
     return {"dataset": dataset_uri, "checkpoint": store.uri(ckpt)}
 
 
-@task(name="evaluate-and-report", retries=0, cache_policy=NONE)
+@task(name="evaluate-and-report", retries=0, cache_policy=NO_CACHE)
 def evaluate_and_report(cfg: EvalConfig) -> dict[str, Any]:
     """Predict, score and write the report; returns URIs, the verdict and the markdown table."""
     logger = get_run_logger()
@@ -52,11 +50,12 @@ def evaluate_and_report(cfg: EvalConfig) -> dict[str, Any]:
         if done == total or done % max(1, total // 10) < cfg.batch_size:
             logger.info("predicted %d / %d patches", done, total)
 
-    return bzeval.evaluate_and_report(cfg, progress=progress)
+    return write_evaluation_report(cfg, progress=progress)
 
 
-@task(name="publish-evaluation-artifacts", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient,
-      cache_policy=NONE)
+@task(name="publish-evaluation-artifacts", retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_if_transient,
+      cache_policy=NO_CACHE)
 def publish_artifacts(run_name: str, report: dict[str, Any], store_root: str | None = None) -> None:
     """The scores table, a link to the HTML report a browser can open (presigned https on S3,
     ``$BZPIPE_STORE_PUBLIC_URL``, else the path), and the report's figures as image artifacts."""
@@ -79,7 +78,7 @@ def publish_artifacts(run_name: str, report: dict[str, Any], store_root: str | N
                           title=f"{run_name}: {name}", description=f"evaluation figure {name} of {run_name}")
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate")
 def evaluate(config: EvalConfig | None = None, config_path: str | None = None,
              overrides: list[str] | None = None) -> str:
     """Evaluate ``models/<run_name>`` on the dataset's ``split``; return the report URI (index.html)."""

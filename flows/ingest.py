@@ -22,7 +22,8 @@ Each takes a site list and date range as an :class:`~bzpipe.config.IngestConfig`
 
 Credentials are resolved inside each task that needs them, from the
 environment (``ARM_USERNAME``/``ARM_TOKEN``, ``CDSAPI_URL``/``CDSAPI_KEY`` or
-``~/.cdsapirc``) or from Prefect Secret blocks named in the config; they are
+``~/.cdsapirc``) or from the Prefect Secret blocks that the flow settings name
+(:class:`flows.settings.IngestSecrets`, keys of the config's ``ingest`` section); they are
 never task or flow parameters, so Prefect never records them.
 
 Run: ``python -m flows.ingest [--config FILE] [--set key=value ...] [--what kazr|era5|all]``.
@@ -36,20 +37,37 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
 from bzpipe.config import IngestConfig
-from bzpipe.credentials import (DEFAULT_CDS_URL, ArmCredentials, CdsCredentials, arm_credentials_from_env,
-                                cds_credentials_from_env, redact, register_secrets)
+from bzpipe.credentials import (
+    DEFAULT_CDS_URL,
+    ArmCredentials,
+    CdsCredentials,
+    arm_credentials_from_env,
+    cds_credentials_from_env,
+    redact,
+    register_secrets,
+)
 from bzpipe.errors import AuthenticationError
-from bzpipe.ingest import (IngestFailedError, IngestItem, arm_datastream, arm_kinds, ingest_item,
-                           is_retryable, plan_arm_offline, plan_arm_remote, plan_era5, present_outcome)
+from bzpipe.ingest import (
+    IngestFailedError,
+    IngestItem,
+    arm_datastream,
+    arm_kinds,
+    ingest_item,
+    is_retryable,
+    plan_arm_offline,
+    plan_arm_remote,
+    plan_era5,
+    present_outcome,
+)
 from bzpipe.store import Store
-from flows import logging_setup  # noqa: F401  (bzpipe's log lines reach the Prefect UI)
-from flows.common import cli_parser, resolve_config
+from bzpipe.store.layout import raw_prefix
+from flows.common import NO_CACHE, cli_parser, resolve_stage
 from flows.fanout import Progress, bounded
+from flows.settings import FlowSettings, IngestSecrets
 
 ARM_LIMIT = "arm-live"
 CDS_LIMIT = "cds"
@@ -74,58 +92,61 @@ def _secret(name: str) -> str | None:
     return str(value) if value else None
 
 
-def arm_credentials(cfg: IngestConfig) -> ArmCredentials:
+def arm_credentials(secrets: IngestSecrets) -> ArmCredentials:
     """ARM Live credentials from the environment, else from the configured Secret blocks."""
     try:
         creds = arm_credentials_from_env()
     except AuthenticationError as e:  # set, but incomplete or unreadable
         raise AuthenticationError(f"{e}. {WHERE_CREDENTIALS}") from None
     if creds is None:
-        user, token = _secret(cfg.arm_username_secret), _secret(cfg.arm_token_secret)
+        user, token = _secret(secrets.arm_username_secret), _secret(secrets.arm_token_secret)
         if user and token:
             creds = ArmCredentials(user, token)
             register_secrets(creds.secrets)
     if creds is None:
         raise AuthenticationError(
             "no ARM Live credentials: set ARM_USERNAME and ARM_TOKEN, or create the Prefect Secret blocks "
-            f"{cfg.arm_username_secret!r} and {cfg.arm_token_secret!r}. {WHERE_CREDENTIALS} "
+            f"{secrets.arm_username_secret!r} and {secrets.arm_token_secret!r}. {WHERE_CREDENTIALS} "
             "(the token is on https://adc.arm.gov/armlive/)")
     return creds
 
 
-def cds_credentials(cfg: IngestConfig) -> CdsCredentials:
+def cds_credentials(secrets: IngestSecrets) -> CdsCredentials:
     """CDS credentials from the environment / ``~/.cdsapirc``, else from the configured Secret block."""
     try:
         creds = cds_credentials_from_env()
     except AuthenticationError as e:  # set, but incomplete or unreadable
         raise AuthenticationError(f"{e}. {WHERE_CREDENTIALS}") from None
     if creds is None:
-        key = _secret(cfg.cds_key_secret)
+        key = _secret(secrets.cds_key_secret)
         if key:
             creds = CdsCredentials(os.environ.get("CDSAPI_URL") or DEFAULT_CDS_URL, key)
             register_secrets(creds.secrets)
     if creds is None:
         raise AuthenticationError(
             "no CDS API key: set CDSAPI_URL and CDSAPI_KEY, write ~/.cdsapirc, or create the Prefect Secret "
-            f"block {cfg.cds_key_secret!r}. {WHERE_CREDENTIALS} (the key is on your CDS profile page)")
+            f"block {secrets.cds_key_secret!r}. {WHERE_CREDENTIALS} (the key is on your CDS profile page)")
     return creds
 
 
-def check_credentials(cfg: IngestConfig, kinds: Sequence[str] = ("kazr", "met", "era5")) -> list[str]:
+def check_credentials(cfg: IngestConfig, kinds: Sequence[str] = ("kazr", "met", "era5"),
+                      secrets: IngestSecrets | None = None) -> list[str]:
     """The services ``cfg`` needs for ``kinds``, each with its credentials found; raises
     :class:`AuthenticationError` naming the first missing one and where to put it (never a value)."""
+    secrets = secrets or IngestSecrets()
     found = []
     if cfg.kazr_source == "arm" and set(kinds) & {"kazr", "met"}:
-        found.append(f"ARM Live (user {arm_credentials(cfg).username!r})")
+        found.append(f"ARM Live (user {arm_credentials(secrets).username!r})")
     if cfg.era5_source == "cds" and "era5" in kinds:
-        found.append(f"CDS ({cds_credentials(cfg).url})")
+        found.append(f"CDS ({cds_credentials(secrets).url})")
     return found
 
 
 @task(name="check-credentials", cache_policy=NO_CACHE, persist_result=False, retries=0)
-def check_credentials_task(cfg: IngestConfig, kinds: Sequence[str] = ("kazr", "met", "era5")) -> list[str]:
+def check_credentials_task(cfg: IngestConfig, kinds: Sequence[str] = ("kazr", "met", "era5"),
+                           secrets: IngestSecrets | None = None) -> list[str]:
     """First task of a run that uses a real service: fail at once when a credential is missing."""
-    found = check_credentials(cfg, kinds)
+    found = check_credentials(cfg, kinds, secrets)
     get_run_logger().info("credentials found for: %s", ", ".join(found) or "nothing needed (offline sources)")
     return found
 
@@ -179,9 +200,10 @@ def with_retries(t: Any, cfg: IngestConfig) -> Any:
 
 
 @task(name="list-arm-files", cache_policy=NO_CACHE, persist_result=False)
-def list_arm_files_task(cfg: IngestConfig, site: str, kind: str) -> list[dict[str, str]]:
+def list_arm_files_task(cfg: IngestConfig, site: str, kind: str,
+                        secrets: IngestSecrets | None = None) -> list[dict[str, str]]:
     """Ask ARM Live which files of ``site``'s ``kind`` datastream exist in the date range."""
-    creds = arm_credentials(cfg)
+    creds = arm_credentials(secrets or IngestSecrets())
     with concurrency(ARM_LIMIT, occupy=1):
         items = plan_arm_remote(cfg, site, kind, creds)
     get_run_logger().info("ARM Live lists %d file(s) of %s", len(items), arm_datastream(cfg, site, kind))
@@ -189,15 +211,17 @@ def list_arm_files_task(cfg: IngestConfig, site: str, kind: str) -> list[dict[st
 
 
 @task(name="ingest-file", task_run_name="ingest-{item[name]}", cache_policy=NO_CACHE, persist_result=False)
-def ingest_file_task(item: dict[str, str], cfg: IngestConfig) -> dict[str, Any]:
+def ingest_file_task(item: dict[str, str], cfg: IngestConfig,
+                     secrets: IngestSecrets | None = None) -> dict[str, Any]:
     """Skip, or fetch + verify + store one file; holds a slot of the service's limit while it downloads."""
     logger = get_run_logger()
     it = IngestItem.from_dict(item)
     store = Store(cfg.store_root)
     done = present_outcome(it, store)
     if done is None:
-        arm = arm_credentials(cfg) if it.source == "arm" else None
-        cds = cds_credentials(cfg) if it.source == "cds" else None
+        secrets = secrets or IngestSecrets()
+        arm = arm_credentials(secrets) if it.source == "arm" else None
+        cds = cds_credentials(secrets) if it.source == "cds" else None
         limit = {"arm": ARM_LIMIT, "cds": CDS_LIMIT}.get(it.source)
         slot = (lambda: concurrency(limit, occupy=1)) if limit else None
         done = ingest_item(it, cfg, store, arm=arm, cds=cds, force=True, fetch_slot=slot)
@@ -222,13 +246,16 @@ def _error_text(state: Any) -> str:
     return redact(text)
 
 
-def run_ingest(cfg: IngestConfig, kinds: Sequence[str]) -> dict[str, Any]:
+def run_ingest(cfg: IngestConfig, kinds: Sequence[str],
+               secrets: IngestSecrets | None = None) -> dict[str, Any]:
     """Plan, fetch every item in parallel tasks (at most ``cfg.max_in_flight`` at once), report;
-    raise IngestFailedError if any item failed."""
+    raise IngestFailedError if any item failed.  ``secrets``: the Secret blocks credentials come
+    from when the environment has none."""
+    secrets = secrets or IngestSecrets()
     logger = get_run_logger()
     remote = ("kazr" in kinds and cfg.kazr_source == "arm") or ("era5" in kinds and cfg.era5_source == "cds")
     if remote:
-        check_credentials_task(cfg, list(kinds))
+        check_credentials_task(cfg, list(kinds), secrets)
         limits = ensure_concurrency_limits(cfg)
         logger.info("concurrency limits in force: %s", limits)
 
@@ -238,12 +265,13 @@ def run_ingest(cfg: IngestConfig, kinds: Sequence[str]) -> dict[str, Any]:
     listings = [(s.name, kind) for kind in arm_kinds(cfg, kinds) if cfg.kazr_source != "offline"
                 for s in cfg.site_objects()]
     lister = with_retries(list_arm_files_task, cfg)
-    for (site, kind), fut in bounded(lambda sk: lister.submit(cfg, *sk), listings, cfg.max_in_flight):
+    for (site, kind), fut in bounded(lambda sk: lister.submit(cfg, *sk, secrets), listings,
+                                     cfg.max_in_flight):
         fut.wait()  # sets the in-memory final state (the API's copy carries no result data)
         if fut.state.is_completed():
             items += [IngestItem.from_dict(d) for d in fut.result()]
         else:
-            key = f"raw/{kind}/{site}/ (listing of {arm_datastream(cfg, site, kind)})"
+            key = f"{raw_prefix(kind, site)} (listing of {arm_datastream(cfg, site, kind)})"
             failed[key] = _error_text(fut.state)
             rows.append({"key": key, "kind": kind, "site": site, "source": "arm", "status": "failed",
                          "size": "", "sha256": "", "message": failed[key]})
@@ -258,7 +286,7 @@ def run_ingest(cfg: IngestConfig, kinds: Sequence[str]) -> dict[str, Any]:
                 [s.name for s in cfg.site_objects()], cfg.start, cfg.end, cfg.max_in_flight)
     progress = Progress(total, f"ingest of {total} file(s)")
     fetch = with_retries(ingest_file_task, cfg)
-    for item, fut in bounded(lambda i: fetch.submit(i.to_dict(), cfg), items, cfg.max_in_flight):
+    for item, fut in bounded(lambda i: fetch.submit(i.to_dict(), cfg, secrets), items, cfg.max_in_flight):
         fut.wait()
         if fut.state.is_completed():
             out = fut.result()
@@ -282,25 +310,31 @@ def run_ingest(cfg: IngestConfig, kinds: Sequence[str]) -> dict[str, Any]:
     return {"counts": counts, "items": rows}
 
 
+def _run(kinds: Sequence[str], config: IngestConfig | None, config_path: str | None,
+         overrides: list[str] | None, settings: FlowSettings | None) -> dict[str, Any]:
+    cfg, found = resolve_stage(IngestConfig, config, config_path, overrides, settings)
+    return run_ingest(cfg, kinds, found.ingest)
+
+
 @flow(name="ingest-kazr")
 def ingest_kazr(config: IngestConfig | None = None, config_path: str | None = None,
-                overrides: list[str] | None = None) -> dict[str, Any]:
+                overrides: list[str] | None = None, settings: FlowSettings | None = None) -> dict[str, Any]:
     """KaZR (and, with ``fetch_met``, surface met) files for the sites and dates."""
-    return run_ingest(resolve_config(IngestConfig, config, config_path, overrides), ("kazr", "met"))
+    return _run(("kazr", "met"), config, config_path, overrides, settings)
 
 
 @flow(name="ingest-era5")
 def ingest_era5(config: IngestConfig | None = None, config_path: str | None = None,
-                overrides: list[str] | None = None) -> dict[str, Any]:
+                overrides: list[str] | None = None, settings: FlowSettings | None = None) -> dict[str, Any]:
     """ERA-5 pressure-level months for the sites and dates."""
-    return run_ingest(resolve_config(IngestConfig, config, config_path, overrides), ("era5",))
+    return _run(("era5",), config, config_path, overrides, settings)
 
 
 @flow(name="ingest")
 def ingest(config: IngestConfig | None = None, config_path: str | None = None,
-           overrides: list[str] | None = None) -> dict[str, Any]:
+           overrides: list[str] | None = None, settings: FlowSettings | None = None) -> dict[str, Any]:
     """Everything the dataset build needs: KaZR, met and ERA-5."""
-    return run_ingest(resolve_config(IngestConfig, config, config_path, overrides), ("kazr", "met", "era5"))
+    return _run(("kazr", "met", "era5"), config, config_path, overrides, settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

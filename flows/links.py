@@ -67,7 +67,8 @@ def publish_link(store: Store, key: str, *, artifact_key: str, text: str, descri
     url = browser_url(store, key)
     if url:
         note = f" (presigned, valid {expires_s() // 3600} h)" if not os.environ.get(PUBLIC_URL_ENV) else ""
-        create_link_artifact(link=url, link_text=text, key=artifact_key, description=(description + note).strip())
+        create_link_artifact(link=url, link_text=text, key=artifact_key,
+                             description=(description + note).strip())
         return url
     create_markdown_artifact(
         markdown=f"**{text}**: `{store.uri(key)}` (a local store; set ${PUBLIC_URL_ENV} to the URL of a web "
@@ -97,6 +98,7 @@ def publish_image(store: Store, key: str, *, artifact_key: str, description: str
                                           f"`{store.uri(key)}`", key=artifact_key, description=description)
         return "inline"
     create_markdown_artifact(markdown=f"{heading}`{store.uri(key)}` ({len(data) / 1e6:.1f} MB; set "
-                                      f"${PUBLIC_URL_ENV} to link it)", key=artifact_key, description=description)
+                                      f"${PUBLIC_URL_ENV} to link it)", key=artifact_key,
+                             description=description)
     return "path"
 

@@ -17,15 +17,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NONE
 
-from bzpipe.config import CprOperatorConfig, IngestConfig, InferConfig
+from bzpipe.config import CprOperatorConfig, InferConfig, IngestConfig
 from bzpipe.store import Store
-from flows.common import cli_parser, resolve_config, retry_if_transient
+from flows.common import NO_CACHE, cli_parser, resolve_stage, retry_if_transient
 from flows.reprocess import resolve_model
+from flows.settings import FlowSettings
 
 
-@task(name="find-overpasses", cache_policy=NONE)
+@task(name="find-overpasses", cache_policy=NO_CACHE)
 def find_task(cfg: InferConfig, model_id: str) -> list[dict[str, Any]]:
     """Overpasses among the complete outputs of this model and settings."""
     from bzpipe import overpass as ov
@@ -36,7 +36,7 @@ def find_task(cfg: InferConfig, model_id: str) -> list[dict[str, Any]]:
     return [p.to_dict() for p in ov.find_overpasses(store, keys, sites, cfg.overpass.radius_km)]
 
 
-@task(name="score-overpasses", retries=1, retry_condition_fn=retry_if_transient, cache_policy=NONE)
+@task(name="score-overpasses", retries=1, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def score_task(cfg: InferConfig, passes: list[dict[str, Any]], op: CprOperatorConfig,
                model_id: str) -> dict[str, Any]:
     """Score every overpass and write the report; returns it (with the keys written)."""
@@ -64,18 +64,21 @@ def score_task(cfg: InferConfig, passes: list[dict[str, Any]], op: CprOperatorCo
 
 
 @flow(name="overpass-validation")
-def overpass(config: InferConfig | None = None, config_path: str | None = None, overrides: list[str] | None = None,
-             ingest: IngestConfig | None = None, operator: CprOperatorConfig | None = None) -> dict[str, Any]:
+def overpass(config: InferConfig | None = None, config_path: str | None = None,
+             overrides: list[str] | None = None,
+             ingest: IngestConfig | None = None, operator: CprOperatorConfig | None = None,
+             settings: FlowSettings | None = None) -> dict[str, Any]:
     """Find, fetch KaZR for, and score the overpasses of the current model's outputs (module docstring).
 
     ``ingest``: the ingest settings that fetch the KaZR / met / ERA-5 of the overpass days (only the
     overpass site and days are fetched; files already stored are kept); without it only stored KaZR
     is used.  ``operator``: the forward-operator settings (default: :class:`CprOperatorConfig`).
+    ``settings``: the flow settings the ingest runs with (:mod:`flows.settings`).
     """
     from bzpipe import overpass as ov
     from flows.ingest import ingest as ingest_flow
 
-    cfg = resolve_config(InferConfig, config, config_path, overrides)
+    cfg, found = resolve_stage(InferConfig, config, config_path, overrides, settings)
     logger = get_run_logger()
     op = operator or CprOperatorConfig()
     model_id = resolve_model(cfg)
@@ -85,8 +88,8 @@ def overpass(config: InferConfig | None = None, config_path: str | None = None, 
     if ingest is not None:
         for p in passes:
             days = ov.kazr_days(p["time"], cfg.overpass.window_h)
-            ingest_flow(config=ingest.model_copy(update={"sites": [p["site"]], "start": days[0], "end": days[-1],
-                                                          "store_root": cfg.store_root}))
+            window = {"sites": [p["site"]], "start": days[0], "end": days[-1], "store_root": cfg.store_root}
+            ingest_flow(config=ingest.model_copy(update=window), settings=found)
     report = score_task(cfg, passes, op, model_id)
     r = report.get("pearson_r", {})
     create_markdown_artifact(key="overpass-validation", description="CloudSat overpasses vs KaZR", markdown=(

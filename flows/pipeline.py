@@ -16,13 +16,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NONE
 
 from bzpipe.config import PipelineConfig
 from bzpipe.provenance import provenance_record
 from bzpipe.store import Store
 from flows.build_dataset import build_dataset
-from flows.common import cli_parser, resolve_pipeline_config, retry_if_transient
+from flows.common import NO_CACHE, cli_parser, resolve_pipeline, retry_if_transient
 from flows.evaluate import evaluate
 from flows.ingest import check_credentials_task, ingest
 from flows.overpass import overpass
@@ -30,7 +29,7 @@ from flows.reprocess import reprocess_granule
 from flows.train import train
 
 
-@task(name="stage-sample-granule", retries=1, retry_condition_fn=retry_if_transient, cache_policy=NONE)
+@task(name="stage-sample-granule", retries=1, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def stage_sample_granule(cfg: PipelineConfig) -> str:
     """Put one synthetic CloudSat 2B-GEOPROF granule and its ECMWF-AUX companion into the landing
     prefix; returns the 2B-GEOPROF URI.
@@ -57,7 +56,8 @@ def stage_sample_granule(cfg: PipelineConfig) -> str:
                                  cfg.ingest.synthetic)
         for f in sorted(Path(d).glob("*.hdf")):           # the 2B-GEOPROF granule and its ECMWF-AUX
             if not store.is_complete(f"{landing}/{f.name}"):
-                store.put_file(f, f"{landing}/{f.name}", producer=provenance_record(cfg.ingest, source="synthetic"))
+                store.put_file(f, f"{landing}/{f.name}",
+                               producer=provenance_record(cfg.ingest, source="synthetic"))
     return store.uri(f"{landing}/{path.name}")
 
 
@@ -70,7 +70,7 @@ def cloudsat_source(cfg: PipelineConfig) -> str:
     return "offline" if offline else "landing"
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline")
 def pipeline(config: PipelineConfig | None = None, config_path: str | None = None,
              overrides: list[str] | None = None, sample_granule: bool = True) -> dict[str, Any]:
     """Run every stage; returns the URIs each stage produced.
@@ -80,21 +80,22 @@ def pipeline(config: PipelineConfig | None = None, config_path: str | None = Non
     landing area.
     """
     logger = get_run_logger()
-    cfg = resolve_pipeline_config(config, config_path, overrides)
+    cfg, settings = resolve_pipeline(config, config_path, overrides)
     logger.info("pipeline on store %s, sites %s, %s..%s", cfg.ingest.store_root, cfg.ingest.sites,
                 cfg.ingest.start, cfg.ingest.end)
-    check_credentials_task(cfg.ingest)     # a real config without credentials stops here, at once
+    check_credentials_task(cfg.ingest, secrets=settings.ingest)   # no credentials: it stops here, at once
     cfg.build.check_split_blocks()         # so does a period too short for one split block per split
     out: dict[str, Any] = {}
-    out["ingest"] = ingest(config=cfg.ingest)
+    out["ingest"] = ingest(config=cfg.ingest, settings=settings)
     out["dataset"] = build_dataset(config=cfg.build)
-    out["checkpoint"] = train(config=cfg.train)
+    out["checkpoint"] = train(config=cfg.train, settings=settings)
     out["report"] = evaluate(config=cfg.evaluate)
     source = cloudsat_source(cfg)
     if sample_granule and source == "offline":
         granule = stage_sample_granule(cfg)
-        out["cloudsat"] = reprocess_granule(granule_uri=granule, config=cfg.infer)
-        out["overpass"] = overpass(config=cfg.infer, ingest=cfg.ingest, operator=cfg.build.forward_operator)
+        out["cloudsat"] = reprocess_granule(granule_uri=granule, config=cfg.infer, settings=settings)
+        out["overpass"] = overpass(config=cfg.infer, ingest=cfg.ingest, operator=cfg.build.forward_operator,
+                                   settings=settings)
     elif sample_granule:
         logger.info("CloudSat source %r: no synthetic granule is staged; the scan-landing deployment "
                     "announces the granules of %s for the new model", source, cfg.infer.landing)

@@ -54,15 +54,16 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NONE
 from prefect.events import DeploymentEventTrigger, emit_event
 
 from bzpipe.checkpoint import finished_model_id, require_finished_model
-from bzpipe.config import IngestConfig, InferConfig
+from bzpipe.config import InferConfig, IngestConfig
 from bzpipe.infer import batch as bz_batch
-from bzpipe.infer.granule import RAW_PREFIX, process_granule, stage_granule
-from bzpipe.store import Store, file_version
-from flows.common import cli_parser, resolve_config, retry_if_transient
+from bzpipe.infer.granule import process_granule
+from bzpipe.infer.staging import stage_granule
+from bzpipe.store import Store, file_version, layout
+from flows.common import NO_CACHE, cli_parser, resolve_config, resolve_stage, retry_if_transient
+from flows.settings import FlowSettings, IngestSecrets
 
 GRANULE_EVENT = "bzpipe.granule.arrived"
 PROCESS_FLOW = "reprocess-granule"
@@ -77,14 +78,14 @@ QUARANTINE_KEY = "cloudsat-quarantine"
 
 
 @task(name="resolve-model", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient,
-      cache_policy=NONE)
+      cache_policy=NO_CACHE)
 def resolve_model(cfg: InferConfig) -> str:
     """The id (checkpoint hash) of the FINISHED model ``cfg`` applies (its run wrote ``final.json`` with
     this checkpoint); the interim checkpoint of a run still training, or killed, is never applied."""
     return require_finished_model(Store(cfg.store_root), cfg.run_name, cfg.which)
 
 
-@task(name="model-channels", cache_policy=NONE)
+@task(name="model-channels", cache_policy=NO_CACHE)
 def model_channels(cfg: InferConfig, model_id: str) -> int:
     from bzpipe.infer.fill import channels_of
     from bzpipe.infer.predict import cached_model
@@ -94,7 +95,7 @@ def model_channels(cfg: InferConfig, model_id: str) -> int:
 
 
 @task(name="stage-granule", task_run_name="stage-{granule_uri}", retries=3, retry_delay_seconds=5,
-      retry_condition_fn=retry_if_transient, cache_policy=NONE)
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def stage_task(cfg: InferConfig, granule_uri: str) -> str:
     """Key of the granule in the store (copied into ``raw/cloudsat/`` when it lies elsewhere), with its
     ECMWF-AUX companion when one lies beside it."""
@@ -107,18 +108,18 @@ def stage_task(cfg: InferConfig, granule_uri: str) -> str:
 
 
 @task(name="era5-track-boxes", task_run_name="era5-track-{granule_key}", retries=2, retry_delay_seconds=30,
-      retry_condition_fn=retry_if_transient, cache_policy=NONE)
-def track_era5_task(cfg: InferConfig, granule_key: str) -> list[str]:
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def track_era5_task(cfg: InferConfig, granule_key: str, secrets: IngestSecrets | None = None) -> list[str]:
     """ERA-5 boxes along the granule's track that nothing else covers, from the CDS (``era5_source: cds``)."""
     from bzpipe.infer.companion import fetch_track_era5
     from flows.ingest import cds_credentials
 
-    ing = IngestConfig(**cfg.era5_ingest, store_root=cfg.store_root, era5_source="cds")
-    return fetch_track_era5(Store(cfg.store_root), cfg, granule_key, cds_credentials(ing))
+    creds = cds_credentials(secrets or IngestSecrets())
+    return fetch_track_era5(Store(cfg.store_root), cfg, granule_key, creds)
 
 
 @task(name="process-granule", task_run_name="fill-{granule_key}", retries=1, retry_delay_seconds=10,
-      retry_condition_fn=retry_if_transient, cache_policy=NONE)
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def process_task(cfg: InferConfig, granule_key: str, model_id: str, force: bool = False) -> dict[str, Any]:
     """Fill one stored granule (skips a complete output; quarantines a bad file)."""
     return process_granule(cfg.store_root, granule_key, cfg, model_id=model_id, force=force).to_dict()
@@ -144,10 +145,12 @@ def granule_days(names: Sequence[str]) -> list[date]:
     return sorted(days)
 
 
-def ensure_era5(cfg: InferConfig, model_id: str, names: Sequence[str]) -> None:
+def ensure_era5(cfg: InferConfig, model_id: str, names: Sequence[str],
+                secrets: IngestSecrets | None = None) -> None:
     """For a 5-channel model that reads ERA-5, ingest (offline / cds source) the ERA-5 site months of
     these granules, then (cds source) the boxes along their tracks that nothing covers.  A granule
-    with an ECMWF-AUX companion that comes first in ``infer.atmosphere_sources`` needs neither."""
+    with an ECMWF-AUX companion that comes first in ``infer.atmosphere_sources`` needs neither.
+    ``secrets``: the Prefect Secret block of the CDS key (when the environment has none)."""
     from bzpipe.infer.companion import companion_key
 
     if model_channels(cfg, model_id) != 5 or "era5" not in cfg.atmosphere_sources:
@@ -155,31 +158,33 @@ def ensure_era5(cfg: InferConfig, model_id: str, names: Sequence[str]) -> None:
     store = Store(cfg.store_root)
     src = list(cfg.atmosphere_sources)
     aux_first = "ecmwf_aux" in src and src.index("ecmwf_aux") < src.index("era5")
-    keys = [f"{RAW_PREFIX}/{posixpath.basename(n)}" for n in names]
+    keys = [layout.cloudsat_raw_key(n) for n in names]
     keys = [k for k in keys if not (aux_first and store.exists(k) and companion_key(store, k))]
     days = granule_days([posixpath.basename(k) for k in keys])
     if not days:
         return
     from flows.ingest import ingest_era5
 
-    ingest_era5(config=era5_ingest_config(cfg, days))
+    secrets = secrets or IngestSecrets()
+    ingest_era5(config=era5_ingest_config(cfg, days), settings=FlowSettings(ingest=secrets))
     if cfg.era5_source == "cds" and cfg.era5_track_boxes:
         for k in keys:
-            track_era5_task(cfg, k)
+            track_era5_task(cfg, k, secrets)
 
 
 def report(results: list[dict[str, Any]], cfg: InferConfig, title: str) -> dict[str, int]:
     """Table artifacts: every granule's outcome, and the quarantined ones with their reasons."""
     counts = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "quarantined", "failed")}
     rows = [{"granule": r["granule"], "status": r["status"], "model_id": r["model_id"],
-             "output": Store(cfg.store_root).uri(r["output_key"]) if r["status"] in ("done", "skipped") else "",
+             "output": (Store(cfg.store_root).uri(r["output_key"])
+                        if r["status"] in ("done", "skipped") else ""),
              "seconds": round(float(r["seconds"]), 2), "reason": r["reason"]} for r in results]
     if rows:
         create_table_artifact(rows, key=RESULTS_KEY, description=(
             f"# {title}\n\n{counts['done']} filled, {counts['skipped']} already done, "
             f"{counts['quarantined']} quarantined, {counts['failed']} failed"))
     bad = [{"granule": r["granule"], "category": r["category"], "reason": r["reason"],
-            "record": f"quarantine/{posixpath.splitext(r['granule'])[0]}.json"}
+            "record": layout.quarantine_key(r["granule"])}
            for r in results if r["status"] == "quarantined"]
     if bad:
         create_table_artifact(bad, key=QUARANTINE_KEY, description=(
@@ -201,13 +206,15 @@ def _version(uri: str) -> str | None:
 
 @flow(name=PROCESS_FLOW)
 def reprocess_granule(granule_uri: str, config: InferConfig | None = None, config_path: str | None = None,
-                      overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
-    """Fill the blind zone of one granule; returns its :class:`~bzpipe.infer.granule.GranuleResult` dict."""
-    cfg = resolve_config(InferConfig, config, config_path, overrides)
+                      overrides: list[str] | None = None, force: bool = False,
+                      settings: FlowSettings | None = None) -> dict[str, Any]:
+    """Fill the blind zone of one granule; returns its :class:`~bzpipe.infer.granule.GranuleResult` dict.
+    ``settings``: the flow settings (the CDS key's Secret block); default: the config file's."""
+    cfg, found = resolve_stage(InferConfig, config, config_path, overrides, settings)
     logger = get_run_logger()
     model_id = resolve_model(cfg)
     key = stage_task(cfg, granule_uri)
-    ensure_era5(cfg, model_id, [posixpath.basename(key)])
+    ensure_era5(cfg, model_id, [posixpath.basename(key)], found.ingest)
     res = process_task(cfg, key, model_id, force)
     report([res], cfg, f"Granule {res['granule']}")
     logger.info("%s: %s %s", res["granule"], res["status"], res["reason"] or res["output_key"])
@@ -236,41 +243,82 @@ def curtain_artifact(cfg: InferConfig, res: dict[str, Any]) -> None:
     from flows.links import publish_image
 
     try:
-        publish_image(Store(cfg.store_root), res["plot_key"], artifact_key=f"curtain-{artifact_slug(res['granule'])}",
+        publish_image(Store(cfg.store_root), res["plot_key"],
+                      artifact_key=f"curtain-{artifact_slug(res['granule'])}",
                       title=f"{res['granule']}: blind zone filled by model {res['model_id']}",
                       description=f"curtain plot of {res['granule']}")
     except Exception as e:  # noqa: BLE001 - the output is written; a missing picture must not fail the run
         get_run_logger().warning("no curtain artifact for %s: %s: %s", res["granule"], type(e).__name__, e)
 
 
+class PreviousRunFailed(Exception):
+    """The run that an idempotency key names ended Failed / Crashed / Cancelled."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _retry_if_previous_failed(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except PreviousRunFailed:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is not fixed by a new key
+        return False
+    return False
+
+
+#: new runs started under ``<key>:retry<n>`` when the run of a key ended badly (Prefect's task retries)
+ARRIVED_RETRIES = 2
+
+
+@task(name="start-reprocess", retries=ARRIVED_RETRIES, retry_delay_seconds=0,
+      retry_condition_fn=_retry_if_previous_failed, cache_policy=NO_CACHE)
+def start_reprocess(deployment: str, params: dict[str, Any], base_key: str) -> dict[str, Any]:
+    """Start (or find, by idempotency key) the reprocess run of a granule.  Attempt ``n`` (a Prefect
+    retry) uses the key ``<base_key>:retry<n>``; a run found under a key that ended Failed / Crashed
+    / Cancelled raises :class:`PreviousRunFailed`, which the task retries."""
+    from prefect.deployments import run_deployment
+    from prefect.runtime import task_run
+
+    attempt = max(int(task_run.run_count or 1) - 1, 0)
+    key = base_key if attempt == 0 else f"{base_key}:retry{attempt}"
+    run = run_deployment(deployment, parameters=params, idempotency_key=key, timeout=0, as_subflow=False)
+    state = run.state
+    out = {"flow_run_id": str(run.id), "idempotency_key": key, "state": str(state.type if state else "")}
+    if state is not None and (state.is_failed() or state.is_crashed() or state.is_cancelled()):
+        raise PreviousRunFailed(f"run {run.id} for key {key} ended {state.type}", out)
+    return out
+
+
 @flow(name="granule-arrived")
 def granule_arrived(granule_uri: str, config: InferConfig | None = None, config_path: str | None = None,
                     overrides: list[str] | None = None,
-                    deployment: str = f"{PROCESS_FLOW}/{PROCESS_DEPLOYMENT}") -> dict[str, Any]:
+                    deployment: str = f"{PROCESS_FLOW}/{PROCESS_DEPLOYMENT}",
+                    settings: FlowSettings | None = None) -> dict[str, Any]:
     """Start ``reprocess-granule`` for an announced granule, deduplicated by an idempotency key.
 
     Returns ``{"flow_run_id", "idempotency_key", "state"}``.  If the run with this key
-    ended Failed / Crashed / Cancelled, a retry is started under ``<key>:retry<n>`` (up to 2).
+    ended Failed / Crashed / Cancelled, a retry is started under ``<key>:retry<n>`` (up to
+    :data:`ARRIVED_RETRIES`, :func:`start_reprocess`).
     """
-    from prefect.deployments import run_deployment
-
-    cfg = resolve_config(InferConfig, config, config_path, overrides)
+    cfg, found = resolve_stage(InferConfig, config, config_path, overrides, settings)
     logger = get_run_logger()
     model_id = resolve_model(cfg)
     name = posixpath.basename(granule_uri.rstrip("/"))
-    base = bz_batch.idempotency_key(name, Store.output_id(model_id, cfg.settings_id()), _version(granule_uri))
-    params = {"granule_uri": granule_uri, "config": cfg.model_dump(mode="json")}
-    run = None
-    for attempt in range(3):
-        key = base if attempt == 0 else f"{base}:retry{attempt}"
-        run = run_deployment(deployment, parameters=params, idempotency_key=key, timeout=0, as_subflow=False)
-        state = run.state
-        if state is None or not (state.is_failed() or state.is_crashed() or state.is_cancelled()):
-            break
-        logger.warning("run %s for key %s ended %s; retrying", run.id, key, state.type)
-    assert run is not None
-    logger.info("%s -> flow run %s (idempotency key %s)", name, run.id, key)
-    return {"flow_run_id": str(run.id), "idempotency_key": key, "state": str(run.state.type if run.state else "")}
+    base = bz_batch.idempotency_key(name, layout.output_id(model_id, cfg.settings_id()),
+                                    _version(granule_uri))
+    params = {"granule_uri": granule_uri, "config": cfg.model_dump(mode="json"),
+              "settings": found.model_dump(mode="json")}
+    state = start_reprocess(deployment, params, base, return_state=True)
+    try:
+        out = state.result()
+    except PreviousRunFailed as e:       # every key's run ended badly: report the last one
+        out = e.result
+        logger.warning("%s: the runs of every key ended badly; the last: %s", name, e)
+    logger.info("%s -> flow run %s (idempotency key %s)", name, out["flow_run_id"], out["idempotency_key"])
+    return out
 
 
 @flow(name="scan-landing")
@@ -287,7 +335,7 @@ def scan_landing(config: InferConfig | None = None, config_path: str | None = No
         return []
     files = bz_batch.list_landing(store, cfg.landing)
     pending = bz_batch.pending_granules(store, files, model_id, cfg.settings_id())
-    output_id = Store.output_id(model_id, cfg.settings_id())
+    output_id = layout.output_id(model_id, cfg.settings_id())
     emitted = []
     for f in pending:
         if not bz_batch.should_emit(store, output_id, f.name, cfg.emit_dedupe_s, version=f.version):
@@ -296,7 +344,8 @@ def scan_landing(config: InferConfig | None = None, config_path: str | None = No
                         resource={"prefect.resource.id": f"cloudsat.granule.{f.name}",
                                   "prefect.resource.name": f.name},
                         payload={"granule_uri": f.uri, "granule_id": f.granule_id, "size": f.size,
-                                 "version": f.version, "model_id": model_id, "settings_id": cfg.settings_id()})
+                                 "version": f.version, "model_id": model_id,
+                                 "settings_id": cfg.settings_id()})
         bz_batch.record_emitted(store, output_id, f, event_id=str(ev.id) if ev else "")
         emitted.append({**f.to_dict(), "event_id": str(ev.id) if ev else ""})
     logger.info("landing %s: %d granule(s), %d pending for model %s, %d announced",

@@ -59,7 +59,8 @@ _WATCHDOGS: list[subprocess.Popen[bytes]] = []   # kept referenced while they ru
 
 def start_watchdog(server_pid: int) -> subprocess.Popen[bytes]:
     """Start the watchdog of ``server_pid`` for this process (see the module docstring)."""
-    proc = subprocess.Popen([sys.executable, "-m", "flows.server_watchdog", str(os.getpid()), str(server_pid)],
+    proc = subprocess.Popen([sys.executable, "-m", "flows.server_watchdog", str(os.getpid()),
+                             str(server_pid)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             close_fds=True, start_new_session=True)
     _WATCHDOGS[:] = [w for w in _WATCHDOGS if w.poll() is None] + [proc]

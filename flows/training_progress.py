@@ -22,9 +22,10 @@ import os
 import threading
 from typing import Any
 
-from bzpipe.checkpoint import checkpoint_key, loss_curve_png, read_metrics
+from bzpipe.checkpoint import loss_curve_png, read_metrics
 from bzpipe.config import TrainConfig
 from bzpipe.store import Store
+from bzpipe.store.layout import checkpoint_key, loss_curve_key
 from flows.common import artifact_slug
 from flows.links import link_markdown, publish_image
 
@@ -39,7 +40,8 @@ def default_poll_s() -> float:
         return 15.0
 
 
-def publish_curves(store: Store, run_name: str, rows: list[dict[str, Any]], *, final: bool = False) -> str | None:
+def publish_curves(store: Store, run_name: str, rows: list[dict[str, Any]], *,
+                   final: bool = False) -> str | None:
     """Table artifact of ``rows`` and the loss-curve image (PNG written to the store); returns its URI."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -49,11 +51,12 @@ def publish_curves(store: Store, run_name: str, rows: list[dict[str, Any]], *, f
     create_table_artifact([{c: r.get(c) for c in COLUMNS} for r in rows], key=f"train-metrics-{slug}",
                           description=f"Per-epoch training metrics of run {run_name}"
                                       + ("" if final else " (training in progress)"))
-    png_key = Store.model_key(run_name, "loss-curve.png")
+    png_key = loss_curve_key(run_name)
     png = loss_curve_png(rows, title=run_name)
     store.write_bytes(png_key, png)
     best = min(rows, key=lambda r: r["val_loss"])
-    publish_image(store, png_key, artifact_key=f"train-curve-{slug}", data=png, title=f"Loss curve of {run_name}",
+    publish_image(store, png_key, artifact_key=f"train-curve-{slug}", data=png,
+                  title=f"Loss curve of {run_name}",
                   description=f"epoch {rows[-1]['epoch']}: best validation masked MAE {best['val_loss']:.5f} "
                               f"at epoch {best['epoch']}" + ("" if final else " (training in progress)"))
     if final:
@@ -88,7 +91,8 @@ class TrainingMonitor:
         self._thread: threading.Thread | None = None
         self.progress_id = create_progress_artifact(
             0.0, key=f"train-progress-{artifact_slug(cfg.run_name)}",
-            description=f"epochs of {', '.join(self.runs)} ({self.epochs} at most; early stopping may end sooner)")
+            description=(f"epochs of {', '.join(self.runs)} ({self.epochs} at most; "
+                         "early stopping may end sooner)"))
 
     def poll(self) -> int:
         """Publish the epochs written since the last poll; returns how many there were."""
@@ -133,7 +137,8 @@ class TrainingMonitor:
 
     def __enter__(self) -> TrainingMonitor:
         ctx = contextvars.copy_context()
-        self._thread = threading.Thread(target=ctx.run, args=(self._loop,), daemon=True, name="training-monitor")
+        self._thread = threading.Thread(target=ctx.run, args=(self._loop,), daemon=True,
+                                        name="training-monitor")
         self._thread.start()
         return self
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's two commands:
 #   bash infra/run.sh main   [--config FILE] [--set key=value ...]   # the whole pipeline, offline
-#   bash infra/run.sh test   [pytest args ...]                       # the test suite
+#   bash infra/run.sh test   [pytest args ...]                       # ruff, then the test suite
 # Each creates (or reuses) the virtual environment it needs in .venv by itself.
 #
 # GPU machines: pick the CUDA build of torch before the first run, e.g.
@@ -57,6 +57,8 @@ case "$cmd" in
   test)
     ensure_env
     export PYTHONUNBUFFERED=1 MPLBACKEND=Agg OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+    # the lint first (pyproject.toml [tool.ruff]): a finding fails the test command
+    "$VENV/bin/python" -m ruff check bzpipe flows tests infra || exit 1
     set +e
     "$VENV/bin/python" -m pytest "$@"
     rc=$?

@@ -17,7 +17,6 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-
 #: answers a busy SQLite-backed server gives for requests it did not carry out (Prefect's client retries them)
 RETRY_CODES = (429, 502, 503)
 

@@ -9,7 +9,7 @@ they go through the real reader.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +30,12 @@ def save_tiny_model(store_root: str | Path, run_name: str = "tiny", *, channels:
     """
     import torch
 
-    from bzpipe.checkpoint import checkpoint_key, load_model, mark_finished, save_checkpoint
+    from bzpipe.checkpoint import load_model, mark_finished, save_checkpoint
     from bzpipe.config import TrainConfig, config_record
     from bzpipe.model.unet3plus import UNet3Plus, UNet3PlusConfig
     from bzpipe.schema import CHANNELS, default_normalization
     from bzpipe.store import Store
+    from bzpipe.store.layout import checkpoint_key
 
     # output bias 0 (about -20 dBZ): the untrained model predicts echo, so its MC passes differ
     mc = UNet3PlusConfig(in_channels=channels + 1, filters=(4, 8, 8, 8, 8), dropout=dropout, output_bias=0.0)
@@ -95,5 +96,5 @@ def write_granule(folder: str | Path, *, n: int = 300, start: datetime = datetim
     from bzpipe.sources.synthetic.cloudsat_hdf import write_geoprof_granule
 
     a = arrays if arrays is not None else granule_arrays(n, **kw)  # type: ignore[arg-type]
-    return write_geoprof_granule(Path(folder), start=start.replace(tzinfo=timezone.utc), granule_number=number,
+    return write_geoprof_granule(Path(folder), start=start.replace(tzinfo=UTC), granule_number=number,
                                  release=release, version=version, **a)

@@ -22,9 +22,10 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from bzpipe.provenance import sha256_json
+from bzpipe.checksums import sha256_json
 from bzpipe.schema import CHANNELS, NO_ECHO, default_normalization
 from bzpipe.store import Store
+from bzpipe.store.layout import dataset_key
 
 SPLITS = ("train", "val", "test")
 
@@ -60,7 +61,7 @@ def write_tiny_dataset(root: str | Path, *, version: str = "tiny", n: int | dict
         chunk: samples per Zarr chunk.
     """
     store = Store(root)
-    key = Store.dataset_key(version)
+    key = dataset_key(version)
     uri = store.uri(key)
     counts = {s: (n if isinstance(n, int) else n.get(s, 0)) for s in SPLITS}
     rng = np.random.default_rng(seed)

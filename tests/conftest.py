@@ -63,7 +63,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server on 127.0.0.1; yields its endpoint URL."""
+    """Moto's S3 server on 127.0.0.1; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
     port = _free_port()

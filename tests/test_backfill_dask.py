@@ -8,9 +8,9 @@ from datetime import date, datetime
 
 import pytest
 import torch
+from _infer_helpers import save_tiny_model, write_granule
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from _infer_helpers import save_tiny_model, write_granule
 from bzpipe.config import InferConfig
 
 torch.set_num_threads(1)

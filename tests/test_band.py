@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _zarr_fixture import write_tiny_dataset
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from _zarr_fixture import write_tiny_dataset
 from bzpipe.masking import mask_blind_zone
-from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_dropout_mode, mc_predict
-from bzpipe.model import mc_dropout, unet3plus
+from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_dropout, mc_dropout_mode, mc_predict, unet3plus
 from bzpipe.model.band import BandDecoder, BandTooNarrowError, band_decoder, plan_band
 from bzpipe.model.dropout import FixedMasks, MCDropout, keep_mask, keep_threshold
 from bzpipe.model.mc_stats import pass_dbz
@@ -146,29 +145,50 @@ def trained(trained_store) -> dict[bool, UNet3Plus]:
     return trained_store[1]
 
 
+@pytest.fixture(scope="module")
+def trained128(tmp_path_factory) -> dict[bool, UNet3Plus]:
+    """Tiny 128 x 128 models (16-row blind zone, the paper's patch) trained through bzpipe.train, with
+    and without the REP prior."""
+    from bzpipe.checkpoint import load_model
+    from bzpipe.config import TrainConfig
+    from bzpipe.train import train
+
+    root = tmp_path_factory.mktemp("band128") / "store"
+    write_tiny_dataset(root, n={"train": 8, "val": 4, "test": 4}, rows=128, cols=128, blind_zone_rows=16)
+    out = {}
+    for rep in (False, True):
+        cfg = TrainConfig(store_root=str(root), dataset="tiny", run_name=f"rep{int(rep)}", filters=TINY,
+                          batch_size=4, lr=3e-3, epochs=2, patience=50, rep_prior=rep, device="cpu")
+        train(cfg)
+        out[rep] = load_model(str(root), cfg.run_name, "last")[0]
+    return out
+
+
+@pytest.mark.parametrize("size,rows", [(64, 10), (128, 16)])
 @pytest.mark.parametrize("rep", [False, True])
-def test_band_equals_full_pass_for_a_trained_checkpoint(trained, rep):
+def test_band_equals_full_pass_for_a_trained_checkpoint(request, size, rows, rep):
     from _zarr_fixture import tiny_patches
 
-    model = trained[rep]
+    model = request.getfixturevalue("trained" if size == 64 else "trained128")[rep]
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))   # trained statistics
-    x = torch.from_numpy(tiny_patches(4, 64, 64, np.random.default_rng(5)))
-    depth = torch.from_numpy(np.random.default_rng(6).integers(4, 11, (4, 64)))
+    x = torch.from_numpy(tiny_patches(4, size, size, np.random.default_rng(5)))
+    depth = torch.from_numpy(np.random.default_rng(6).integers(rows // 2, rows + 1, (4, size)))
+    depth[0, 0] = rows                                                # the full band hidden somewhere
     inputs, _ = mask_blind_zone(x, depth, 0)
-    full, band = full_and_band(model, inputs, 10, k=3)
+    full, band = full_and_band(model, inputs, rows, k=3)
     assert float((full - band).abs().max()) <= TOL
     # and through mc_predict (statistics of the same passes), merged with the observation
     _, mask = mask_blind_zone(x, depth, 0)
     model.drop.source = FixedMasks(model.drop.p, 3)
     try:
         a = mc_predict(model, inputs, n_passes=4, max_batch=8, x=x, mask=mask)
-        b = mc_predict(model, inputs, n_passes=4, max_batch=8, x=x, mask=mask, band_rows=10)
+        b = mc_predict(model, inputs, n_passes=4, max_batch=8, x=x, mask=mask, band_rows=rows)
     finally:
         model.drop.source = None
     for key in ("mean", "std", "quantiles"):
         assert float((a[key] - b[key]).abs().max()) <= TOL, key
-    torch.testing.assert_close(b["mean"][:, :, 10:], x[:, :1, 10:], atol=1e-5, rtol=0)  # above: the observation
+    torch.testing.assert_close(b["mean"][:, :, rows:], x[:, :1, rows:], atol=1e-5, rtol=0)  # above: observed
 
 
 @pytest.mark.parametrize("ramp", [0, 2])
@@ -212,7 +232,7 @@ def test_reduced_precision_band_path_within_half_a_dbz(trained):
     for dtype in (torch.bfloat16, torch.float16):
         try:
             _, low = full_and_band(model, inputs, 8, k=4, dtype=dtype)
-        except RuntimeError as e:                                  # fp16 convolutions missing on this CPU
+        except RuntimeError:                                  # fp16 convolutions missing on this CPU
             if dtype is torch.float16:
                 continue
             raise

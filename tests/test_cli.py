@@ -26,7 +26,7 @@ def test_generate_then_inspect_every_file(tmp_path, capsys):
                "--set", "end=2019-01-05", "--set", "ingest.synthetic.hours_per_day=1",
                "--set", "ingest.synthetic.cloudsat_profiles=300"])
     assert rc == 0
-    files = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
+    files = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     names = sorted(p.split("/")[-1] for p in files)
     assert names[0].endswith("_CS_2B-GEOPROF_GRANULE_P1_R05_E08_F03.hdf")
     assert "era5_oli_201901.nc" in names

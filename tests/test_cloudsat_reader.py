@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyhdf.SD import SD, SDC
 
-from bzpipe.errors import CorruptFileError, EmptyDataError, InputFileError, MissingVariableError, \
-    WrongReleaseError
+from bzpipe.errors import (
+    CorruptFileError,
+    EmptyDataError,
+    InputFileError,
+    MissingVariableError,
+    WrongReleaseError,
+)
 from bzpipe.sources.cloudsat import check_release, format_granule_name, granule_info, read_granule
 from bzpipe.sources.cloudsat.hdfeos import SwathFile
 from bzpipe.sources.cloudsat.tai import tai93_to_utc, utc_to_tai93
@@ -68,12 +73,12 @@ def synth(tmp_path_factory):
 def test_granule_info_parses_r05_and_r04_names():
     info = granule_info(f"s3://bucket/raw/cloudsat/{REAL_NAME}")
     assert info.granule_id == "2019002175851_67551"
-    assert info.start == datetime(2019, 1, 2, 17, 58, 51, tzinfo=timezone.utc)  # day 002 = Jan 2
+    assert info.start == datetime(2019, 1, 2, 17, 58, 51, tzinfo=UTC)  # day 002 = Jan 2
     assert (info.orbit, info.product, info.release, info.epoch, info.fix) == (67551, "2B-CLDCLASS", "R05",
                                                                               "E08", "F03")
     assert info.version == "P1_R05"
     r04 = granule_info("2015200212411_49074_CS_2B-GEOPROF_GRANULE_P_R04_E06.hdf")
-    assert r04.start == datetime(2015, 7, 19, 21, 24, 11, tzinfo=timezone.utc)  # day 200 of 2015
+    assert r04.start == datetime(2015, 7, 19, 21, 24, 11, tzinfo=UTC)  # day 200 of 2015
     assert (r04.orbit, r04.product, r04.iteration, r04.release, r04.fix) == (49074, "2B-GEOPROF", "P", "R04",
                                                                              None)
     lidar = granule_info("2008291000000_13000_CS_2B-GEOPROF-LIDAR_GRANULE_P2_R05_E02_F00.hdf")
@@ -99,7 +104,7 @@ def test_granule_info_rejects_other_names(bad):
 def test_file_name_round_trip(start, orbit, release):
     name = granule_file_name(start, orbit, release=release, version="F03" if release == "R05" else None)
     info = granule_info(name)
-    assert info.start == start.replace(microsecond=0, tzinfo=timezone.utc)
+    assert info.start == start.replace(microsecond=0, tzinfo=UTC)
     assert (info.orbit, info.release, info.product) == (orbit, release, "2B-GEOPROF")
     assert format_granule_name(info.start, info.orbit, info.product, release=info.release, epoch=info.epoch,
                                fix=info.fix, iteration=info.iteration) == name
@@ -107,9 +112,9 @@ def test_file_name_round_trip(start, orbit, release):
 
 def test_tai93_conversion_counts_leap_seconds():
     # Real granule: UTC_start 64731.738 s (17:58:51.738), TAI_start 820605541.74 s: 10 leap seconds since 1993.
-    assert abs((tai93_to_utc(820605541.74) - datetime(2019, 1, 2, 17, 58, 51, 740000, tzinfo=timezone.utc))
+    assert abs((tai93_to_utc(820605541.74) - datetime(2019, 1, 2, 17, 58, 51, 740000, tzinfo=UTC))
                .total_seconds()) < 1e-6
-    t = datetime(2016, 12, 31, 23, 59, 59, tzinfo=timezone.utc)  # just before the last leap second
+    t = datetime(2016, 12, 31, 23, 59, 59, tzinfo=UTC)  # just before the last leap second
     assert utc_to_tai93(t + timedelta(seconds=1)) - utc_to_tai93(t) == 2.0
     assert tai93_to_utc(utc_to_tai93(t)) == t
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-
 from _infer_helpers import save_tiny_model, write_granule
+
 from bzpipe.config import InferConfig, SyntheticConfig
 from bzpipe.store import Store
 
@@ -87,8 +87,8 @@ def test_companion_of_another_orbit_or_length_is_quarantined_with_the_reason(ove
     out = open_output(store, res.output_key)
     assert (out["atmosphere_source"].values == 0).all() and (out["fill_status"].values == 3).all()
     # a different profile count
-    from bzpipe.sources.synthetic.cloudsat_hdf import write_ecmwf_aux_granule
     from bzpipe.sources.cloudsat import read_ecmwf_aux
+    from bzpipe.sources.synthetic.cloudsat_hdf import write_ecmwf_aux_granule
 
     a = read_ecmwf_aux(aux)
     short = tmp_path / "short"
@@ -262,7 +262,7 @@ def test_cf_metadata_and_the_netcdf4_export(overpass_files, tmp_path, capsys):
 def test_landing_scan_skips_companions_and_stages_them_with_the_granule(overpass_files, tmp_path):
     from bzpipe.infer.batch import list_landing
     from bzpipe.infer.companion import companion_key, stage_companion
-    from bzpipe.infer.granule import stage_granule
+    from bzpipe.infer.staging import stage_granule
 
     geo, aux = overpass_files
     store = Store(tmp_path / "store")

@@ -32,7 +32,7 @@ class ListLog:
 
 def _cfg(root: Path, **kw) -> TrainConfig:
     base = dict(store_root=str(root), run_name="clu", dataset="tiny", epochs=3, nnodes=2, nproc_per_node=2,
-                backend="kubernetes", image="reg/bzpipe:cuda")
+                backend="kubernetes")
     return TrainConfig(**{**base, **kw})
 
 
@@ -216,7 +216,7 @@ def test_kubernetes_training_shows_logs_and_epochs_while_it_runs(prefect_server,
 
 
 def _fake_sbatch(bindir: Path, store_root: Path, run: str) -> None:
-    """sbatch --parsable --wait: prints the job id at once, writes the job's output file and, as rank 0
+    """Sbatch --parsable --wait: prints the job id at once, writes the job's output file and, as rank 0
     would, one epoch of metrics after another, then exits 0."""
     script = f'''#!{sys.executable}
 import json, sys, time
@@ -270,8 +270,8 @@ def test_in_process_training_updates_the_curves_during_training(prefect_server, 
     import asyncio
 
     import torch
-
     from _zarr_fixture import write_tiny_dataset
+
     from bzpipe import train as bztrain
     from flows.train import train as train_flow
     from flows.training_progress import POLL_ENV

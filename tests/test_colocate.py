@@ -7,8 +7,17 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from bzpipe.colocate import (SOURCE_ERA5, SOURCE_MET, colocate, era5_to_grid, height_centres,
-                             interp_time, regrid_radar, surface_temperature, time_grid)
+from bzpipe.colocate import (
+    SOURCE_ERA5,
+    SOURCE_MET,
+    colocate,
+    era5_to_grid,
+    height_centres,
+    interp_time,
+    regrid_radar,
+    surface_temperature,
+    time_grid,
+)
 from bzpipe.config import GridConfig, Site
 from bzpipe.errors import InputFileError
 from bzpipe.schema import G0
@@ -205,10 +214,9 @@ def test_radar_outage_profiles_are_gaps_not_clear_sky() -> None:
 
 
 def test_real_ifs_column_on_the_grid(shared_data) -> None:  # type: ignore[no-untyped-def]
-    era5 = pytest.importorskip("bzpipe.sources.era5")
-    if not hasattr(era5, "read_ifs_column"):
-        pytest.skip("IFS column reader not available yet")
-    col = era5.read_ifs_column(shared_data / "era5" / "cloudnetpy_ecmwf_model.nc")
+    from bzpipe.sources.era5 import read_ifs_column
+
+    col = read_ifs_column(shared_data / "era5" / "cloudnetpy_ecmwf_model.nc")
     grid = GridConfig(n_heights=128, top_m=10000.0, time_step_s=60.0)
     t0 = pd.Timestamp(col["time"].values[3])
     gt = time_grid(t0, t0 + pd.Timedelta(hours=1), 60.0)

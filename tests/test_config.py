@@ -2,8 +2,16 @@ from datetime import date
 
 import pytest
 
-from bzpipe.config import (BuildConfig, IngestConfig, PipelineConfig, TrainConfig, config_record,
-                           load_pipeline_config, load_stage_config, resolve_site)
+from bzpipe.config import (
+    BuildConfig,
+    IngestConfig,
+    PipelineConfig,
+    TrainConfig,
+    config_record,
+    load_pipeline_config,
+    load_stage_config,
+    resolve_site,
+)
 from bzpipe.errors import ConfigError
 
 

@@ -21,12 +21,19 @@ import zarr
 
 from bzpipe.colocate import colocate
 from bzpipe.config import KNOWN_SITES, BuildConfig
+from bzpipe.dataset import (
+    IncompleteDatasetError,
+    open_dataset,
+    plan_dataset,
+    read_series,
+    write_colocated,
+    write_dataset,
+)
 from bzpipe.errors import ConfigError
-from bzpipe.dataset import (IncompleteDatasetError, colocated_key, open_dataset, plan_dataset,
-                            read_series, write_colocated, write_dataset)
 from bzpipe.schema import CHANNELS, G0, norm_to_dbz
 from bzpipe.split import SPLITS
 from bzpipe.store import Store
+from bzpipe.store.layout import colocated_key
 
 DAYS = ("2019-01-01", "2019-01-02")
 WARM = ("T09:00", "T10:30")  # each day: surface at +1 C
@@ -126,7 +133,7 @@ def test_layout_and_normalization_round_trip(colocated, tmp_path: Path, caplog) 
     days = {k.split("/")[-1][:10]: _colocated_day(store, k) for k in keys}
     coloc = xr.concat([d[["reflectivity", "t", "q", "u", "v"]] for d in days.values()], dim="time")
     w = cfg.patch.width
-    splits = {s: open_dataset(store, "v1", s) for s in SPLITS}
+    splits = {s: open_dataset(store, "v1").open_split(s) for s in SPLITS}
     assert all(splits[s].sizes["sample"] > 0 for s in SPLITS)
     ds = splits["train"]
     # ---- layout (bzpipe.schema "Zarr dataset")
@@ -278,7 +285,7 @@ class Interrupt(RuntimeError):
 
 
 def _x(store: Store, version: str) -> dict[str, np.ndarray]:
-    return {s: open_dataset(store, version, s)["x"].values for s in SPLITS}
+    return {s: open_dataset(store, version).open_split(s)["x"].values for s in SPLITS}
 
 
 def test_resume_after_interrupted_write(colocated, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -303,7 +310,7 @@ def test_resume_after_interrupted_write(colocated, tmp_path: Path) -> None:  # t
         write_dataset(str(root), plan_b, cfg_b, on_region_written=stop_after_3)
     assert store.exists("datasets/b.zarr") and not store.is_complete("datasets/b.zarr")
     with pytest.raises(IncompleteDatasetError, match="interrupted"):
-        open_dataset(store, "b", "train")
+        open_dataset(store, "b").open_split("train")
     progress = store.read_json("work/build/b/progress.json")
     assert sum(len(v) for v in progress["done"].values()) == 3
 
@@ -321,10 +328,10 @@ def test_resume_after_interrupted_write(colocated, tmp_path: Path) -> None:  # t
 def test_open_refuses_missing_or_incomplete(tmp_path: Path) -> None:
     store = Store(tmp_path)
     with pytest.raises(IncompleteDatasetError, match="missing"):
-        open_dataset(store, "nope", "train")
+        open_dataset(store, "nope").open_split("train")
     (tmp_path / "datasets" / "half.zarr").mkdir(parents=True)
     with pytest.raises(IncompleteDatasetError, match="half-written"):
-        open_dataset(store, "half", "train")
+        open_dataset(store, "half").open_split("train")
 
 
 def test_region_writes_on_a_local_cluster_match(colocated, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -399,7 +406,7 @@ def test_build_from_synthetic_files_on_a_local_cluster(synthetic_store: Path, ca
     assert uri == store.uri("datasets/lib.zarr") and store.is_complete("datasets/lib.zarr")
     for day in ("2019-01-01", "2019-01-02"):
         assert store.is_complete(f"work/colocated/nsa/{day}.zarr")
-    train = open_dataset(store, "lib", "train")
+    train = open_dataset(store, "lib").open_split("train")
     assert train.sizes["sample"] > 0 and train.sizes["row"] == 32 and train.sizes["col"] == 16
     assert np.isfinite(train["x"].values).all()
     refl = train["x"].values[:, 0]
@@ -431,7 +438,7 @@ def test_build_dataset_flow(synthetic_store: Path, prefect_server) -> None:  # t
     uri = flow(config=cfg, overrides=["split.fractions=[0.6, 0.2, 0.2]"])
     store = Store(synthetic_store)
     assert uri == store.uri("datasets/flow.zarr") and store.is_complete("datasets/flow.zarr")
-    ds = open_dataset(store, "flow", "val")
+    ds = open_dataset(store, "flow").open_split("val")
     assert ds["x"].dims == ("sample", "channel", "row", "col")
     assert ds.attrs["config"]["values"]["split"]["fractions"] == [0.6, 0.2, 0.2]
     with get_client(sync_client=True) as client:
@@ -440,7 +447,7 @@ def test_build_dataset_flow(synthetic_store: Path, prefect_server) -> None:  # t
     assert arts and arts[0].type == "table" and "Decorrelation" in (arts[0].description or "")
     rows = json.loads(arts[0].data) if isinstance(arts[0].data, str) else arts[0].data
     total = sum(r["samples"] for r in rows)
-    assert total == sum(open_dataset(store, "flow", s).sizes["sample"] for s in SPLITS)
+    assert total == sum(open_dataset(store, "flow").open_split(s).sizes["sample"] for s in SPLITS)
     assert {r["split"] for r in rows} <= set(SPLITS) and {r["site"] for r in rows} == {"nsa"}
 
 
@@ -469,9 +476,9 @@ def test_build_from_the_real_sgp_kazr_file(shared_data: Path, tmp_path: Path) ->
         build_dataset(BuildConfig.model_validate({**kw, "version": "cold", "cold_threshold_c": -40.0}))
     cfg = BuildConfig.model_validate({**kw, "cold_threshold_c": None, "version": "real"})
     build_dataset(cfg)
-    n = {s: open_dataset(store, "real", s).sizes["sample"] for s in SPLITS}
+    n = {s: open_dataset(store, "real").open_split(s).sizes["sample"] for s in SPLITS}
     assert n["train"] > 0 and sum(n.values()) >= 3
-    ds = open_dataset(store, "real", "train")
+    ds = open_dataset(store, "real").open_split("train")
     assert ds.sizes["row"] == 128 and ds["height"].values[0] == pytest.approx(10000 / 256)
     assert np.all(ds["lowest_measured_row"].values == 1)       # first gate at 100.7 m: row 0 unmeasured
     # hand check of the regridding: one column of one sample against the reader's gates
@@ -505,7 +512,7 @@ def test_build_on_an_s3_store(s3_root: str, tmp_path: Path) -> None:
         write_colocated(store, key, ds)
         uri = write_dataset(root, plan_dataset(store, cfg, [key], recipe_id="r"), cfg)
         assert uri == store.uri("datasets/v1.zarr") and store.is_complete("datasets/v1.zarr")
-        assert open_dataset(store, "v1", "train")["x"].sizes["sample"] > 0
+        assert open_dataset(store, "v1").open_split("train")["x"].sizes["sample"] > 0
         digests.append(store.entry("datasets/v1.zarr").sha256)
     assert uri.startswith(str(tmp_path)) and digests[0] == digests[1]
 

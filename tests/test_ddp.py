@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-
 from _zarr_fixture import write_tiny_dataset
-from bzpipe.checkpoint import checkpoint_key, read_checkpoint, read_metrics
+
+from bzpipe.checkpoint import read_checkpoint, read_metrics
 from bzpipe.config import TrainConfig
 from bzpipe.model import UNet3Plus
 from bzpipe.store import Store
+from bzpipe.store.layout import checkpoint_key
 from bzpipe.train import model_config_for
 
 

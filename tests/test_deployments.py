@@ -13,7 +13,7 @@ import json
 import re
 import subprocess
 import sys
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,55 @@ def _flow(entrypoint: str):
 # --------------------------------------------------------------------------- prefect.yaml
 
 
-def test_prefect_yaml_parses_with_prefects_own_model():
-    from prefect.cli.deploy._models import PrefectYamlModel
+#: the keys of a prefect.yaml file, of one deployment in it and of its work pool (Prefect's
+#: "prefect.yaml" reference); checked here with Prefect's public models, not its CLI's private ones
+_TOP_KEYS = {"prefect-version", "name", "build", "push", "pull", "deployments", "definitions"}
+_DEPLOYMENT_KEYS = {"name", "version", "version_type", "tags", "description", "schedule", "schedules", "paused",
+                    "concurrency_limit", "flow_name", "entrypoint", "parameters", "enforce_parameter_schema",
+                    "build", "push", "pull", "work_pool", "triggers", "sla"}
+_WORK_POOL_KEYS = {"name", "work_queue_name", "job_variables"}
 
-    model = PrefectYamlModel.model_validate(_spec())
-    assert len(model.deployments) == len(EXPECTED)
-    names = [d.name for d in model.deployments]
+
+def _schedule(item: dict[str, Any]) -> Any:
+    """A prefect.yaml schedule entry as Prefect's public schedule (prefect.schedules)."""
+    from prefect.schedules import Cron, Interval
+
+    extra = {k: item[k] for k in ("slug", "parameters", "active") if k in item}
+    if "cron" in item:
+        return Cron(item["cron"], timezone=item.get("timezone"), **extra)
+    assert set(item) <= {"interval", "anchor_date", "timezone", *extra}, item
+    return Interval(item["interval"], timezone=item.get("timezone"), **extra)
+
+
+def _trigger(item: dict[str, Any]) -> Any:
+    """A prefect.yaml trigger entry as Prefect's public event trigger."""
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(**item)
+
+
+def _check_prefect_yaml(spec: dict[str, Any]) -> None:
+    """What `prefect deploy` reads from a prefect.yaml, checked with Prefect's public models."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    assert set(spec) <= _TOP_KEYS, set(spec) - _TOP_KEYS
+    for dep in spec["deployments"]:
+        assert set(dep) <= _DEPLOYMENT_KEYS, (dep.get("name"), set(dep) - _DEPLOYMENT_KEYS)
+        assert isinstance(dep["name"], str) and isinstance(dep["entrypoint"], str)
+        assert set(dep.get("work_pool") or {}) <= _WORK_POOL_KEYS, dep["name"]
+        for item in dep.get("schedules") or []:
+            _schedule(item)
+        for item in dep.get("triggers") or []:
+            _trigger(item)
+        if isinstance(dep.get("concurrency_limit"), dict):
+            ConcurrencyLimitConfig(**dep["concurrency_limit"])
+
+
+def test_prefect_yaml_parses_with_prefects_public_models():
+    spec = _spec()
+    _check_prefect_yaml(spec)
+    assert len(spec["deployments"]) == len(EXPECTED)
+    names = [d["name"] for d in spec["deployments"]]
     assert len(set(names)) == len(names), f"duplicate deployment names: {names}"
 
 
@@ -168,18 +211,20 @@ def test_pull_step_enters_the_checkout():
 
 
 def test_schedules_daily_ingest_and_frequent_scanner():
-    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
-    from prefect.server.schemas.schedules import CronSchedule as ServerCron
+    import itertools
+    from zoneinfo import ZoneInfo
+
+    from cronsim import CronSim  # Prefect's own cron engine
 
     by = _by_name()
     [daily] = by["daily"]["schedules"]
-    sched = _schedule_config_to_deployment_schedule(daily)["schedule"]
-    fires = asyncio.run(ServerCron(cron=sched.cron, timezone=sched.timezone).get_dates(
-        n=3, start=datetime(2024, 3, 1, tzinfo=timezone.utc)))
-    assert [f.isoformat() for f in fires] == [f"2024-03-0{d}T06:30:00+00:00" for d in (1, 2, 3)]
+    sched = _schedule(daily)
+    start = datetime(2024, 3, 1, tzinfo=ZoneInfo(sched.timezone or "UTC"))
+    fires = list(itertools.islice(CronSim(sched.cron, start), 3))
+    assert [f.astimezone(UTC).isoformat() for f in fires] == [f"2024-03-0{d}T06:30:00+00:00" for d in (1, 2, 3)]
 
     [scan] = by["scan-landing"]["schedules"]
-    interval = _schedule_config_to_deployment_schedule(scan)["schedule"].interval
+    interval = _schedule(scan).interval
     assert 60 <= interval.total_seconds() <= 900, "the scanner runs every few minutes"
     unscheduled = {d["name"] for d in _deployments() if not d.get("schedules")}
     assert unscheduled == {d for _, d in EXPECTED} - {"daily", "scan-landing"}
@@ -187,14 +232,13 @@ def test_schedules_daily_ingest_and_frequent_scanner():
 
 def test_granule_trigger_matches_what_scan_landing_emits():
     import jinja2.sandbox
-    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
     from prefect.events.schemas.events import Resource, ResourceSpecification
 
     from flows import reprocess
 
     dep = _by_name()["granule-arrived"]
     [spec] = dep["triggers"]
-    [trigger] = _initialize_deployment_triggers("granule-arrived", [dict(spec)])
+    trigger = _trigger(dict(spec))
     assert trigger.expect == {reprocess.GRANULE_EVENT} == {"bzpipe.granule.arrived"}
     assert trigger.posture.value == "Reactive" and trigger.threshold == 1 and trigger.enabled
     name = "2019001120000_67532_CS_2B-GEOPROF_GRANULE_P1_R05_E08_F03.hdf"
@@ -274,11 +318,9 @@ def test_render_prefect_yaml_for_kubernetes():
         import render_prefect_yaml as rk
     finally:
         sys.path.pop(0)
-    from prefect.cli.deploy._models import PrefectYamlModel
-
     out = rk.render(_spec(), image="reg/bzpipe:cpu-1", gpu_image="reg/bzpipe:cuda-1",
                     config_path="/etc/bzpipe/pipeline.yaml", extra_env={"X": "1"})
-    PrefectYamlModel.model_validate(out)
+    _check_prefect_yaml(out)
     assert out["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/bzpipe"}}]
     by = {d["name"]: d for d in out["deployments"]}
     assert set(by) == set(_by_name())
@@ -361,11 +403,14 @@ def test_rbac_allows_exactly_what_the_train_flow_calls():
 
 def test_training_job_gets_secrets_and_an_elastic_rendezvous(tmp_path):
     from bzpipe.config import TrainConfig
+    from flows.settings import TrainLaunch
     from flows.train import MAX_RESTARTS, render_k8s_job
 
-    cfg = TrainConfig(store_root="s3://b/x", run_name="big", nnodes=2, nproc_per_node=4, image="reg/bzpipe:cuda")
-    job, svc = render_k8s_job(cfg, "s3://b/x/models/big/train-config.json")
+    cfg = TrainConfig(store_root="s3://b/x", run_name="big", nnodes=2, nproc_per_node=4)
+    launch = TrainLaunch(image="reg/bzpipe:cuda", k8s_namespace="bzpipe")
+    job, svc = render_k8s_job(cfg, "s3://b/x/models/big/train-config.json", launch)
     [ctr] = job["spec"]["template"]["spec"]["containers"]
+    assert ctr["image"] == "reg/bzpipe:cuda" and job["metadata"]["namespace"] == "bzpipe"
     assert ctr["envFrom"] == [{"secretRef": {"name": "bzpipe-store", "optional": True}},
                               {"secretRef": {"name": "bzpipe-credentials", "optional": True}}]
     cmd = ctr["args"][-1]

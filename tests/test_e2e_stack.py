@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +209,7 @@ def _make_granule(directory: Path, hour: int) -> Path:
 
     cfg = SyntheticConfig(**TINY["ingest"]["synthetic"])
     directory.mkdir(parents=True, exist_ok=True)
-    start = datetime(2019, 1, 1, hour, tzinfo=timezone.utc)
+    start = datetime(2019, 1, 1, hour, tzinfo=UTC)
     return generate_cloudsat_granule(directory, start, cfg.cloudsat_profiles, TINY["seed"], cfg)
 
 
@@ -344,7 +344,7 @@ def test_pipeline_scheduled_scan_and_event_triggered_reprocessing(stack: Stack):
         upcoming = [r for r in stack.runs_of(scan["id"]) if r["auto_scheduled"] and r["state_type"] == "SCHEDULED"]
         assert upcoming, "the scheduler created no scan-landing runs"
         scheduled = upcoming[0]
-        now = datetime.now(timezone.utc) + timedelta(seconds=1)
+        now = datetime.now(UTC) + timedelta(seconds=1)
         res = stack.call(f"/flow_runs/{scheduled['id']}/set_state",
                          {"state": {"type": "SCHEDULED", "name": "Scheduled",
                                     "state_details": {"scheduled_time": now.isoformat()}}, "force": True})

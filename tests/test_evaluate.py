@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _zarr_fixture import write_tiny_dataset
+
 from bzpipe import evaluate as ev
 from bzpipe.checkpoint import load_model
 from bzpipe.config import EvalConfig, TrainConfig
 from bzpipe.metrics import mae
+from bzpipe.report import evaluate_and_report
 from bzpipe.schema import norm_to_dbz
 from bzpipe.store import Store
 from bzpipe.torchdata import PatchDataset
@@ -101,7 +102,7 @@ def test_select_cases_prefers_blind_zone_echo_from_each_site():
 def test_run_evaluation_and_report(trained_root: Path):
     cfg = EvalConfig(store_root=str(trained_root), spread_exclusion_quantile=0.95, **FAST)
     store = Store(trained_root)
-    out = ev.evaluate_and_report(cfg, store)
+    out = evaluate_and_report(cfg, store)
     index_key = store.key_of(out["index"])
     assert index_key == "reports/tiny_run/index.html" and store.is_complete(index_key)
     page = store.read_bytes(index_key).decode()
@@ -114,7 +115,8 @@ def test_run_evaluation_and_report(trained_root: Path):
     assert "the same pixels are excluded for every method" in summ["mask"]["rule"]
     assert doc["provenance"]["config"]["values"]["spread_exclusion_quantile"] == 0.95
     assert any(k.endswith("checkpoint-best.pt") for k in doc["provenance"]["inputs"])
-    # the verdict follows from the numbers, and the page says it plainly either way
+    # the verdict follows from the numbers, and the page says it plainly: a U-Net of 4-8 filters trained
+    # for 2 epochs on 8 patches is not ahead of REP and MAR on all four scores
     sc = summ["scores"]["all"]
 
     def better(b: str, key: str) -> bool:
@@ -124,11 +126,10 @@ def test_run_evaluation_and_report(trained_root: Path):
         return u["estimate"] < o["estimate"] if key == "MAE" else u["estimate"] > o["estimate"]
 
     ahead = all(better(b, k) for b in ("REP", "MAR") for k in ("MAE", "cloud", "shallow_snowfall", "virga"))
-    assert doc["verdict"]["ahead"] == ahead == out["verdict"]["ahead"]
-    if ahead:
-        assert "the U-Net is ahead of REP and MAR" in page
-    else:
-        assert "The U-Net is NOT ahead of REP and MAR" in page and "Why this may be so" in page
+    assert ahead is False
+    assert doc["verdict"]["ahead"] is False and out["verdict"]["ahead"] is False
+    assert "The U-Net is NOT ahead of REP and MAR" in page and "Why this may be so" in page
+    assert "the U-Net is ahead of REP and MAR" not in page
     # scored MAE of a baseline = the metric applied with the same mask, averaged over patches
     res = ev.run_evaluation(cfg, store)
     per = mae(res.fields.preds["MAR"], res.fields.truth, res.valid)
@@ -150,7 +151,7 @@ def test_seed_runs_block_bootstrap_and_bright_patch_exclusion(trained_root: Path
     cut = float(np.median(full.fields.truth_max))
     cfg = EvalConfig(store_root=str(trained_root), seed_runs=["tiny_run.seed5"], max_truth_dbz=cut,
                      **{**FAST, "xai": False})
-    out = ev.evaluate_and_report(cfg, store)
+    out = evaluate_and_report(cfg, store)
     doc = store.read_json("reports/tiny_run/scores.json")["summary"]
     seeds = doc["seeds"]
     assert seeds["runs"] == ["tiny_run", "tiny_run.seed5"] and seeds["n"] == 2

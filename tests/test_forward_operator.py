@@ -12,9 +12,19 @@ import pytest
 import xarray as xr
 
 from bzpipe.config import KNOWN_SITES, BuildConfig, CprOperatorConfig, GridConfig
-from bzpipe.forward.cpr import (add_noise, advected_distance, along_track_average, cpr_view, detect,
-                                footprint_weight, ifov_sigma, ka_to_w, noise_std_db, range_weighting,
-                                range_weights)
+from bzpipe.forward.cpr import (
+    add_noise,
+    advected_distance,
+    along_track_average,
+    cpr_view,
+    detect,
+    footprint_weight,
+    ifov_sigma,
+    ka_to_w,
+    noise_std_db,
+    range_weighting,
+    range_weights,
+)
 from bzpipe.schema import G0
 
 # --------------------------------------------------------------------------- the pulse
@@ -188,12 +198,13 @@ def test_cpr_resolution_day_makes_one_column_per_cpr_profile():
 
 
 def test_build_with_the_forward_operator_records_it(tmp_path):
-    """colocate -> the build hook -> plan -> write: a CPR-resolution dataset that says so."""
+    """Colocate -> the build hook -> plan -> write: a CPR-resolution dataset that says so."""
     from bzpipe.colocate import colocate
-    from bzpipe.dataset import colocated_key, open_dataset, plan_dataset, write_colocated, write_dataset
+    from bzpipe.dataset import open_dataset, plan_dataset, write_colocated, write_dataset
     from bzpipe.dataset.inputs import _forward_operator
     from bzpipe.forward.dataset import model_resolution
     from bzpipe.store import Store
+    from bzpipe.store.layout import colocated_key
 
     store = Store(tmp_path / "store")
     cfg = BuildConfig.model_validate(dict(
@@ -214,7 +225,7 @@ def test_build_with_the_forward_operator_records_it(tmp_path):
     plan = plan_dataset(store, cfg, keys, recipe_id="test")
     assert plan.n_samples("train") > 10
     uri = write_dataset(store.root, plan, cfg)
-    train = open_dataset(store, "v1", "train")
+    train = open_dataset(store, "v1").open_split("train")
     assert uri.endswith("v1.zarr") and train.attrs["config"]["values"]["forward_operator"]["enabled"] is True
     assert model_resolution(train.attrs)["resolution"] == "cpr"
     assert model_resolution({"build": {"forward_operator": {"enabled": False}}})["resolution"] == "kazr"

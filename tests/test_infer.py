@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from _infer_helpers import granule_arrays, save_tiny_model, write_granule
 from torch import nn
 
+from bzpipe.checksums import sha256_file
 from bzpipe.config import InferConfig
 from bzpipe.infer.curtain import to_cpr_bins, to_model_grid
 from bzpipe.infer.era5_track import colocate_many, colocate_track, coverage, normalize_era5
-from bzpipe.provenance import sha256_file
-from bzpipe.infer.geometry import (ModelGrid, agl_edges_ascending, bin_edges, blind_zone_bins, grid_settings,
-                                   surface_bin, surface_height)
+from bzpipe.infer.geometry import (
+    ModelGrid,
+    agl_edges_ascending,
+    bin_edges,
+    blind_zone_bins,
+    grid_settings,
+    surface_bin,
+    surface_height,
+)
 from bzpipe.infer.predict import predict_curtain
 from bzpipe.infer.regrid import interp_rows, layer_average, regrid_dbz
 from bzpipe.infer.windows import Blender, taper, window_starts, window_weights
 from bzpipe.schema import G0
-from _infer_helpers import granule_arrays, save_tiny_model, write_granule
 
 torch.set_num_threads(1)
 
@@ -390,8 +397,14 @@ def test_bad_granules_are_quarantined_and_the_batch_goes_on(store_root, tiny_mod
 def test_landing_scan_bookkeeping(store_root, tiny_model):
     from datetime import timedelta
 
-    from bzpipe.infer.batch import (idempotency_key, list_landing, pending_granules, record_emitted,
-                                    select_by_date, should_emit)
+    from bzpipe.infer.batch import (
+        idempotency_key,
+        list_landing,
+        pending_granules,
+        record_emitted,
+        select_by_date,
+        should_emit,
+    )
     from bzpipe.quarantine import quarantine
     from bzpipe.store import Store
 
@@ -405,7 +418,7 @@ def test_landing_scan_bookkeeping(store_root, tiny_model):
     assert [f.name for f in select_by_date(files, datetime(2019, 1, 3).date(), None)] == [b.name]
     quarantine(store, b.name, ValueError("bad"))
     assert [f.name for f in pending_granules(store, files, tiny_model, "s")] == [a.name]
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
     assert should_emit(store, tiny_model, a.name, 600, now=t0)
     record_emitted(store, tiny_model, files[0], event_id="e1", now=t0)
     assert not should_emit(store, tiny_model, a.name, 600, now=t0 + timedelta(seconds=599))
@@ -513,11 +526,12 @@ def test_real_granule_geometry_filled_with_synthetic_reflectivity(shared_data, t
     """
     from bzpipe.checkpoint import load_model
     from bzpipe.infer.granule import fill_and_write
-    from bzpipe.infer.output import open_output, png_key
+    from bzpipe.infer.output import open_output
     from bzpipe.infer.regrid import regrid_dbz as regrid
     from bzpipe.sources.cloudsat import read_granule
     from bzpipe.sources.synthetic.scene import along_track_curtain
     from bzpipe.store import Store
+    from bzpipe.store.layout import png_key
 
     ds = read_granule(shared_data / REAL_GRANULE, require_reflectivity=False)
     assert ds.sizes["profile"] == 36950 and ds.sizes["bin"] == 125
@@ -527,7 +541,7 @@ def test_real_granule_geometry_filled_with_synthetic_reflectivity(shared_data, t
                                           + np.cos(lat[:-1]) * np.cos(lat[1:]) * np.sin(np.diff(lon) / 2) ** 2))
     s = np.concatenate([[0.0], np.cumsum(step)])
     fine_edges = np.arange(0.0, 6040.0, 80.0)                     # the model grid tops at 5 km
-    truth = along_track_curtain("nsa", datetime(2019, 1, 2, 18, tzinfo=timezone.utc), s - s.mean(),
+    truth = along_track_curtain("nsa", datetime(2019, 1, 2, 18, tzinfo=UTC), s - s.mean(),
                                 0.5 * (fine_edges[:-1] + fine_edges[1:]), seed=7)
     ground = surface_height(ds["dem_elevation"].values)
     edges = agl_edges_ascending(ds["height"].values, ground)
@@ -574,8 +588,9 @@ def test_real_granule_geometry_filled_with_synthetic_reflectivity(shared_data, t
 def test_s3_store_landing_to_zarr_output(s3_root, tmp_path):
     """Landing area, raw copy, checkpoint and Zarr output all on S3 (moto server on 127.0.0.1)."""
     from bzpipe.infer.batch import list_landing, pending_granules
-    from bzpipe.infer.granule import process_granule, stage_granule
+    from bzpipe.infer.granule import process_granule
     from bzpipe.infer.output import open_output
+    from bzpipe.infer.staging import stage_granule
     from bzpipe.store import Store
 
     store = Store(s3_root)

@@ -75,8 +75,12 @@ def _client():
 
 def run_record(state) -> dict[str, Any]:
     """Everything Prefect recorded about a flow run: logs, artifacts, parameters, state message."""
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, LogFilter,
-                                                LogFilterFlowRunId)
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=10)
@@ -152,7 +156,6 @@ def test_offline_default_fills_the_store_and_reruns_skip_everything(prefect_serv
 def test_against_the_services_same_layout_idempotent_and_no_secret_anywhere(
         prefect_server, tmp_path, services, caplog, capfd):
     from flows.ingest import ARM_LIMIT, CDS_LIMIT, ingest
-
     from flows.logging_setup import configure_bzpipe_logging
 
     arm, cds = services
@@ -270,28 +273,29 @@ def test_credentials_from_prefect_secret_blocks(prefect_server, monkeypatch, tmp
 
     from bzpipe.errors import AuthenticationError
     from flows.ingest import arm_credentials, cds_credentials
+    from flows.settings import IngestSecrets
 
     for var in ("ARM_USERNAME", "ARM_TOKEN", "CDSAPI_URL", "CDSAPI_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CDSAPI_RC", str(tmp_path / "no-cdsapirc"))
-    cfg = tiny_cfg(str(tmp_path / "store"), tmp_path, arm_username_secret="t-arm-user",
-                   arm_token_secret="t-arm-token", cds_key_secret="t-cds-key")
+    secrets = IngestSecrets(arm_username_secret="t-arm-user", arm_token_secret="t-arm-token",
+                        cds_key_secret="t-cds-key")
     with pytest.raises(AuthenticationError,
                        match="set ARM_USERNAME and ARM_TOKEN, or create .*'t-arm-token'"):
-        arm_credentials(cfg)
+        arm_credentials(secrets)
     with pytest.raises(AuthenticationError, match="CDSAPI_KEY.*'t-cds-key'"):
-        cds_credentials(cfg)
+        cds_credentials(secrets)
     # other values than the planted secrets: the server's database keeps these (that is its job)
     Secret(value="block-user").save("t-arm-user", overwrite=True)
     Secret(value="block-arm-token-1234").save("t-arm-token", overwrite=True)
     Secret(value="block-cds-key-5678").save("t-cds-key", overwrite=True)
-    arm = arm_credentials(cfg)
+    arm = arm_credentials(secrets)
     assert (arm.username, arm.token) == ("block-user", "block-arm-token-1234")
-    cds = cds_credentials(cfg)
+    cds = cds_credentials(secrets)
     assert cds.key == "block-cds-key-5678" and cds.url == "https://cds.climate.copernicus.eu/api"
     monkeypatch.setenv("ARM_USERNAME", "env-user")  # the environment wins over the blocks
     monkeypatch.setenv("ARM_TOKEN", "env-token-1234")
-    assert arm_credentials(cfg).username == "env-user"
+    assert arm_credentials(secrets).username == "env-user"
 
 
 def test_the_arm_live_limit_caps_requests_in_flight(prefect_server, tmp_path, services):

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_predict
-from bzpipe.model.mc_stats import DBZ_PER_NORM, aggregate_passes, pass_dbz
-from bzpipe.schema import dbz_to_norm, norm_to_dbz
+from bzpipe.model.mc_stats import aggregate_passes, pass_dbz
+from bzpipe.schema import DBZ_PER_NORM, dbz_to_norm, norm_to_dbz
 
 
 def _norm(dbz: float) -> float:

@@ -9,7 +9,7 @@ from torch import nn
 
 from bzpipe.masking import blind_zone_weight, mask_blind_zone, merge_prediction
 from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_dropout_mode, mc_predict
-from bzpipe.model.mc_dropout import quantiles_along0
+from bzpipe.model.mc_stats import quantiles_along0
 from bzpipe.train import supervision_loss
 
 torch.set_num_threads(1)

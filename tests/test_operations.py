@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bzpipe.config import IngestConfig, InferConfig, PipelineConfig, load_pipeline_config
+from bzpipe.config import InferConfig, IngestConfig, PipelineConfig, load_pipeline_config
 from bzpipe.errors import AuthenticationError, ConfigError
 from bzpipe.store import Store
 from flows import common

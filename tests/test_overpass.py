@@ -4,14 +4,14 @@ scored against that KaZR put through the CPR forward operator."""
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import datetime
 
 import numpy as np
 import pytest
 import torch
-
 from _infer_helpers import save_tiny_model
-from bzpipe.config import CprOperatorConfig, IngestConfig, InferConfig, SyntheticConfig
+
+from bzpipe.config import CprOperatorConfig, InferConfig, IngestConfig, SyntheticConfig
 from bzpipe.store import Store
 
 torch.set_num_threads(1)

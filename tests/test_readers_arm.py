@@ -237,3 +237,44 @@ def test_all_missing_met(synthetic: dict[str, Path], tmp_path: Path) -> None:
         nc["temp_mean"][:] = -9999.0
     with pytest.raises(EmptyDataError, match="temp_mean"):
         read_met(p)
+
+
+def test_netcdf_reads_hold_the_one_process_wide_lock(synthetic: dict[str, Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """netCDF-C / HDF5 are not thread-safe: every open, metadata read and data read of a netCDF file
+    happens under NETCDF_LOCK (xarray's NETCDF4_PYTHON_LOCK), and threads reading at once are
+    serialized by it."""
+    import threading
+
+    import xarray as xr
+
+    from bzpipe.sources import detect, fileio
+
+    assert fileio.NETCDF_LOCK is xr.backends.netCDF4_.NETCDF4_PYTHON_LOCK
+    real_open, seen = xr.open_dataset, []
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((fileio.NETCDF_LOCK.locked(), kwargs.get("lock")))
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(xr, "open_dataset", spy)
+    assert "reflectivity" in read_kazr(synthetic["kazr"])
+    assert len(seen) == 1
+    assert detect.open_any(synthetic["met"]).sizes["time"] > 0      # a probe of the variables, then the read
+    assert len(seen) == 3 and all(held and lock is False for held, lock in seen)
+    assert not fileio.NETCDF_LOCK.locked()
+    # several threads reading at once: all finish, each read whole
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in range(3):
+                assert read_kazr(synthetic["kazr_next"]).sizes["time"] > 0
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)

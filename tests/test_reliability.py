@@ -31,7 +31,8 @@ import numpy as np
 import pytest
 
 from bzpipe.store import Store
-from bzpipe.store.replace import JOURNAL_PREFIX, replacement_pending
+from bzpipe.store.layout import JOURNAL_PREFIX
+from bzpipe.store.replace import replacement_pending
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 13
@@ -224,7 +225,7 @@ def _arrays(store: Store, version: str) -> dict[str, np.ndarray]:
     from bzpipe.dataset import open_dataset
     from bzpipe.split import SPLITS
 
-    return {s: open_dataset(store, version, s)["x"].values for s in SPLITS}
+    return {s: open_dataset(store, version).open_split(s)["x"].values for s in SPLITS}
 
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -247,7 +248,8 @@ def built(tmp_path_factory: pytest.TempPathFactory, builder: Killer) -> dict[str
 
     from bzpipe.colocate import colocate
     from bzpipe.config import KNOWN_SITES
-    from bzpipe.dataset import colocated_key, plan_dataset, write_colocated, write_dataset
+    from bzpipe.dataset import plan_dataset, write_colocated, write_dataset
+    from bzpipe.store.layout import colocated_key
 
     base = tmp_path_factory.mktemp("rel-build")
     root = base / "a"
@@ -311,7 +313,7 @@ def test_kill_9_during_a_dataset_replacement_loses_nothing(built: dict[str, Any]
         else:   # only the swap may drop the old version's entry, and it is journaled
             assert replacement_pending(store, "datasets/v.zarr"), f"killed at {where}: the old version is gone"
             with pytest.raises(IncompleteDatasetError, match="being replaced"):
-                open_dataset(store, "v", "train")
+                open_dataset(store, "v").open_split("train")
             seen.add("swap")
         assert_nothing_listed_is_partial(store, "datasets")
         # run again: the new version, exactly as an uninterrupted build makes it
@@ -436,9 +438,9 @@ def test_kill_9_during_training_applies_nothing_unfinished(tmp_path: Path, kille
     import torch
     from _zarr_fixture import write_tiny_dataset
 
-    from bzpipe.checkpoint import (CHECKPOINTS, checkpoint_key, finished_model_id, read_checkpoint,
-                                   require_finished_model)
+    from bzpipe.checkpoint import finished_model_id, read_checkpoint, require_finished_model
     from bzpipe.errors import UnfinishedModelError
+    from bzpipe.store.layout import CHECKPOINTS, checkpoint_key
     from bzpipe.train import train
 
     base = tmp_path / "base"
@@ -471,9 +473,10 @@ def test_kill_9_during_training_applies_nothing_unfinished(tmp_path: Path, kille
 def test_only_finished_models_are_applied(tmp_path: Path) -> None:
     from _infer_helpers import save_tiny_model
 
-    from bzpipe.checkpoint import checkpoint_key, final_key, load_model, require_finished_model, save_checkpoint
+    from bzpipe.checkpoint import load_model, require_finished_model, save_checkpoint
     from bzpipe.config import InferConfig
     from bzpipe.errors import UnfinishedModelError, is_retryable
+    from bzpipe.store.layout import checkpoint_key, final_key
     from flows.reprocess import resolve_model
 
     store = Store(tmp_path)
@@ -662,8 +665,8 @@ def _inspect(path: Path, capsys) -> tuple[int, str]:  # type: ignore[no-untyped-
 def test_byte_flips_in_a_granule_are_caught_or_harmless(filled: dict[str, Any], tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     """Flips at seeded places and in the Height data: ``bzpipe inspect`` gives one line naming the file,
     or a read that passes the plausibility checks; processing quarantines with the checksum, or fills."""
+    from bzpipe.checksums import sha256_file
     from bzpipe.infer.granule import process_granule
-    from bzpipe.provenance import sha256_file
     from bzpipe.quarantine import quarantine_record
     from bzpipe.sources.cloudsat import read_granule
     from bzpipe.sources.cloudsat.plausibility import granule_problems
@@ -716,7 +719,8 @@ def test_the_real_granule_with_flipped_bytes(shared_data: Path, tmp_path: Path, 
 def test_a_quarantined_granule_comes_back_only_when_its_file_changes(filled: dict[str, Any],
                                                                     tmp_path: Path) -> None:
     from bzpipe.infer.batch import list_landing, pending_granules
-    from bzpipe.infer.granule import process_granule, stage_granule
+    from bzpipe.infer.granule import process_granule
+    from bzpipe.infer.staging import stage_granule
     from bzpipe.quarantine import is_quarantined
 
     root = tmp_path / "s"
@@ -741,7 +745,7 @@ def test_a_quarantined_granule_comes_back_only_when_its_file_changes(filled: dic
 
 
 def sha_of(path: Path) -> str:
-    from bzpipe.provenance import sha256_file
+    from bzpipe.checksums import sha256_file
 
     return sha256_file(path)
 
@@ -768,7 +772,8 @@ def test_a_rebuild_after_evaluation_is_refused_unless_overridden(built: dict[str
     evaluating again refuses it, naming both checksums; overridden, the report says it is no held-out test."""
     from bzpipe.config import EvalConfig, TrainConfig
     from bzpipe.errors import DatasetMismatchError
-    from bzpipe.evaluate import evaluate_and_report, run_evaluation
+    from bzpipe.evaluate import run_evaluation
+    from bzpipe.report import evaluate_and_report
     from bzpipe.train import train
 
     root = tmp_path / "s"

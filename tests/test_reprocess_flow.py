@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _infer_helpers import save_tiny_model, write_granule
+
 from bzpipe.config import InferConfig
 from bzpipe.store import Store
+from bzpipe.store.layout import output_key
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.prefect
@@ -102,7 +103,7 @@ def test_backfill_date_range_runs_on_dask(prefect_server, store_root):
     store = Store(store_root)
     assert all(store.is_complete(names[p.name]["output_key"]) for p in day2)
     sid = _cfg(store_root, plot=False).settings_id()
-    assert not store.exists(Store.output_key(model_id, sid, "2019005030000_67300"))
+    assert not store.exists(output_key(model_id, sid, "2019005030000_67300"))
     # a backfill by granule list (bare names, found in the landing area) does nothing new
     again = backfill(config=_cfg(store_root, plot=False), granules=[p.name for p in day2])
     assert again["counts"] == {"done": 0, "skipped": 2, "quarantined": 0, "failed": 0}

@@ -8,9 +8,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bzpipe.errors import ConfigError
-from bzpipe.split import (DAY_S, NS, SPLITS, assign_blocks, autocorrelation, check_blocks, decorrelation_lag,
-                          default_block_s, efolding_time, make_blocks, make_split, place_patches, season_of,
-                          usable_intervals)
+from bzpipe.split import (
+    DAY_S,
+    NS,
+    SPLITS,
+    assign_blocks,
+    autocorrelation,
+    check_blocks,
+    decorrelation_lag,
+    default_block_s,
+    efolding_time,
+    make_blocks,
+    make_split,
+    place_patches,
+    season_of,
+    usable_intervals,
+)
 
 
 def ns(t: str) -> int:

@@ -4,14 +4,15 @@ import os
 
 import pytest
 
+from bzpipe.checksums import sha256_bytes
 from bzpipe.errors import StoreError
-from bzpipe.provenance import sha256_bytes
 from bzpipe.store import Store
+from bzpipe.store.layout import manifest_key, raw_key
 
 
 def test_local_layout_atomic_write_and_manifest(store_root):
     s = Store(store_root)
-    key = Store.raw_key("kazr", "nsaarsclkazr1kolliasC1.c0.20190101.000000.nc", site="nsa")
+    key = raw_key("kazr", "nsaarsclkazr1kolliasC1.c0.20190101.000000.nc", site="nsa")
     assert key == "raw/kazr/nsa/nsaarsclkazr1kolliasC1.c0.20190101.000000.nc"
     e = s.write_bytes(key, b"abc", producer={"source": "test"})
     assert e.sha256 == sha256_bytes(b"abc") and e.size == 3
@@ -88,7 +89,7 @@ def test_s3_root_same_api(s3_root, tmp_path):
         assert p.read_bytes() == b"netcdf-bytes"
     assert s.list("raw") == ["raw/era5/nsa/era5_nsa_201901.nc"]
     assert "raw/era5/nsa/era5_nsa_201901.nc" in s.manifest()
-    entry = json.loads(s.read_bytes(Store.manifest_key("raw/era5/nsa/era5_nsa_201901.nc")))
+    entry = json.loads(s.read_bytes(manifest_key("raw/era5/nsa/era5_nsa_201901.nc")))
     assert entry["size"] == len(b"netcdf-bytes")
     s.remove("raw/era5/nsa/era5_nsa_201901.nc")
     assert not s.exists("raw/era5/nsa/era5_nsa_201901.nc") and s.entry("raw/era5/nsa/era5_nsa_201901.nc") is None
@@ -96,7 +97,8 @@ def test_s3_root_same_api(s3_root, tmp_path):
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_replace_swaps_a_folder_in_and_keeps_the_old_until_then(where, store_root, request):
-    from bzpipe.store.replace import aside_key, finish_replacement, replace, replacement_pending
+    from bzpipe.store.layout import aside_key
+    from bzpipe.store.replace import finish_replacement, replace, replacement_pending
 
     s = Store(store_root if where == "local" else request.getfixturevalue("s3_root"))
     key = "outputs/x.zarr"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ def sha(p: Path) -> str:
 
 
 def epoch(d: date) -> float:
-    return datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp()
+    return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +358,7 @@ def test_cloudsat_granule(tmp_path: Path) -> None:
     from bzpipe.sources.cloudsat import read_granule
     from bzpipe.sources.synthetic import generate_cloudsat_granule, geoprof_arrays
 
-    start = datetime(2019, 1, 7, 21, 3, 0, tzinfo=timezone.utc)
+    start = datetime(2019, 1, 7, 21, 3, 0, tzinfo=UTC)
     cfg = SyntheticConfig(cloudsat_profiles=600)
     p = generate_cloudsat_granule(tmp_path, start, None, seed=0, cfg=cfg, site="oli")
     assert p.name.startswith("2019007210300_")

@@ -9,8 +9,8 @@ import pytest
 import torch
 import xarray as xr
 import zarr
-
 from _zarr_fixture import tiny_patches
+
 from bzpipe.dataset.write import x_encoding
 from bzpipe.schema import CHANNELS
 from bzpipe.torchdata import PatchDataset, loader_workers, make_loader

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _zarr_fixture import write_tiny_dataset
-from bzpipe.checkpoint import (checkpoint_key, finished_model_id, load_model, model_id, read_metrics,
-                               save_checkpoint)
+
+from bzpipe.checkpoint import finished_model_id, load_model, model_id, read_metrics, save_checkpoint
+from bzpipe.checksums import sha256_bytes
 from bzpipe.config import TrainConfig
 from bzpipe.errors import ConfigError, StoreError
-from bzpipe.provenance import code_version, sha256_bytes
+from bzpipe.provenance import code_version
 from bzpipe.store import Store
+from bzpipe.store.layout import checkpoint_key
 from bzpipe.torchdata import PatchDataset
 from bzpipe.train import main, train
 
@@ -203,12 +204,11 @@ def _fake_cli(bindir: Path, name: str, script: str) -> None:
 
 @pytest.mark.prefect
 def test_train_flow_cluster_backends(prefect_server, tiny_root: Path, tmp_path: Path, monkeypatch):
-    from flows.train import ClusterError, render_k8s_job
-    from flows.train import train as train_flow
-
     from doubles.kubeapi import FakeKube
 
     from flows import kube
+    from flows.train import ClusterError, render_k8s_job
+    from flows.train import train as train_flow
 
     # a missing CLI is a clear error
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))

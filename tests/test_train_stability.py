@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _zarr_fixture import write_tiny_dataset
 from torch import nn
 
-from _zarr_fixture import write_tiny_dataset
 from bzpipe.checkpoint import load_model
 from bzpipe.config import TrainConfig, load_pipeline_config
 from bzpipe.errors import ConfigError

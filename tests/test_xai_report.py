@@ -112,7 +112,10 @@ def _summary(unet_good: bool, clear: bool = False, n: int = 24, virga: bool = Tr
         event = np.arange(n) % 2 == 0
         low = np.where((np.arange(n) < n // 2) == event, 1, 0).astype(bool)   # lowest row reaches -20 or not
         truth[:, 0] = np.where(low[:, None], rng.uniform(-15, 0, (n, 8)), rng.uniform(-40, -25, (n, 8)))
-    noise = (lambda s: rng.normal(0, s, truth.shape))
+
+    def noise(s: float) -> np.ndarray:
+        return rng.normal(0, s, truth.shape)
+
     good, bad = truth + noise(0.5), np.full(truth.shape, np.nan)
     preds = {"UNET": good if unet_good else bad, "REP": bad if unet_good else good, "MAR": bad}
     if clear:

@@ -20,32 +20,22 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bzpipe.checksums import sha256_file, sha256_json
 from bzpipe.cluster import current_client
 from bzpipe.colocate import colocate
 from bzpipe.config import BuildConfig, Site, resolve_site
 from bzpipe.errors import InputFileError
-from bzpipe.provenance import code_version, sha256_file, sha256_json
+from bzpipe.provenance import code_version
 from bzpipe.store import Store, write_error
+from bzpipe.store.layout import colocated_key, era5_key, raw_prefix
 
 log = logging.getLogger("bzpipe.dataset")
 
-COLOCATED_PREFIX = "work/colocated"
 _ARM_NAME = re.compile(r"\.(\d{8})\.(\d{6})\.[A-Za-z0-9]+$")
 #: config fields that do not change the dataset's content (excluded from the recipe id); the store
 #: root is one of them: a store moved elsewhere holds the same recipe
 _RUNTIME_FIELDS = ("store_root", "dask_address", "n_workers", "threads_per_worker", "dask_processes",
                    "overwrite", "max_in_flight")
-
-
-# --------------------------------------------------------------------------- keys
-
-
-def colocated_key(site: str, day: date) -> str:
-    return f"{COLOCATED_PREFIX}/{site}/{day.isoformat()}.zarr"
-
-
-def work_key(version: str, name: str) -> str:
-    return f"work/build/{version}/{name}"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -69,7 +59,7 @@ class DayInputs:
                 "era5": self.era5}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "DayInputs":
+    def from_json(cls, d: dict[str, Any]) -> DayInputs:
         return cls(site=d["site"], day=date.fromisoformat(d["day"]), kazr=list(d["kazr"]),
                    met=list(d["met"]), era5=list(d["era5"]))
 
@@ -90,8 +80,8 @@ def find_inputs(store: Store, config: BuildConfig) -> list[DayInputs]:
     """
     out = []
     for site in config.site_objects():
-        kazr = store.list(f"raw/kazr/{site.name}/")
-        met = store.list(f"raw/met/{site.name}/")
+        kazr = store.list(raw_prefix("kazr", site.name))
+        met = store.list(raw_prefix("met", site.name))
         by_day_k: dict[date, list[str]] = {}
         by_day_m: dict[date, list[str]] = {}
         for k in kazr:
@@ -102,7 +92,7 @@ def find_inputs(store: Store, config: BuildConfig) -> list[DayInputs]:
             d = _arm_day(k)
             if d is not None:
                 by_day_m.setdefault(d, []).append(k)
-        era5 = set(store.list(f"raw/era5/{site.name}/"))
+        era5 = set(store.list(raw_prefix("era5", site.name)))
         missing = []
         for day in config.days():
             if day not in by_day_k:
@@ -110,7 +100,7 @@ def find_inputs(store: Store, config: BuildConfig) -> list[DayInputs]:
                 continue
             months = {(day - timedelta(days=1)).strftime("%Y%m"), day.strftime("%Y%m"),
                       (day + timedelta(days=1)).strftime("%Y%m")}
-            ek = sorted(f"raw/era5/{site.name}/era5_{site.name}_{m}.nc" for m in months)
+            ek = sorted(era5_key(site.name, m) for m in months)
             out.append(DayInputs(site.name, day, sorted(by_day_k[day]), sorted(by_day_m.get(day, [])),
                                  [k for k in ek if k in era5]))
         if missing:
@@ -145,9 +135,10 @@ def recipe_config(config: BuildConfig) -> dict[str, Any]:
 
 def _read_era5_any(path: Any) -> xr.Dataset:
     from bzpipe.sources import era5 as e5
+    from bzpipe.sources.fileio import netcdf_probe
 
     try:  # an IFS model-level column (time, level, height) or ERA-5 pressure levels?
-        with xr.open_dataset(path, engine="netcdf4", decode_times=False) as probe:
+        with netcdf_probe(path, engine="netcdf4") as probe:
             is_column = ("level" in probe.dims and "height" in probe.variables
                          and "latitude" not in probe.dims and "pressure_level" not in probe.dims)
     except Exception:  # noqa: BLE001 - let the ERA-5 reader name what is wrong with the file
@@ -212,7 +203,7 @@ def colocate_day(store_root: str, inputs: dict[str, Any] | DayInputs, config: di
     if entry is not None and entry.producer.get("recipe") == recipe and store.exists(key):
         return {"key": key, "skipped": True, **entry.producer.get("counts", {})}
     if not di.era5:
-        raise InputFileError(store.uri(f"raw/era5/{di.site}/"),
+        raise InputFileError(store.uri(raw_prefix("era5", di.site)),
                              f"no ERA-5 file for {di.site} {di.day} (needs era5_{di.site}_{di.day:%Y%m}.nc)")
     from bzpipe.sources.arm import read_kazr, read_met
 

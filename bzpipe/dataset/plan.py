@@ -33,22 +33,39 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 
+from bzpipe.checksums import sha256_json
 from bzpipe.config import BuildConfig
-from bzpipe.provenance import sha256_json
 from bzpipe.schema import ERA5_VARIABLES
-from bzpipe.split import (NS, SPLITS, decorrelation_lag, default_block_s, efolding_time,
-                          make_split, place_patches, season_of)
+from bzpipe.split import (
+    NS,
+    SPLITS,
+    decorrelation_lag,
+    default_block_s,
+    efolding_time,
+    make_split,
+    place_patches,
+    season_of,
+)
 from bzpipe.store import Store
 
 log = logging.getLogger("bzpipe.dataset")
 
 _SERIES = ("n_profiles", "era5_valid", "surface_temperature", "surface_temperature_source",
            "echo_fraction")
+
+
+class DaySpan(NamedTuple):
+    """One colocated site-day on the plan's common time grid (stored in JSON as a 4-element list)."""
+
+    key: str                #: the colocated store's key
+    first_col: int          #: its first column on the global time grid
+    n_cols: int             #: its number of columns
+    lowest_row: int         #: the lowest row with radar gates
 
 
 @dataclass
@@ -63,8 +80,8 @@ class BuildPlan:
     n_heights: int
     dz_m: float
     blind_zone_rows: int
-    #: site -> [[colocated key, first global column, n columns, lowest measured row], ...]
-    days: dict[str, list[list[Any]]]
+    #: site -> its colocated days
+    days: dict[str, list[DaySpan]]
     #: split -> {"site": [...], "col": [...]} (sorted by site, then time)
     samples: dict[str, dict[str, list[Any]]]
     split: dict[str, Any] = field(default_factory=dict)
@@ -96,8 +113,8 @@ class BuildPlan:
             sel = np.flatnonzero(sites == site)
             if not sel.size or not days:
                 continue
-            c0 = np.array([d[1] for d in days], dtype=np.int64)
-            low = np.array([d[3] for d in days], dtype=np.int16)
+            c0 = np.array([d.first_col for d in days], dtype=np.int64)
+            low = np.array([d.lowest_row for d in days], dtype=np.int16)
             order = np.argsort(c0)
             j = np.clip(np.searchsorted(c0[order], cols[sel], side="right") - 1, 0, len(days) - 1)
             out[sel] = low[order][j]
@@ -121,11 +138,16 @@ class BuildPlan:
         return rows
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """The plan as JSON-able values (each :class:`DaySpan` as a list)."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["days"] = {s: [list(d) for d in spans] for s, spans in self.days.items()}
+        return out
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "BuildPlan":
-        return cls(**d)
+    def from_json(cls, d: dict[str, Any]) -> BuildPlan:
+        """The plan :meth:`to_json` wrote."""
+        days = {s: [DaySpan(*v) for v in spans] for s, spans in d["days"].items()}
+        return cls(**{**d, "days": days})
 
 
 def _site_of(ds: xr.Dataset, key: str) -> str:
@@ -243,7 +265,7 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
     above = {s: np.zeros(n, np.float32) for s in sites}
     blocks = {s: np.zeros(n, bool) for s in sites}
     era5 = {s: {v: np.full(n, np.nan) for v in ERA5_VARIABLES} for s in sites}
-    days: dict[str, list[list[Any]]] = {s: [] for s in sites}
+    days: dict[str, list[DaySpan]] = {s: [] for s in sites}
     for rec in sorted(series, key=lambda r: (r["site"], int(r["time"][0]) if r["time"].size else 0)):
         t = rec["time"]
         if not t.size:
@@ -257,7 +279,7 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
         s = rec["site"]
         c0 = int(j[0])
         measured = np.flatnonzero(np.asarray(rec["n_gates"]) > 0)
-        days[s].append([rec["key"], c0, int(j.size), int(measured[0]) if measured.size else 0])
+        days[s].append(DaySpan(rec["key"], c0, int(j.size), int(measured[0]) if measured.size else 0))
         sl = slice(c0, c0 + j.size)
         radar[s][sl] = np.asarray(rec["n_profiles"]) > 0
         era_ok[s][sl] = np.asarray(rec["era5_valid"], dtype=bool)

@@ -1,15 +1,15 @@
-"""Stage 4 of the dataset build: normalize and write ``datasets/<version>.zarr``; read it back.
+"""Stage 4 of the dataset build: write ``datasets/<version>.zarr`` for a plan.
 
-* ERA-5 mean / std per channel over every pixel of the TRAINING patches
-  (one dask task per region, combined with Chan's parallel algorithm).
+* The ``normalization`` attribute comes first (:mod:`bzpipe.dataset.normalization`:
+  ERA-5 mean / std over the TRAINING patches).
 * The store is initialized with the final shapes (``to_zarr(compute=False)``:
-  coordinates and attributes written, ``x`` only declared), then each region
-  of ``region_samples`` samples is computed and written with
-  ``to_zarr(region=...)`` in a dask task.  The driver records every finished
-  region (with the sha256 of its values) in ``work/build/<version>/progress.json``;
-  a later run with the same plan skips them.
+  coordinates and attributes written, ``x`` only declared), then each
+  :class:`Region` of ``region_samples`` samples is computed and written with
+  ``to_zarr(region=...)`` in a dask task, at most two per worker thread in flight.
+  The driver records every finished region (with the sha256 of its values) in
+  ``work/build/<version>/progress.json``; a later run with the same plan skips them.
 * Only when every region is written is ``datasets/<version>.zarr`` recorded
-  in the store manifest; :func:`open_dataset` refuses a store without it.
+  in the store manifest; :func:`bzpipe.dataset.reader.open_dataset` refuses a store without it.
 * A complete version is never deleted to be rebuilt: a new build of it (another
   plan, ``overwrite=true``) is written aside, under ``datasets/.<version>.zarr.tmp-<plan>``,
   and swapped in only once complete (:func:`bzpipe.store.replace.replace`).
@@ -25,31 +25,31 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 
+from bzpipe.checksums import sha256_json
 from bzpipe.cluster import current_client, total_threads
 from bzpipe.config import BuildConfig, config_record
-from bzpipe.dataset.inputs import tree_size, work_key
+from bzpipe.dataset.inputs import tree_size
+from bzpipe.dataset.normalization import era5_normalization, regions
+from bzpipe.dataset.patches import PatchSet, normalize, read_patches
 from bzpipe.dataset.plan import BuildPlan
 from bzpipe.errors import BzpipeError, StoreError
-from bzpipe.provenance import code_version, provenance_record, sha256_json
-from bzpipe.schema import CHANNELS, ERA5_VARIABLES, dbz_to_norm, default_normalization
+from bzpipe.provenance import code_version, provenance_record
+from bzpipe.schema import CHANNELS
 from bzpipe.split import SPLITS
 from bzpipe.store import Store, write_error
-from bzpipe.store.replace import aside_key, finish_replacement, replace, replacement_pending
+from bzpipe.store.layout import aside_key, build_progress_key, dataset_key
+from bzpipe.store.replace import finish_replacement, replace
 
 log = logging.getLogger("bzpipe.dataset")
 
-ERA5_UNITS = {"t": "K", "q": "kg kg-1", "u": "m s-1", "v": "m s-1"}
 RegionCallback = Callable[[str, int], None]
-
-
-class IncompleteDatasetError(StoreError):
-    """The dataset has no manifest entry (never built, or its build was interrupted)."""
 
 
 class EmptySplitError(BzpipeError, ValueError):
@@ -58,140 +58,31 @@ class EmptySplitError(BzpipeError, ValueError):
     retryable = False
 
 
-# --------------------------------------------------------------------------- reading patches
-
-
-def read_patches(store: Store, days: dict[str, list[list[Any]]], sites: list[str], cols: list[int],
-                 width: int, n_heights: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw patch data from the colocated stores.
-
-    Returns ``refl`` float32 ``(n, row, col)`` dBZ (NaN: no echo or not
-    measured), ``era`` float32 ``(n, 4, row, col)`` (t, q, u, v in ERA-5
-    units) and ``measured`` bool ``(n, row)`` (row has radar gates).
-    Each colocated day is read once, over the range its samples need.
-    """
-    n = len(cols)
-    refl = np.full((n, n_heights, width), np.nan, np.float32)
-    era = np.full((n, len(ERA5_VARIABLES), n_heights, width), np.nan, np.float32)
-    measured = np.zeros((n, n_heights), bool)
-    pieces: dict[str, list[tuple[int, int, int, int]]] = {}  # key -> (sample, local0, local1, out0)
-    for i, (site, c) in enumerate(zip(sites, cols, strict=True)):
-        for key, c0, m, _low in days[site]:
-            a, b = max(c, c0), min(c + width, c0 + m)
-            if b > a:
-                pieces.setdefault(key, []).append((i, a - c0, b - c0, a - c))
-    opts = store.storage_options or None
-    for key, plist in pieces.items():
-        lo = min(p[1] for p in plist)
-        hi = max(p[2] for p in plist)
-        with xr.open_zarr(store.uri(key), consolidated=True, chunks=None, storage_options=opts) as ds:
-            part = ds[["reflectivity", *ERA5_VARIABLES, "n_gates"]].isel(time=slice(lo, hi)).load()
-        r = part["reflectivity"].transpose("time", "height").values          # (T, R)
-        e = np.stack([part[v].transpose("time", "height").values for v in ERA5_VARIABLES])  # (4, T, R)
-        g = part["n_gates"].values > 0
-        for i, l0, l1, o in plist:
-            refl[i, :, o:o + l1 - l0] = r[l0 - lo:l1 - lo].T
-            era[i, :, :, o:o + l1 - l0] = np.swapaxes(e[:, l0 - lo:l1 - lo], 1, 2)
-            measured[i] |= g
-    return refl, era, measured
-
-
-def normalize(refl: np.ndarray, era: np.ndarray, measured: np.ndarray,
-              norm: dict[str, dict[str, Any]]) -> np.ndarray:
-    """``x`` float32 ``(n, channel, row, col)`` as documented in the ``normalization`` attribute.
-
-    Reflectivity: :func:`bzpipe.schema.dbz_to_norm`; rows without radar gates
-    take the value of the nearest measured row.  ERA-5: ``(value - mean) / std``.
-    """
-    n, rows, width = refl.shape
-    x = np.empty((n, len(CHANNELS), rows, width), np.float32)
-    r = dbz_to_norm(refl)
-    for i in range(n):
-        m = np.flatnonzero(measured[i])
-        if m.size and m.size < rows:
-            nearest = m[np.argmin(np.abs(np.arange(rows)[:, None] - m[None, :]), axis=1)]
-            r[i] = r[i][nearest]
-    x[:, 0] = r
-    for k, v in enumerate(ERA5_VARIABLES):
-        x[:, CHANNELS.index(v)] = (era[:, k] - norm[v]["mean"]) / norm[v]["std"]
-    return x
-
-
-def _region_moments(store_root: str, days: dict[str, list[list[Any]]], sites: list[str], cols: list[int],
-                    width: int, n_heights: int) -> dict[str, tuple[int, float, float]]:
-    """(count, mean, M2) of each ERA-5 variable over the pixels of these samples."""
-    _, era, _ = read_patches(Store(store_root), days, sites, cols, width, n_heights)
-    out = {}
-    for k, v in enumerate(ERA5_VARIABLES):
-        a = era[:, k].astype(np.float64).ravel()
-        a = a[np.isfinite(a)]
-        mean = float(a.mean()) if a.size else 0.0
-        out[v] = (int(a.size), mean, float(np.sum((a - mean) ** 2)))
-    return out
-
-
-def _combine(m1: tuple[int, float, float], m2: tuple[int, float, float]) -> tuple[int, float, float]:
-    n1, a1, q1 = m1
-    n2, a2, q2 = m2
-    n = n1 + n2
-    if n == 0:
-        return (0, 0.0, 0.0)
-    d = a2 - a1
-    return (n, a1 + d * n2 / n, q1 + q2 + d * d * n1 * n2 / n)
-
-
-def _regions(n: int, size: int) -> list[tuple[int, int, int]]:
-    return [(i, a, min(a + size, n)) for i, a in enumerate(range(0, n, size))]
-
-
-def _site_days(plan: BuildPlan, sites: list[str]) -> dict[str, list[list[Any]]]:
-    return {s: plan.days[s] for s in set(sites)}
-
-
-def era5_normalization(store_root: str, plan: BuildPlan, region_samples: int) -> dict[str, dict[str, Any]]:
-    """The ``normalization`` attribute: reflectivity mapping + ERA-5 mean / std of the TRAINING split."""
-    tr = plan.samples["train"]
-    if not tr["col"]:
-        raise ValueError("the training split is empty: no ERA-5 statistics (and nothing to train on); "
-                         "check the cold filter, the split fractions and the input period")
-    args = [(store_root, _site_days(plan, tr["site"][a:b]), tr["site"][a:b], tr["col"][a:b], plan.width,
-             plan.n_heights) for _, a, b in _regions(len(tr["col"]), region_samples)]
-    client = current_client()
-    if client is None:
-        parts = [_region_moments(*a) for a in args]
-    else:
-        parts = client.gather(client.map(_region_moments, *zip(*args, strict=True), pure=False))
-    norm: dict[str, dict[str, Any]] = default_normalization()
-    norm["reflectivity"].update({
-        "method": "dbz_to_norm",
-        "formula": "lo + (clip(dBZ, dbz_min, dbz_max) - dbz_min) * (hi - lo) / (dbz_max - dbz_min); "
-                   "no echo or dBZ < dbz_min -> no_echo",
-        "averaging": "linear Z (not dBZ) over the gates and profiles of each grid cell",
-        "unmeasured_rows": "rows without radar gates take the value of the nearest measured row "
-                           "(per-sample coordinate lowest_measured_row)"})
-    for v in ERA5_VARIABLES:
-        tot = (0, 0.0, 0.0)
-        for p in parts:
-            tot = _combine(tot, tuple(p[v]))  # type: ignore[arg-type]
-        n, mean, m2 = tot
-        std = float(np.sqrt(m2 / n)) if n else 1.0
-        if not std > 0:
-            log.warning("ERA-5 %s is constant over the training split; std set to 1", v)
-            std = 1.0
-        norm[v] = {"mean": float(mean), "std": std, "units": ERA5_UNITS[v], "method": "standardize",
-                   "formula": "(value - mean) / std", "computed_on": "train", "n_pixels": int(n)}
-    return norm
-
-
 # --------------------------------------------------------------------------- writing
 
 
-def _write_region(store_root: str, uri: str, split: str, a: int, b: int, days: dict[str, list[list[Any]]],
-                  sites: list[str], cols: list[int], width: int, n_heights: int,
-                  norm: dict[str, dict[str, Any]]) -> str:
-    """Compute samples ``[a, b)`` of ``split`` and write them in place; return the sha256 of the values."""
+@dataclass(frozen=True)
+class Region:
+    """Samples ``[start, stop)`` of one split: the ``index``-th region the writer computes and writes."""
+
+    split: str
+    index: int
+    start: int
+    stop: int
+    patches: PatchSet
+
+    @classmethod
+    def all_of(cls, plan: BuildPlan, region_samples: int) -> list[Region]:
+        """Every region of every split of ``plan``, in split order."""
+        return [cls(split, i, a, b, PatchSet.of(plan, split, a, b)) for split in SPLITS
+                for i, a, b in regions(plan.n_samples(split), region_samples)]
+
+
+def write_region(store_root: str, uri: str, region: Region, norm: dict[str, dict[str, Any]]) -> str:
+    """Compute the samples of ``region`` and write them in place; return the sha256 of the values."""
     store = Store(store_root)
-    refl, era, measured = read_patches(store, days, sites, cols, width, n_heights)
+    split, a, b = region.split, region.start, region.stop
+    refl, era, measured = read_patches(store, region.patches)
     x = normalize(refl, era, measured, norm)
     if not np.isfinite(x).all():
         raise ValueError(f"{uri}/{split}[{a}:{b}]: non-finite values in normalized patches")
@@ -203,6 +94,36 @@ def _write_region(store_root: str, uri: str, split: str, a: int, b: int, days: d
         raise write_error(f"{uri} ({split} samples {a}..{b})", e,
                           "the regions written before are kept; run the build again to resume") from e
     return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+def _write_regions(store_root: str, uri: str, todo: list[Region], norm: dict[str, dict[str, Any]],
+                   record: Callable[[Region, str], None]) -> None:
+    """Write ``todo`` on the default dask client (in-process without one), at most two regions per
+    worker thread in flight; ``record(region, sha256)`` runs on the driver as each one finishes."""
+    client = current_client()
+    if client is None:
+        for region in todo:
+            record(region, write_region(store_root, uri, region, norm))
+        return
+    from distributed import as_completed, wait
+
+    queue = deque(todo)
+    inflight = 2 * total_threads(client)
+    running: dict[Any, Region] = {}
+    ac = as_completed()
+    try:
+        while queue or running:
+            while queue and len(running) < inflight:
+                region = queue.popleft()
+                fut = client.submit(write_region, store_root, uri, region, norm, pure=False)
+                running[fut] = region
+                ac.add(fut)
+            fut = next(ac)
+            record(running.pop(fut), fut.result())
+    except BaseException:
+        with contextlib.suppress(Exception):
+            wait(list(running), timeout=60)  # let in-flight writes finish before giving up
+        raise
 
 
 def x_encoding(n: int, shape: tuple[int, int, int], chunk: int) -> dict[str, Any]:
@@ -243,7 +164,7 @@ def _template(plan: BuildPlan, split: str, chunk: int) -> xr.Dataset:
 
 def _root_attrs(plan: BuildPlan, config: BuildConfig, norm: dict[str, Any]) -> dict[str, Any]:
     prov = provenance_record(config, inputs=plan.inputs, plan_id=plan.plan_id(),
-                             intermediates=sorted({d[0] for v in plan.days.values() for d in v}),
+                             intermediates=sorted({d.key for v in plan.days.values() for d in v}),
                              decorrelation_s=plan.decorrelation_s, split=plan.split, counts=plan.counts)
     return {"Conventions": "CF-1.10",
             "title": "Blind-zone inpainting dataset: KaZR reflectivity + ERA-5 patches",
@@ -302,9 +223,9 @@ def write_dataset(store_root: str, plan: BuildPlan, config: BuildConfig, *,
     """
     check_splits(plan)
     store = Store(store_root)
-    key = Store.dataset_key(config.version)
+    key = dataset_key(config.version)
     uri = store.uri(key)
-    pkey = work_key(config.version, "progress.json")
+    pkey = build_progress_key(config.version)
     plan_id = plan.plan_id()
     finish_replacement(store, key)                          # a swap killed half-way is finished first
     current = store.entry(key) if store.is_complete(key) else None
@@ -345,47 +266,17 @@ def write_dataset(store_root: str, plan: BuildPlan, config: BuildConfig, *,
         log.info("%s: resuming, %d regions already written", target_uri, done_n)
     norm = state["normalization"]
 
-    todo = []
-    for split in SPLITS:
-        smp = plan.samples[split]
-        for i, a, b in _regions(plan.n_samples(split), config.region_samples):
-            if str(i) not in state["done"][split]:
-                todo.append((split, i, (store.root, target_uri, split, a, b, _site_days(plan, smp["site"][a:b]),
-                                        smp["site"][a:b], smp["col"][a:b], plan.width, plan.n_heights, norm)))
-    total = sum(len(_regions(plan.n_samples(s), config.region_samples)) for s in SPLITS)
+    todo = [r for r in Region.all_of(plan, config.region_samples) if str(r.index) not in state["done"][r.split]]
+    total = sum(len(regions(plan.n_samples(s), config.region_samples)) for s in SPLITS)
     log.info("%s: writing %d of %d regions", uri, len(todo), total)
 
-    def record(split: str, i: int, digest: str) -> None:
-        state["done"][split][str(i)] = digest
+    def record(region: Region, digest: str) -> None:
+        state["done"][region.split][str(region.index)] = digest
         store.write_json(pkey, state, manifest=False)
         if on_region_written is not None:
-            on_region_written(split, i)
+            on_region_written(region.split, region.index)
 
-    client = current_client()
-    if client is None:
-        for split, i, args in todo:
-            record(split, i, _write_region(*args))
-    else:
-        from distributed import as_completed, wait
-
-        queue = deque(todo)
-        inflight = 2 * total_threads(client)
-        running: dict[Any, tuple[str, int]] = {}
-        ac = as_completed()
-        try:
-            while queue or running:
-                while queue and len(running) < inflight:
-                    split, i, args = queue.popleft()
-                    fut = client.submit(_write_region, *args, pure=False)
-                    running[fut] = (split, i)
-                    ac.add(fut)
-                fut = next(ac)
-                split, i = running.pop(fut)
-                record(split, i, fut.result())
-        except BaseException:
-            with contextlib.suppress(Exception):
-                wait(list(running), timeout=60)  # let in-flight writes finish before giving up
-            raise
+    _write_regions(store.root, target_uri, todo, norm, record)
 
     size = tree_size(store, target)
     digest = dataset_digest(plan, state["done"])
@@ -399,34 +290,3 @@ def write_dataset(store_root: str, plan: BuildPlan, config: BuildConfig, *,
         store.fs.rm(store.uri(pkey))
     log.info("%s: complete (%s)", uri, {s: plan.n_samples(s) for s in SPLITS})
     return uri
-
-
-def open_dataset(store: Store | str, version: str, split: str) -> xr.Dataset:
-    """One split of a COMPLETE dataset (lazy); root attrs decoded (JSON) into ``attrs``.
-
-    Raises :class:`IncompleteDatasetError` when the dataset has no manifest
-    entry (never built, or its build was interrupted).
-    """
-    import zarr
-
-    store = store if isinstance(store, Store) else Store(store)
-    key = Store.dataset_key(version)
-    if not store.is_complete(key):
-        state = ("being replaced (a build was killed while swapping in the new version)"
-                 if replacement_pending(store, key) else
-                 "half-written (an interrupted build?)" if store.exists(key) else "missing")
-        raise IncompleteDatasetError(
-            f"{store.uri(key)}: dataset {version!r} is {state}: it has no manifest entry, so it is not "
-            "complete; run the build again (it resumes) before reading it")
-    uri = store.uri(key)
-    opts = store.storage_options or None
-    root = zarr.open_group(uri, mode="r", storage_options=opts) if opts else zarr.open_group(uri, mode="r")
-    if split not in set(root.group_keys()):
-        raise StoreError(f"{uri}: no split {split!r} (groups: {sorted(root.group_keys())})")
-    ds = xr.open_zarr(uri, group=split, storage_options=opts, consolidated=False)
-    attrs = dict(ds.attrs)
-    for k, v in root.attrs.items():
-        decode = k in ("normalization", "config", "provenance") and isinstance(v, str)
-        attrs[k] = json.loads(v) if decode else v
-    ds.attrs = attrs
-    return ds

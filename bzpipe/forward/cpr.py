@@ -139,7 +139,7 @@ def footprint_weight(dx_m: np.ndarray, spacing_m: float, sigma_m: float) -> np.n
 
 
 def ifov_sigma(ifov_m: float) -> float:
-    """sigma of the Gaussian ``W_x = exp(-2 ln2 (x / (IFOV/2))**2)`` ([OR]): ``IFOV / (4 sqrt(ln 2))``."""
+    """Sigma of the Gaussian ``W_x = exp(-2 ln2 (x / (IFOV/2))**2)`` ([OR]): ``IFOV / (4 sqrt(ln 2))``."""
     return ifov_m / (4.0 * math.sqrt(math.log(2.0)))
 
 

@@ -33,8 +33,8 @@ _LAZY = {
     "fill_granule": "bzpipe.infer.fill", "OUTPUT_VARIABLES": "bzpipe.infer.fill",
     "predict_curtain": "bzpipe.infer.predict", "cached_model": "bzpipe.infer.predict",
     "process_granule": "bzpipe.infer.granule", "GranuleResult": "bzpipe.infer.granule",
-    "fill_and_write": "bzpipe.infer.granule", "stage_granule": "bzpipe.infer.granule",
-    "run_batch": "bzpipe.infer.batch", "dask_client": "bzpipe.infer.batch",
+    "fill_and_write": "bzpipe.infer.granule", "stage_granule": "bzpipe.infer.staging",
+    "run_batch": "bzpipe.infer.batch",
     "write_output": "bzpipe.infer.output", "open_output": "bzpipe.infer.output",
     "curtain_png": "bzpipe.infer.output", "colocate_track": "bzpipe.infer.era5_track",
 }

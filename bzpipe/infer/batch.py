@@ -1,8 +1,8 @@
 """Many granules: the Dask cluster, the batch run, and the landing-area bookkeeping.
 
-* :func:`dask_client` connects to ``InferConfig.dask_address`` (or
-  ``$DASK_SCHEDULER_ADDRESS``) or starts a LocalCluster of ``n_workers``
-  processes; each worker loads the model once (:func:`~bzpipe.infer.predict.cached_model`).
+* The Dask cluster: :func:`bzpipe.cluster.dask_client` with ``InferConfig.dask_address`` (or
+  ``$DASK_SCHEDULER_ADDRESS``), else a LocalCluster of ``n_workers`` processes; each worker
+  loads the model once (:func:`~bzpipe.infer.predict.cached_model`).
 * :func:`run_batch` maps :func:`~bzpipe.infer.granule.process_granule` over
   granule keys; a failing granule becomes a ``failed`` result, the rest go on.
 * :func:`pending_granules` lists landing files that still need work for a model and
@@ -13,43 +13,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import posixpath
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from bzpipe.config import InferConfig
 from bzpipe.errors import InputFileError
-from bzpipe.infer.granule import GranuleResult, granule_id_of, process_granule
+from bzpipe.infer.granule import GranuleResult, process_granule
+from bzpipe.infer.staging import granule_id_of, landing_store
 from bzpipe.quarantine import quarantine_record, unchanged_since
 from bzpipe.store import Store, file_version
-
-EMITTED_PREFIX = "state/emitted"
+from bzpipe.store.layout import CLOUDSAT_RAW_PREFIX, emitted_key, output_key
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def dask_client(cfg: InferConfig) -> Iterator[Any]:
-    """A ``distributed.Client``: the configured / environment scheduler, else a LocalCluster."""
-    from distributed import Client, LocalCluster
-
-    address = cfg.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    if address:
-        client = Client(address)
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
-        yield client
 
 
 def process_safely(store_root: str, key: str, cfg_json: dict[str, Any], model_id: str | None,
@@ -97,13 +77,6 @@ class LandingFile:
         return asdict(self)
 
 
-def landing_store(store: Store, landing: str) -> tuple[Store, str]:
-    """``(store, prefix)`` to list: the main store + a relative prefix, or a store at a landing URI."""
-    if landing.startswith("s3://") or landing.startswith("file://") or os.path.isabs(landing):
-        return Store(landing), ""
-    return store, landing.strip("/")
-
-
 def list_landing(store: Store, landing: str) -> list[LandingFile]:
     """CloudSat granule files (``*.hdf`` with a CloudSat name) under the landing prefix, sorted; the
     ECMWF-AUX companions that arrive beside them are not granules to fill (they are staged with them)."""
@@ -141,7 +114,7 @@ def pending_granules(store: Store, files: Sequence[LandingFile], model_id: str,
         rec = quarantine_record(store, f.name)
         if rec is not None and unchanged_since(rec, f.version):
             continue
-        if f.granule_id and store.is_complete(Store.output_key(model_id, settings_id, f.granule_id)):
+        if f.granule_id and store.is_complete(output_key(model_id, settings_id, f.granule_id)):
             continue
         out.append(f)
     return out
@@ -153,10 +126,6 @@ def idempotency_key(name: str, output_id: str, version: str | int | None = None)
     return f"cloudsat:{name}:{version if version is not None else ''}:{output_id}"
 
 
-def emitted_key(output_id: str, name: str) -> str:
-    return f"{EMITTED_PREFIX}/{output_id}/{name}.json"
-
-
 def should_emit(store: Store, output_id: str, name: str, dedupe_s: float, now: datetime | None = None,
                 version: str = "") -> bool:
     """False if this granule file (``version``) was announced for ``output_id`` less than ``dedupe_s`` ago."""
@@ -166,7 +135,7 @@ def should_emit(store: Store, output_id: str, name: str, dedupe_s: float, now: d
         return True
     if version and rec.get("version") and rec["version"] != version:
         return True
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     last = datetime.fromisoformat(rec["emitted_at"])
     return (now - last).total_seconds() >= dedupe_s
 
@@ -174,7 +143,7 @@ def should_emit(store: Store, output_id: str, name: str, dedupe_s: float, now: d
 def record_emitted(store: Store, output_id: str, f: LandingFile, event_id: str = "",
                    now: datetime | None = None) -> None:
     """Remember that ``f`` was announced (for :func:`should_emit`)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     store.write_json(emitted_key(output_id, f.name), {**f.to_dict(), "output_id": output_id,
                                                       "event_id": event_id, "emitted_at": now.isoformat()},
                      manifest=False)
@@ -193,3 +162,17 @@ def select_by_date(files: Sequence[LandingFile], start: date | None, end: date |
         if (start is None or day >= start) and (end is None or day <= end):
             out.append(f)
     return out
+
+
+def backfill_uris(store: Store, landing: str, granules: Sequence[str] | None = None,
+                  start: date | None = None, end: date | None = None) -> list[str]:
+    """The granule URIs a backfill fills: each of ``granules`` (a URI, a store key, or a bare file
+    name looked up in the landing area and ``raw/cloudsat/``), or without a list every granule of
+    the landing area and ``raw/cloudsat/`` that starts within ``[start, end]``."""
+    known = {f.name: f.uri for f in list_landing(store, landing)}
+    known.update({f.name: f.uri for f in list_landing(store, CLOUDSAT_RAW_PREFIX)})
+    if granules:
+        return [known.get(g, g) if "/" not in g else (store.uri(g) if store.exists(g) else g)
+                for g in granules]
+    files = [LandingFile(uri=u, name=n, granule_id="", size=-1) for n, u in sorted(known.items())]
+    return [f.uri for f in select_by_date(files, start, end)]

@@ -14,7 +14,7 @@ compression, so netCDF-Java tools (Panoply, ncWMS) and netCDF4-python open it: `
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ def cf_decorate(ds: xr.Dataset, *, granule_id: str, model_id: str, source: str, 
     missing = [n for n in ds.variables if "long_name" not in ds[n].attrs]
     if missing:
         raise ValueError(f"output variables without CF attributes: {missing}")
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     ds.attrs.update({
         "Conventions": "CF-1.10",
         "title": f"CloudSat CPR granule {granule_id} with the near-surface blind zone filled by a UNet3+ "
@@ -122,7 +122,7 @@ def export_netcdf(src: str | Path | xr.Dataset, out: str | Path, *, complevel: i
     ds = src if isinstance(src, xr.Dataset) else xr.open_zarr(str(src), consolidated=False,
                                                               storage_options=storage_options)
     ds = ds.load()
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     ds.attrs["history"] = f"{ds.attrs.get('history', '')}\n{now} bzpipe export: netCDF-4 (zlib {complevel})".strip()
     for name in [n for n, v in ds.variables.items() if v.dtype.kind == "M"]:   # microseconds: integers below
         ds[name] = ds[name].copy(data=ds[name].values.astype("datetime64[us]").astype("datetime64[ns]"))

@@ -22,16 +22,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from bzpipe.config import IngestConfig, InferConfig
+from bzpipe.checksums import sha256_file
+from bzpipe.config import InferConfig, IngestConfig
 from bzpipe.errors import InputFileError
-from bzpipe.provenance import sha256_file
 from bzpipe.quarantine import is_quarantined, quarantine
 from bzpipe.store import Store
+from bzpipe.store.layout import CLOUDSAT_RAW_PREFIX, era5_track_key, era5_track_prefix
 
 log = logging.getLogger(__name__)
 
 AUX_PRODUCT = "ECMWF-AUX"
-TRACK_PREFIX = "raw/era5/track"
 
 
 def _granule_id(name: str) -> str:
@@ -69,8 +69,7 @@ def _aux_in(store: Store, folder: str, gid: str) -> list[str]:
 
 def stage_companion(store: Store, granule_uri: str) -> str | None:
     """Stage the ECMWF-AUX companion found beside ``granule_uri`` into ``raw/cloudsat/``; its key or None."""
-    from bzpipe.infer.batch import landing_store
-    from bzpipe.infer.granule import RAW_PREFIX, stage_granule
+    from bzpipe.infer.staging import landing_store, stage_granule
 
     uri = granule_uri.removeprefix("file://")
     folder, name = posixpath.split(uri.rstrip("/"))
@@ -83,7 +82,7 @@ def stage_companion(store: Store, granule_uri: str) -> str | None:
     if not matches:
         return None
     key = stage_granule(store, src_store.uri(matches[-1]))
-    return key if key.startswith(RAW_PREFIX + "/") else None
+    return key if key.startswith(CLOUDSAT_RAW_PREFIX + "/") else None
 
 
 def load_companion(store: Store, granule_key: str, ds: xr.Dataset, *, model_id: str = ""
@@ -117,7 +116,7 @@ def load_companion(store: Store, granule_key: str, ds: xr.Dataset, *, model_id: 
 
 def track_era5_keys(store: Store, granule_id: str) -> list[str]:
     """The stored ERA-5 track boxes of a granule."""
-    return sorted(k for k in store.list(f"{TRACK_PREFIX}/{granule_id}/", suffix=".nc") if store.is_complete(k))
+    return sorted(k for k in store.list(era5_track_prefix(granule_id), suffix=".nc") if store.is_complete(k))
 
 
 def fetch_track_era5(store: Store, cfg: InferConfig, granule_key: str, creds: Any) -> list[str]:
@@ -129,7 +128,7 @@ def fetch_track_era5(store: Store, cfg: InferConfig, granule_key: str, creds: An
     again.  Returns the keys of the stored boxes.
     """
     from bzpipe.infer.era5_track import coverage, track_boxes
-    from bzpipe.infer.granule import era5_keys_for, load_era5, read_checked
+    from bzpipe.infer.staging import era5_keys_for, load_era5, read_checked
     from bzpipe.ingest import StoreJobBook
     from bzpipe.sources.era5.download import DATASET, download_request, era5_box_request
 
@@ -149,7 +148,7 @@ def fetch_track_era5(store: Store, cfg: InferConfig, granule_key: str, creds: An
     levels = IngestConfig(**cfg.era5_ingest).era5_levels_hpa
     ing = IngestConfig(**cfg.era5_ingest)
     for k, box in enumerate(track_boxes(ds["latitude"].values, ds["longitude"].values, ds["time"].values, need)):
-        key = f"{TRACK_PREFIX}/{gid}/era5_track_{k:03d}.nc"
+        key = era5_track_key(gid, k)
         if store.is_complete(key):
             continue
         request = era5_box_request(box["area"], box["days"], box["hours"], levels)

@@ -28,8 +28,16 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from bzpipe.infer.geometry import (ModelGrid, agl_edges_ascending, blind_zone_bins, ground_in_bin, hidden_rows,
-                                   surface_bin, surface_height, valid_profiles)
+from bzpipe.infer.geometry import (
+    ModelGrid,
+    agl_edges_ascending,
+    blind_zone_bins,
+    ground_in_bin,
+    hidden_rows,
+    surface_bin,
+    surface_height,
+    valid_profiles,
+)
 from bzpipe.infer.regrid import layer_average, regrid_dbz
 
 log = logging.getLogger(__name__)

@@ -32,18 +32,17 @@ import xarray as xr
 from torch import nn
 
 from bzpipe.config import InferConfig, check_blind_zone
+from bzpipe.distributed import pick_device
 from bzpipe.errors import ConfigError, EmptyDataError
 from bzpipe.forward.dataset import KAZR, model_resolution
 from bzpipe.infer.cf import cf_decorate
 from bzpipe.infer.curtain import Curtain, clutter_depth, to_cpr_bins, to_model_grid
 from bzpipe.infer.era5_track import normalize_era5
 from bzpipe.infer.geometry import ModelGrid, grid_settings
-from bzpipe.infer.predict import predict_curtain, resolve_device
+from bzpipe.infer.predict import predict_curtain
 from bzpipe.infer.state import TrackState, context_fill, domain_flags, track_state, training_domain
-from bzpipe.schema import DBZ_MAX, DBZ_MIN, ERA5_VARIABLES, NORM_HI, NORM_LO, dbz_to_norm, norm_to_dbz
+from bzpipe.schema import DBZ_PER_NORM, ERA5_VARIABLES, dbz_to_norm, norm_to_dbz
 
-#: dB per normalized unit: converts an MC spread of the normalized output to dB.
-DB_PER_NORM = (DBZ_MAX - DBZ_MIN) / (NORM_HI - NORM_LO)
 #: ``fill_status`` values (:data:`bzpipe.infer.cf.FILL_STATUS_MEANINGS`)
 FILLED, FILLED_RADAR_ONLY, FILLED_OUT_OF_DOMAIN, NO_STATE, OUT_OF_DOMAIN, INVALID = range(6)
 
@@ -86,13 +85,10 @@ def model_settings(meta: dict[str, Any]) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=8)
 def _dataset_attrs_cached(uri: str) -> str:
-    import zarr
+    from bzpipe.dataset.reader import open_dataset
 
-    from bzpipe.store import s3_storage_options
-
-    opts = s3_storage_options() if uri.startswith("s3://") else None
-    root = zarr.open_group(uri, mode="r", storage_options=opts)
-    attrs = dict(root.attrs)
+    opened = open_dataset(None, uri, require_complete=False)
+    root, attrs = opened.root, dict(opened.attrs)
     heights = None
     for path in ("height", "train/height"):
         try:
@@ -202,11 +198,11 @@ def _prediction(model: nn.Module, x: np.ndarray, cfg: InferConfig, width: int, h
     """MC-dropout prediction of the ``active`` profiles' hidden rows: dBZ ``mean`` (P, H), dB ``std``
     (P, H), dBZ ``quantiles`` (Q, P, H)."""
     device = next(model.parameters()).device if any(True for _ in model.parameters()) \
-        else resolve_device(cfg.device)
+        else pick_device(cfg.device)
     pred = predict_curtain(model, x, width=width, overlap=min(cfg.window_overlap, width - 1), blind_rows=hidden,
                            n_passes=cfg.mc_passes, quantiles=cfg.quantiles, batch_size=cfg.batch_size,
                            device=device, generator_seed=cfg.seed, active=active, mc_path=cfg.mc_path)
-    return {"mean": norm_to_dbz(pred["mean"]).T, "std": (pred["std"] * DB_PER_NORM).T.astype(np.float32),
+    return {"mean": norm_to_dbz(pred["mean"]).T, "std": (pred["std"] * DBZ_PER_NORM).T.astype(np.float32),
             "quantiles": np.stack([norm_to_dbz(q).T for q in pred["quantiles"]])}
 
 

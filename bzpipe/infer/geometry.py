@@ -50,7 +50,7 @@ class ModelGrid:
         return int(min(self.n_heights, math.ceil(blind_zone_m / self.dz_m - 1e-9)))
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> "ModelGrid":
+    def from_meta(cls, meta: dict[str, Any]) -> ModelGrid:
         """The grid a model was trained on, from its checkpoint metadata (see :func:`grid_settings`)."""
         g = grid_settings(meta)
         return cls(n_heights=int(g["n_heights"]), top_m=float(g["top_m"]))

@@ -10,33 +10,31 @@ curtain PNG, recording provenance.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import posixpath
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 from torch import nn
 
-from bzpipe.config import InferConfig, resolve_site
-from bzpipe.errors import InputFileError, StoreError
+from bzpipe.config import InferConfig
+from bzpipe.errors import InputFileError
 from bzpipe.infer.fill import channels_of, fill_granule
-from bzpipe.infer.output import curtain_png, png_key, write_output
+from bzpipe.infer.output import curtain_png, write_output
 from bzpipe.infer.predict import cached_model
-from bzpipe.provenance import provenance_record, sha256_file
+from bzpipe.infer.staging import era5_keys_for, granule_id_of, load_era5, read_checked
+from bzpipe.provenance import provenance_record
 from bzpipe.quarantine import category, is_quarantined, quarantine, release
-from bzpipe.store import ManifestEntry, Store, file_version, url_fs
+from bzpipe.store import ManifestEntry, Store
+from bzpipe.store.layout import output_key, png_key
 from bzpipe.store.replace import finish_replacement
 
 log = logging.getLogger(__name__)
 
-RAW_PREFIX = "raw/cloudsat"
 
 
 @dataclass
@@ -58,106 +56,6 @@ class GranuleResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def granule_id_of(name_or_uri: str) -> str:
-    """``YYYYDDDHHMMSS_NNNNN`` from a granule file name (raises InputFileError for other names)."""
-    from bzpipe.sources.cloudsat import granule_info
-
-    return granule_info(name_or_uri).granule_id
-
-
-def stage_granule(store: Store, uri: str) -> str:
-    """The store key of a granule under ``raw/cloudsat/``, recorded with its sha256.
-
-    A granule already there is used as is (its manifest entry is renewed when the file changed
-    since it was recorded).  One elsewhere (the landing area, another bucket, a local folder) is
-    copied to ``raw/cloudsat/<name>`` atomically, with its sha256, its source and the source's
-    version (:func:`~bzpipe.store.file_version`) in the manifest, unless the copy there has the same
-    sha256: a replaced file of the same size is staged again.  A remote source whose version (its
-    ETag, a content hash) is the recorded one is not downloaded again.
-    """
-    inside = ""
-    with contextlib.suppress(StoreError):
-        inside = store.key_of(uri)
-    if inside.startswith(RAW_PREFIX + "/") and store.exists(inside):
-        _renew_entry(store, inside, uri)
-        return inside
-    name = posixpath.basename(str(uri).rstrip("/"))
-    key = f"{RAW_PREFIX}/{name}"
-    fs, path = url_fs(uri)
-    producer = {"stage": "stage", "source": uri, "source_version": file_version(uri)}
-    entry = store.entry(key) if store.exists(key) else None
-    local = fs.protocol in ("file", ("file", "local"))
-    if entry is not None and not local and entry.producer.get("source_version") == producer["source_version"]:
-        return key
-    with tempfile.TemporaryDirectory(prefix="bzpipe-stage-") as d:
-        src = path if local else str(Path(d) / name)
-        if not local:
-            fs.get_file(path, src)
-        digest = sha256_file(src)
-        if entry is not None and entry.sha256 == digest:
-            if entry.producer.get("source_version") != producer["source_version"]:
-                store.record(key, sha256=digest, size=entry.size, producer={**entry.producer, **producer})
-            return key
-        store.put_file(src, key, producer=producer, sha256=digest)
-    return key
-
-
-def _renew_entry(store: Store, key: str, uri: str) -> None:
-    """Re-record a granule put straight into ``raw/cloudsat/`` when its file is not the recorded one."""
-    entry = store.entry(key)
-    version = file_version(store.uri(key))
-    if entry is not None and entry.producer.get("source_version") == version:
-        return
-    with store.local_path(key) as path:
-        digest, size = sha256_file(path), path.stat().st_size
-    producer = {**(entry.producer if entry else {}), "source": uri, "source_version": version}
-    store.record(key, sha256=digest, size=size, producer=producer)
-
-
-def read_checked(store: Store, key: str, expected_release: str | None,
-                 require_reflectivity: bool = True) -> tuple[xr.Dataset, str]:
-    """Read a granule from the store, check its release; returns ``(ds, sha256 of the file)``.
-
-    Raises the reader's :class:`~bzpipe.errors.InputFileError` subclasses (naming the file).
-    """
-    from bzpipe.sources.cloudsat import check_release, read_granule
-
-    entry = store.entry(key)
-    with store.local_path(key) as path:
-        digest = entry.sha256 if entry is not None else sha256_file(path)
-        ds = read_granule(path, require_reflectivity=require_reflectivity, source=store.uri(key))
-        ds.load()
-    if expected_release:
-        check_release(ds, expected_release)
-    return ds, digest
-
-
-def era5_keys_for(store: Store, sites: Sequence[Any], times: np.ndarray) -> list[str]:
-    """Keys of the stored ERA-5 site-months (``raw/era5/<site>/era5_<site>_<YYYYMM>.nc``) for the
-    months the profile ``times`` span; only those present in the store."""
-    t = np.asarray(times).astype("datetime64[M]")
-    months = sorted({str(m) for m in np.unique(t)})
-    keys = []
-    for s in sites:
-        name = resolve_site(s).name
-        for m in months:
-            key = Store.raw_key("era5", f"era5_{name}_{m.replace('-', '')}.nc", name)
-            if store.is_complete(key):
-                keys.append(key)
-    return keys
-
-
-def load_era5(store: Store, keys: Sequence[str]) -> list[xr.Dataset]:
-    """Read stored ERA-5 files into memory (:func:`bzpipe.sources.era5.read_era5`)."""
-    from bzpipe.sources.era5 import read_era5
-
-    out = []
-    for key in keys:
-        with store.local_path(key) as path:
-            out.append(read_era5(path).load())
-    return out
 
 
 def atmosphere_inputs(store: Store, granule_key: str, ds: xr.Dataset, cfg: InferConfig, meta: dict[str, Any],
@@ -206,7 +104,7 @@ def fill_and_write(store: Store, ds: xr.Dataset, model: nn.Module, meta: dict[st
     out = fill_granule(ds, model, meta, cfg, era5=era5, model_id=model_id, timings=timings,
                        reflectivity=reflectivity, aux=aux, radar_only=radar_only)
     t0 = time.perf_counter()
-    key = Store.output_key(model_id, cfg.settings_id(), gid)
+    key = output_key(model_id, cfg.settings_id(), gid)
     prov = provenance_record(cfg, inputs=inputs, stage="infer", granule_id=gid, settings_id=cfg.settings_id(),
                              granule_source=ds.attrs.get("source_file", ""), model_id=model_id,
                              model_checkpoint=meta.get("checkpoint_uri", ""),
@@ -244,7 +142,7 @@ def process_granule(store_root: str, granule_key: str, cfg: InferConfig, *, mode
     res.model_id = mid
     try:
         res.granule_id = granule_id_of(name)
-        out_key = Store.output_key(mid, cfg.settings_id(), res.granule_id)
+        out_key = output_key(mid, cfg.settings_id(), res.granule_id)
         res.output_key = out_key
         finish_replacement(store, out_key)          # a rewrite killed while it was being swapped in
         if not force and store.is_complete(out_key):

@@ -16,14 +16,14 @@ import contextlib
 import hashlib
 import io
 import json
-import posixpath
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from bzpipe.store import ManifestEntry, Store, write_error
-from bzpipe.store.replace import aside_key, finish_replacement, replace, sweep_aside
+from bzpipe.store.layout import aside_key
+from bzpipe.store.replace import finish_replacement, replace, sweep_aside
 
 PROFILE_CHUNK = 4096
 #: a hidden leftover of a killed writer is swept once older than this (a live writer is never that slow)
@@ -39,11 +39,6 @@ def content_sha256(ds: xr.Dataset) -> str:
         a = np.ascontiguousarray(v.values)
         h.update(a.view(np.uint8).tobytes() if a.dtype != object else repr(a.tolist()).encode())
     return h.hexdigest()
-
-
-def png_key(output_key: str) -> str:
-    """``outputs/cloudsat/<model>-<settings>/<granule>.png`` beside ``<granule>.zarr``."""
-    return posixpath.splitext(output_key)[0] + ".png"
 
 
 def write_output(store: Store, key: str, ds: xr.Dataset, provenance: dict[str, Any]) -> ManifestEntry:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bzpipe.distributed import pick_device
 from bzpipe.infer.windows import Blender, window_starts
 from bzpipe.masking import mask_blind_zone, merge_prediction
 from bzpipe.model.mc_dropout import auto_mc_batch, mc_predict
@@ -24,13 +25,6 @@ _LOCK = threading.Lock()
 _MODELS: dict[tuple[str, str], tuple[nn.Module, dict[str, Any]]] = {}
 #: models kept loaded per process (e.g. the current and the previous version during a rollout)
 MAX_CACHED = 2
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else CPU; otherwise ``torch.device(name)``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def cached_model(store_root: str, run_name: str, which: str = "best", device: str = "auto",
@@ -43,10 +37,11 @@ def cached_model(store_root: str, run_name: str, which: str = "best", device: st
     between planning and running: a mismatch raises ``RuntimeError``.  At most
     :data:`MAX_CACHED` models stay loaded (least recently used dropped first).
     """
-    from bzpipe.checkpoint import checkpoint_key, load_model, model_id
+    from bzpipe.checkpoint import load_model, model_id
     from bzpipe.store import Store
+    from bzpipe.store.layout import checkpoint_key
 
-    dev = str(resolve_device(device))
+    dev = str(pick_device(device))
     store = Store(store_root)
     entry = store.entry(checkpoint_key(run_name, which))
     now = entry.sha256[:12] if entry is not None else None
@@ -71,8 +66,8 @@ def cached_model(store_root: str, run_name: str, which: str = "best", device: st
 def current_model_id(store_root: str, run_name: str, which: str = "best") -> str:
     """The model id of a stored checkpoint without loading it: its manifest checksum's first 12
     hex digits (what :func:`bzpipe.checkpoint.model_id` gives after loading)."""
-    from bzpipe.checkpoint import checkpoint_key
     from bzpipe.store import Store
+    from bzpipe.store.layout import checkpoint_key
 
     store = Store(store_root)
     entry = store.entry(checkpoint_key(run_name, which))

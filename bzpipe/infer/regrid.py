@@ -105,7 +105,7 @@ def layer_average(values: np.ndarray, src_edges: np.ndarray, dst_edges: np.ndarr
 
 
 def dbz_to_linear(dbz: np.ndarray) -> np.ndarray:
-    """dBZ -> Z (mm6 m-3); NaN (no echo) -> 0."""
+    """DBZ -> Z (mm6 m-3); NaN (no echo) -> 0."""
     d = np.asarray(dbz, dtype=np.float64)
     return np.where(np.isfinite(d), 10.0 ** (d / 10.0), 0.0)
 

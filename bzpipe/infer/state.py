@@ -74,7 +74,6 @@ def ecmwf_aux_on_rows(aux: xr.Dataset, ground_m: np.ndarray, heights_agl: np.nda
     """
     ech = np.asarray(aux["ec_height"].values, np.float64)                       # (K,) m MSL, top first
     g = np.asarray(ground_m, np.float64)
-    p = g.size
     order = np.argsort(ech)                                                      # increasing height
     agl = ech[order][None, :] - g[:, None]                                       # (P, K)
     ok_h = np.isfinite(agl).all(axis=1)

@@ -116,7 +116,7 @@ class ContingencyTable:
     def n(self) -> int:
         return self.hits + self.misses + self.false_alarms + self.correct_negatives
 
-    def __add__(self, other: "ContingencyTable") -> "ContingencyTable":
+    def __add__(self, other: ContingencyTable) -> ContingencyTable:
         return ContingencyTable(self.hits + other.hits, self.misses + other.misses,
                                 self.false_alarms + other.false_alarms,
                                 self.correct_negatives + other.correct_negatives)

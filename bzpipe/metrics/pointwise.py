@@ -39,7 +39,7 @@ Axis = int | tuple[int, ...] | None
 
 
 def fill_no_echo(dbz: np.ndarray, no_echo_dbz: float = NO_ECHO_DBZ) -> np.ndarray:
-    """dBZ with NaN (no echo) and anything below ``no_echo_dbz`` set to ``no_echo_dbz`` (float64)."""
+    """DBZ with NaN (no echo) and anything below ``no_echo_dbz`` set to ``no_echo_dbz`` (float64)."""
     dbz = np.asarray(dbz, dtype=np.float64)
     return np.where(np.isnan(dbz) | (dbz < no_echo_dbz), no_echo_dbz, dbz)
 

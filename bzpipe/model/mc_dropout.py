@@ -27,7 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from bzpipe.masking import merge_prediction
+from bzpipe.model.mc_stats import aggregate_passes  # per pass in dBZ, as King et al.
 from bzpipe.model.unet3plus import UNet3Plus, channels_last_faster
+
+#: CUDA kernels index tensors with 32-bit integers: no tensor may reach 2**31 elements
+MAX_TENSOR_ELEMENTS = 2**31 - 1
 
 
 @contextlib.contextmanager
@@ -43,31 +47,6 @@ def mc_dropout_mode(model: nn.Module, active: bool = True) -> Iterator[nn.Module
     finally:
         for m, was in modes.items():
             m.training = was
-
-
-def quantiles_along0(samples: Tensor, qs: Sequence[float]) -> Tensor:
-    """Linear-interpolation quantiles (numpy's default) along dim 0: Tensor[Q, ...].
-
-    ``torch.quantile`` refuses inputs above 16 M elements; this sorts once.
-    """
-    n = samples.shape[0]
-    if len(qs) == 0:
-        return samples.new_empty((0, *samples.shape[1:]))
-    srt = samples.sort(dim=0).values
-    out = []
-    for q in qs:
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile {q} outside [0, 1]")
-        pos = q * (n - 1)
-        lo = int(pos)
-        hi = min(lo + 1, n - 1)
-        frac = pos - lo
-        out.append(srt[lo] + (srt[hi] - srt[lo]) * frac)
-    return torch.stack(out)
-
-
-#: CUDA kernels index tensors with 32-bit integers: no tensor may reach 2**31 elements
-MAX_TENSOR_ELEMENTS = 2**31 - 1
 
 
 def tensor_safe_batch(model: nn.Module, height: int, width: int) -> int:
@@ -116,7 +95,7 @@ def auto_mc_batch(model: nn.Module, window: Tensor, band_rows: int | None = None
 
 def _full_passes(model: nn.Module, chunk: Tensor, k: int, channels_last: bool,
                  autocast_dtype: torch.dtype | None) -> Tensor:
-    """k full forward passes of the windows ``chunk`` Tensor[b, Cin, H, W]: Tensor[k, b, out, H, W] float32."""
+    """K full forward passes of the windows ``chunk`` Tensor[b, Cin, H, W]: Tensor[k, b, out, H, W] float32."""
     b = chunk.shape[0]
     big = chunk.repeat(k, 1, 1, 1)                                      # (k b, Cin, H, W), pass-major
     if channels_last:
@@ -224,5 +203,4 @@ def mc_predict(model: nn.Module, inputs: Tensor, n_passes: int = 50,
                     preds[start + j].append(out[:, j])
                 done += k
     samples = torch.stack([torch.cat(p, 0) for p in preds], dim=1)      # (N, B, 1, H, W)
-    from bzpipe.model.mc_stats import aggregate_passes                   # per pass in dBZ, as King et al.
     return aggregate_passes(samples, quantiles)

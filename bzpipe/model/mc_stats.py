@@ -29,11 +29,28 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from bzpipe.model.mc_dropout import quantiles_along0
-from bzpipe.schema import DBZ_MAX, DBZ_MIN, NO_ECHO, NORM_HI, NORM_LO
+from bzpipe.schema import DBZ_MIN, DBZ_PER_NORM, NO_ECHO, NORM_HI, NORM_LO
 
-#: dBZ per normalized unit in the echo range (90 dBZ over 1.5 units)
-DBZ_PER_NORM = (DBZ_MAX - DBZ_MIN) / (NORM_HI - NORM_LO)
+
+def quantiles_along0(samples: Tensor, qs: Sequence[float]) -> Tensor:
+    """Linear-interpolation quantiles (numpy's default) along dim 0: Tensor[Q, ...].
+
+    ``torch.quantile`` refuses inputs above 16 M elements; this sorts once.
+    """
+    n = samples.shape[0]
+    if len(qs) == 0:
+        return samples.new_empty((0, *samples.shape[1:]))
+    srt = samples.sort(dim=0).values
+    out = []
+    for q in qs:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile {q} outside [0, 1]")
+        pos = q * (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        frac = pos - lo
+        out.append(srt[lo] + (srt[hi] - srt[lo]) * frac)
+    return torch.stack(out)
 
 
 def pass_dbz(samples: Tensor) -> Tensor:

@@ -64,7 +64,10 @@ def difference_rows(summary: dict[str, Any], site: str) -> tuple[list[str], list
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
-    esc = (lambda s: str(s).replace("|", "\\|"))
+    """A markdown table (``|`` in cells escaped)."""
+    def esc(s: object) -> str:
+        return str(s).replace("|", "\\|")
+
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)

@@ -20,7 +20,7 @@ def open_any(path: str | Path) -> xr.Dataset:
     from bzpipe.sources.arm import read_kazr, read_met
     from bzpipe.sources.cloudsat import read_granule
     from bzpipe.sources.era5 import read_era5_single_level, read_ifs_column
-    from bzpipe.sources.fileio import sniff_format
+    from bzpipe.sources.fileio import netcdf_probe, sniff_format
 
     p = Path(path)
     try:
@@ -37,7 +37,7 @@ def open_any(path: str | Path) -> xr.Dataset:
     if sniff_format(p) == "grib":
         return _read_era5_present(p)
     try:
-        with xr.open_dataset(p, decode_times=False) as raw:
+        with netcdf_probe(p) as raw:
             names = set(raw.variables)
     except (OSError, ValueError) as e:
         raise CorruptFileError(p, f"cannot be opened as netCDF ({e})") from e

@@ -5,18 +5,33 @@ subclass naming the file: a truncated or foreign file gives
 :class:`CorruptFileError` (never a raw HDF5 / netCDF traceback), a missing
 variable :class:`MissingVariableError` listing the names looked for, odd units
 :class:`UnitsError`.
+
+Thread safety: the netCDF-C and HDF5 libraries are not thread-safe, and netCDF4-python
+releases the GIL while they run, so two threads of one process (Dask worker threads of a
+build, say) reading netCDF files at once can crash the process.  xarray's own lock covers
+only opening and array reads, not the metadata reads in between.  Every netCDF/HDF5 read of
+bzpipe therefore goes through :func:`open_netcdf` or :func:`netcdf_probe`, which hold
+:data:`NETCDF_LOCK` for the whole open-read-close; it is xarray's process-wide
+``NETCDF4_PYTHON_LOCK``, the lock xarray's netCDF4 backend and the synthetic-file writers
+take too, so there is one lock for all netCDF/HDF5 access in the process.  (HDF4 files have
+their own lock, :data:`bzpipe.sources.cloudsat.hdfeos.HDF4_LOCK`.)
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from xarray.backends.netCDF4_ import NETCDF4_PYTHON_LOCK
 
 from bzpipe.errors import CorruptFileError, MissingVariableError, UnitsError
+
+#: the one process-wide lock of netCDF-C / HDF5 access (see the module docstring); not re-entrant
+NETCDF_LOCK = NETCDF4_PYTHON_LOCK
 
 _MAGIC = {b"CDF\x01": "netcdf3", b"CDF\x02": "netcdf3", b"CDF\x05": "netcdf3",
           b"\x89HDF": "netcdf4", b"GRIB": "grib"}
@@ -56,12 +71,21 @@ def open_netcdf(path: str | Path, *, mask_and_scale: bool = True) -> xr.Dataset:
     if kind == "netcdf3":
         _check_netcdf3_size(p)
     try:
-        ds = xr.open_dataset(p, engine="netcdf4", decode_times=False, decode_timedelta=False,
-                             mask_and_scale=mask_and_scale, cache=False)
-        with ds:
+        # lock=False: xarray takes no lock of its own, NETCDF_LOCK (the same lock) covers it all
+        with NETCDF_LOCK, xr.open_dataset(p, engine="netcdf4", decode_times=False, decode_timedelta=False,
+                                          mask_and_scale=mask_and_scale, cache=False, lock=False) as ds:
             return ds.load()
     except (OSError, RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
         raise CorruptFileError(p, f"cannot read netCDF ({type(e).__name__}: {e})") from e
+
+
+@contextmanager
+def netcdf_probe(path: str | Path, **kwargs: object) -> Iterator[xr.Dataset]:
+    """A netCDF file opened lazily (``decode_times=False``) for a look at its variables and
+    dimensions, holding :data:`NETCDF_LOCK` until the block ends; nothing read in the block may
+    outlive it, and no other netCDF read may happen inside it (the lock is not re-entrant)."""
+    with NETCDF_LOCK, xr.open_dataset(path, decode_times=False, lock=False, **kwargs) as ds:  # type: ignore[arg-type]
+        yield ds
 
 
 def _check_netcdf3_size(p: Path) -> None:

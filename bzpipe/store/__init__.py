@@ -3,15 +3,7 @@
 The root is a local folder or ``s3://bucket/prefix`` (s3fs; the endpoint comes
 from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` so MinIO / moto work).
 
-Layout under the root (relative keys, always ``/``-separated)::
-
-    raw/kazr/<site>/<arm file name>          raw/met/<site>/<arm file name>
-    raw/era5/<site>/era5_<site>_<YYYYMM>.nc  raw/cloudsat/<granule>.hdf
-    datasets/<version>.zarr                  models/<run>/...
-    outputs/cloudsat/<model id>-<settings id>/<granule id>.zarr
-    reports/<run>/...                        quarantine/<granule>.json
-    manifests/<key>.json                     (one manifest entry per object)
-    state/replacing/<key>.json               (a swap in progress, see bzpipe.store.replace)
+The layout under the root (every key, ``/``-separated) is :mod:`bzpipe.store.layout`.
 
 Writes are atomic: a file is written under a temporary name in the same
 folder and renamed (local), or uploaded in one PUT (S3, where an object only
@@ -34,16 +26,15 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
+from bzpipe.checksums import sha256_bytes, sha256_file
 from bzpipe.errors import StoreError, is_credentials_error
-from bzpipe.provenance import sha256_bytes, sha256_file
-
-MANIFEST_PREFIX = "manifests"
+from bzpipe.store.layout import MANIFEST_PREFIX, clean_key, is_temp, manifest_key
 
 
 def s3_storage_options() -> dict[str, Any]:
@@ -120,7 +111,7 @@ class Store:
 
     def uri(self, key: str) -> str:
         """Full address of ``key`` (a local path, or ``s3://...``)."""
-        key = _clean_key(key)
+        key = clean_key(key)
         return self.root if not key else f"{self.root}/{key}"
 
     def key_of(self, uri: str) -> str:
@@ -131,41 +122,6 @@ class Store:
         if uri == self.root:
             return ""
         raise StoreError(f"{uri} is not under the store root {self.root}")
-
-    @staticmethod
-    def raw_key(kind: str, name: str, site: str | None = None) -> str:
-        return f"raw/{kind}/{site}/{name}" if site else f"raw/{kind}/{name}"
-
-    @staticmethod
-    def dataset_key(version: str) -> str:
-        return f"datasets/{version}.zarr"
-
-    @staticmethod
-    def model_key(run: str, name: str = "") -> str:
-        return f"models/{run}/{name}".rstrip("/")
-
-    @staticmethod
-    def output_key(model_id: str, settings_id: str, granule_id: str) -> str:
-        """Key of a filled granule: the model (checkpoint hash) AND the settings that change the numbers
-        (:meth:`bzpipe.config.InferConfig.settings_id`), so other settings never find an output made
-        with the old ones."""
-        if not (model_id and settings_id and granule_id):
-            raise StoreError(f"output key needs a model id, a settings id and a granule id, got "
-                             f"{model_id!r}, {settings_id!r}, {granule_id!r}")
-        return f"{Store.output_prefix(model_id, settings_id)}/{granule_id}.zarr"
-
-    @staticmethod
-    def output_id(model_id: str, settings_id: str) -> str:
-        """``<model id>-<settings id>``: what one set of outputs was made with."""
-        return f"{model_id}-{settings_id}"
-
-    @staticmethod
-    def output_prefix(model_id: str, settings_id: str) -> str:
-        return f"outputs/cloudsat/{Store.output_id(model_id, settings_id)}"
-
-    @staticmethod
-    def report_key(run: str, name: str = "") -> str:
-        return f"reports/{run}/{name}".rstrip("/")
 
     # ------------------------------------------------------------------ reading
     def exists(self, key: str) -> bool:
@@ -207,7 +163,7 @@ class Store:
             p = str(p)
             if p.startswith(root + "/"):
                 k = p[len(root) + 1:]
-                if not _is_temp(k) and k.endswith(suffix):
+                if not is_temp(k) and k.endswith(suffix):
                     keys.append(k)
         return sorted(keys)
 
@@ -220,7 +176,7 @@ class Store:
         out = []
         for p in self.fs.ls(base, detail=False):
             p = str(p).rstrip("/")
-            if p.startswith(root + "/") and not _is_temp(p):
+            if p.startswith(root + "/") and not is_temp(p):
                 out.append(p[len(root) + 1:])
         return sorted(out)
 
@@ -318,23 +274,19 @@ class Store:
                 tmp.unlink()
 
     # ------------------------------------------------------------------ manifest
-    @staticmethod
-    def manifest_key(key: str) -> str:
-        return f"{MANIFEST_PREFIX}/{_clean_key(key)}.json"
-
     def record(self, key: str, *, sha256: str, size: int,
                producer: dict[str, Any] | None = None) -> ManifestEntry:
         """Write the manifest entry of ``key`` (after the object itself is complete)."""
-        entry = ManifestEntry(key=_clean_key(key), sha256=sha256, size=size,
-                              created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        entry = ManifestEntry(key=clean_key(key), sha256=sha256, size=size,
+                              created=datetime.now(UTC).isoformat(timespec="seconds"),
                               producer=producer or {})
-        self.write_json(self.manifest_key(key), entry.to_json(), manifest=False)
+        self.write_json(manifest_key(key), entry.to_json(), manifest=False)
         return entry
 
     def entry(self, key: str) -> ManifestEntry | None:
         """The manifest entry of ``key``, or None if it was never completed."""
         try:
-            d = self.read_json(self.manifest_key(key))
+            d = self.read_json(manifest_key(key))
         except FileNotFoundError:
             return None
         return ManifestEntry(**d)
@@ -363,24 +315,10 @@ class Store:
 
     def remove(self, key: str) -> None:
         """Remove an object or folder and its manifest entry (entry first)."""
-        for k in (self.manifest_key(key), key):
+        for k in (manifest_key(key), key):
             with contextlib.suppress(FileNotFoundError):
                 if self.fs.exists(self.uri(k)):
                     self.fs.rm(self.uri(k), recursive=True)
-
-
-def _clean_key(key: str) -> str:
-    key = str(key).replace("\\", "/").strip("/")
-    parts = [p for p in key.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise StoreError(f"store key {key!r} must not contain '..'")
-    return "/".join(parts)
-
-
-def _is_temp(key: str) -> bool:
-    """A temporary file or anything inside a hidden aside folder (``.<name>.tmp-...``): never listed."""
-    return (any(part.startswith(".") and ".tmp-" in part for part in key.split("/"))
-            or "/bzpipe-w-" in key or key.startswith("bzpipe-w-"))
 
 
 def write_error(target: str, e: OSError, after: str = "nothing was changed at this key") -> StoreError:

@@ -3,7 +3,7 @@
 A Zarr store is many objects, so it cannot be rewritten in one atomic step.  Instead the new
 version is written aside, under a hidden sibling key (:func:`aside_key`, never listed), and only
 once it is complete is it swapped in (:func:`replace`), in steps recorded in a journal
-``state/replacing/<key>.json``:
+``state/replacing/<key>.json`` (:func:`bzpipe.store.layout.journal_key`):
 
 1. ``ready``: the new version is complete at the aside key.  The manifest entry of ``key`` is
    dropped, so from here on the old version no longer counts as complete, and the old folder is
@@ -29,23 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bzpipe.errors import StoreError
+from bzpipe.store.layout import aside_key, aside_name_prefix, journal_key, manifest_key
 
 if TYPE_CHECKING:
     from bzpipe.store import ManifestEntry, Store
 
 log = logging.getLogger(__name__)
-
-JOURNAL_PREFIX = "state/replacing"
-
-
-def aside_key(key: str, tag: str = "") -> str:
-    """A hidden sibling of ``key`` to write a new version into (not listed, not complete)."""
-    parent, name = posixpath.split(key.strip("/"))
-    return posixpath.join(parent, f".{name}.tmp-{tag or uuid.uuid4().hex[:12]}")
-
-
-def journal_key(key: str) -> str:
-    return f"{JOURNAL_PREFIX}/{key.strip('/')}.json"
 
 
 def replacement_pending(store: Store, key: str) -> bool:
@@ -110,8 +99,8 @@ def sweep_aside(store: Store, key: str, min_age_s: float = 3600.0) -> list[str]:
     The age keeps a writer that is still busy with its own aside copy safe; a pending swap's
     source is never removed.
     """
-    parent, name = posixpath.split(key.strip("/"))
-    prefix = f".{name}.tmp-"
+    parent = posixpath.dirname(key.strip("/"))
+    prefix = aside_name_prefix(key)
     pending = set()
     with contextlib.suppress(FileNotFoundError):
         j = store.read_json(journal_key(key))
@@ -147,7 +136,7 @@ def _advance(store: Store, key: str, j: dict[str, Any], stage: str) -> dict[str,
 
 def _drop_entry(store: Store, key: str) -> None:
     with contextlib.suppress(FileNotFoundError):
-        store.fs.rm(store.uri(store.manifest_key(key)))
+        store.fs.rm(store.uri(manifest_key(key)))
 
 
 def _rm(store: Store, key: str) -> None:

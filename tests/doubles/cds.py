@@ -26,7 +26,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ ERA5_VARIABLES = {"temperature", "specific_humidity", "u_component_of_wind", "v_
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def validate_request(req: dict[str, Any]) -> str | None:

@@ -351,7 +351,7 @@ def damage_is_corrupt(reader: F) -> F:
 
 
 def _why(exc: BaseException) -> str:
-    """pyhdf's message, with the class when it is not HDF4Error (e.g. ``ValueError: SDreaddata failure``)."""
+    """Pyhdf's message, with the class when it is not HDF4Error (e.g. ``ValueError: SDreaddata failure``)."""
     return str(exc) if isinstance(exc, HDF4Error) else f"{type(exc).__name__}: {exc}"
 
 

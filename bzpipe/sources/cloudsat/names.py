@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePath
 
 from bzpipe.errors import InputFileError
@@ -67,7 +67,7 @@ def granule_info(path_or_name: str | PurePath) -> GranuleInfo:
         raise InputFileError(text, "not a CloudSat granule file name "
                                    "(expected YYYYDDDHHMMSS_NNNNN_CS_<PRODUCT>_GRANULE_P1_R05_E08_F03.hdf)")
     try:
-        start = datetime.strptime(m["start"], "%Y%j%H%M%S").replace(tzinfo=timezone.utc)
+        start = datetime.strptime(m["start"], "%Y%j%H%M%S").replace(tzinfo=UTC)
     except ValueError as exc:
         raise InputFileError(text, f"bad start time {m['start']!r} in the file name: {exc}") from None
     return GranuleInfo(name=name, granule_id=f"{m['start']}_{m['orbit']}", start=start,
@@ -84,7 +84,7 @@ def format_granule_name(start: datetime, granule_number: int, product: str = "2B
     UTC; fractional seconds are dropped); ``fix=None`` gives an R04-style name.
     """
     if start.tzinfo is not None:
-        start = start.astimezone(timezone.utc)
+        start = start.astimezone(UTC)
     if not 0 <= granule_number <= 999_999:
         raise ValueError(f"granule number {granule_number} out of range")
     name = (f"{start:%Y%j%H%M%S}_{granule_number:05d}_CS_{product}_{subset}_"

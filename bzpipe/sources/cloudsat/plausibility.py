@@ -21,7 +21,7 @@ moves a value by less than the checks can see passes, and is then within the ins
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import xarray as xr
@@ -34,7 +34,7 @@ BIN_SIZE_TOLERANCE_M = 2.0                   # int16 metres: observed steps are 
 GROUND_SPEED_KM_S = (4.0, 10.0)              # observed 6.77..6.91 km/s (0.16 s, ~1.1 km per profile)
 MAX_PROFILE_STEP_S = 60.0                    # observed 0.159..0.161 s
 MAX_GRANULE_S = 6000.0                       # Profile_time valid range 0..6000 s [GRAN]
-CLOUDSAT_LAUNCH = datetime(2006, 4, 28, tzinfo=timezone.utc)
+CLOUDSAT_LAUNCH = datetime(2006, 4, 28, tzinfo=UTC)
 REFLECTIVITY_RANGE_DBZ = (-100.0, 100.0)
 DEM_RANGE_M = (-500.0, 9000.0)
 EARTH_RADIUS_KM = 6371.0
@@ -140,8 +140,8 @@ def _time_problems(time: np.ndarray) -> list[str]:
     span = float((t[-1] - t[0]) / np.timedelta64(1, "s"))
     if span > MAX_GRANULE_S:
         out.append(f"the granule spans {span:.0f} s, longer than an orbit's {MAX_GRANULE_S:g} s")
-    first = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(t[0].astype(np.int64) // 1000))
-    latest = datetime.now(timezone.utc) + timedelta(days=1)
+    first = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(t[0].astype(np.int64) // 1000))
+    latest = datetime.now(UTC) + timedelta(days=1)
     if not CLOUDSAT_LAUNCH <= first <= latest:
         out.append(f"the first profile is at {first:%Y-%m-%d %H:%M:%S} UTC, outside the CloudSat mission "
                    f"({CLOUDSAT_LAUNCH:%Y-%m-%d} until today)")

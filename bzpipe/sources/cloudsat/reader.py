@@ -38,14 +38,19 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from bzpipe.errors import CorruptFileError, EmptyDataError, InputFileError, MissingVariableError, \
-    WrongReleaseError
+from bzpipe.errors import (
+    CorruptFileError,
+    EmptyDataError,
+    InputFileError,
+    MissingVariableError,
+    WrongReleaseError,
+)
 from bzpipe.sources.cloudsat.hdfeos import FieldAttrs, SwathFile, damage_is_corrupt
 from bzpipe.sources.cloudsat.names import GranuleInfo, granule_info
 from bzpipe.sources.cloudsat.plausibility import check_granule
@@ -271,7 +276,7 @@ def _granule_fields(sw: SwathFile, source: str) -> dict:
                "iteration": info.iteration}
     else:
         try:
-            start = datetime.strptime(str(a["start_time"]), "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+            start = datetime.strptime(str(a["start_time"]), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
             orbit = int(a["granule_number"])
         except (KeyError, ValueError):
             raise CorruptFileError(source, "neither a CloudSat file name nor 'start_time' / "
@@ -312,4 +317,4 @@ def _nan(values: np.ndarray, bad: np.ndarray) -> np.ndarray:
 
 
 def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

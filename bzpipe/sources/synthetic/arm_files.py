@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import netCDF4
@@ -79,7 +79,7 @@ def met_file_name(site: str | Site, day: date | datetime) -> str:
 
 
 def _midnight(day: date) -> float:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
 
 def kazr_heights(cfg: SyntheticConfig) -> np.ndarray:

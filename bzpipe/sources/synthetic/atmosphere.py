@@ -37,7 +37,7 @@ to liquid water above (as in the IFS), winds m s-1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
@@ -65,7 +65,7 @@ def to_epoch_seconds(times: np.ndarray | list[datetime] | datetime) -> np.ndarra
     if arr.dtype.kind == "M":
         return arr.astype("datetime64[ns]").astype(np.int64) / 1e9
     if arr.dtype == object:
-        stamps = [(t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp() for t in arr.ravel()]
+        stamps = [(t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() for t in arr.ravel()]
         return np.array(stamps, dtype=np.float64).reshape(arr.shape)
     return arr.astype(np.float64)
 
@@ -86,7 +86,7 @@ def water_over_ice(t_k: np.ndarray) -> np.ndarray:
 
 
 def specific_humidity(rh: np.ndarray, t_k: np.ndarray, p_hpa: np.ndarray) -> np.ndarray:
-    """kg kg-1 from relative humidity (fraction, reference as in :func:`saturation_vapour_pressure`)."""
+    """Kg kg-1 from relative humidity (fraction, reference as in :func:`saturation_vapour_pressure`)."""
     e = rh * saturation_vapour_pressure(t_k)
     return EPS * e / (p_hpa - (1.0 - EPS) * e)
 
@@ -211,7 +211,7 @@ class AtmosphereState:
         return grid, np.log(ps) - (cum - cum[:, i0:i0 + 1])
 
     def pressure(self, z: np.ndarray) -> np.ndarray:
-        """hPa at heights ``z`` (``(m,)`` m AGL), hydrostatic (see :meth:`_log_pressure_grid`)."""
+        """HPa at heights ``z`` (``(m,)`` m AGL), hydrostatic (see :meth:`_log_pressure_grid`)."""
         z = np.asarray(z, dtype=np.float64)
         grid, lnp = self._log_pressure_grid(float(z.min()), float(z.max()))
         out = np.empty((len(self), z.size))

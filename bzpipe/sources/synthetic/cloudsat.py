@@ -33,7 +33,7 @@ The HDF-EOS2 writing is :mod:`.cloudsat_hdf`.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +58,13 @@ ADVECTION_RANGE_M_S = (3.0, 30.0)
 DETECTION_DBZ = -28.0  # CPR design MDS (Im et al. 2005; docs/cloudsat_cpr.md)
 PULSE_LENGTH_M = 480.0
 LAND, OCEAN = 1, 2
-_REF_ORBIT = (67551, datetime(2019, 1, 2, 17, 58, 51, tzinfo=timezone.utc))
+_REF_ORBIT = (67551, datetime(2019, 1, 2, 17, 58, 51, tzinfo=UTC))
 ORBIT_PERIOD_S = 86400.0 / 14.5625
 
 
 def granule_number_for(start: datetime) -> int:
     """Orbit (granule) number of a start time, from a real R05 granule and the orbit period."""
-    start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    start = start if start.tzinfo else start.replace(tzinfo=UTC)
     return max(1, _REF_ORBIT[0] + int(np.floor((start - _REF_ORBIT[1]).total_seconds() / ORBIT_PERIOD_S)))
 
 
@@ -143,7 +143,7 @@ def geoprof_arrays(start: datetime, n_profiles: int, seed: int, site: str | Site
 
     ``i_over`` puts the closest approach at that profile (default: drawn from the seed).
     """
-    start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    start = start if start.tzinfo else start.replace(tzinfo=UTC)
     gkey = make_key(seed, "cloudsat", int(start.timestamp()))
     if site is None:
         site = ("nsa", "oli")[int(hash_uniform(gkey, np.array([7], dtype=np.int64))[0] * 2)]
@@ -240,7 +240,7 @@ def generate_cloudsat_granule(path_dir: str | os.PathLike[str], start: datetime,
     n = int(n_profiles or cfg.cloudsat_profiles)
     if n < 2:
         raise ValueError("a granule needs at least 2 profiles")
-    start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    start = start if start.tzinfo else start.replace(tzinfo=UTC)
     arr = geoprof_arrays(start, n, seed, site, i_over)
     geo = dict(latitude=arr["latitude"], longitude=arr["longitude"], profile_time_s=arr["profile_time_s"],
                start=start, granule_number=int(arr["granule_number"]))
@@ -258,7 +258,7 @@ def generate_overpass(path_dir: str | os.PathLike[str], site: str | Site, overpa
     """A granule whose closest approach to ``site`` is at ``overpass`` (to within a profile): the
     coincident CloudSat overpass of the synthetic KaZR, drawn from the same scene.  Returns the
     2B-GEOPROF path (ECMWF-AUX beside it)."""
-    overpass = overpass if overpass.tzinfo else overpass.replace(tzinfo=timezone.utc)
+    overpass = overpass if overpass.tzinfo else overpass.replace(tzinfo=UTC)
     i_over = n_profiles // 2
     start = overpass - timedelta(seconds=i_over * PROFILE_INTERVAL_S)
     start = start.replace(microsecond=0)                         # granule names carry whole seconds

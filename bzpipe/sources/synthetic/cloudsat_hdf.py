@@ -1,29 +1,26 @@
 """Write synthetic CloudSat 2B-GEOPROF and ECMWF-AUX granules in the real HDF-EOS2 (HDF4) layout, with pyhdf.
 
-The file mirrors what the CloudSat DPC writes (checked against a real R05
-granule), so :func:`bzpipe.sources.cloudsat.read_granule` reads it with the
-same code as a real file:
+The file mirrors what the CloudSat DPC writes (checked against a real R05 granule), so
+:func:`bzpipe.sources.cloudsat.read_granule` reads it with the same code as a real file:
 
-* SDS ``Height`` (int16, fill -9999), ``CPR_Cloud_mask`` (int8, fill -9) and
-  ``Radar_Reflectivity`` (int16, hundredths of dBZ, fill -8888), dimensions
-  ``nray:2B-GEOPROF`` x ``nbin:2B-GEOPROF``, SDS attribute ``_FillValue``;
-* one-field Vdata ``Profile_time``, ``UTC_start``, ``TAI_start``,
-  ``Latitude``, ``Longitude``, ``DEM_elevation``, ``Vertical_binsize``,
-  ``Navigation_land_sea_flag``, ``SurfaceHeightBin`` (int8, 1-based, fill -1 [ICARE]);
-* ECMWF-AUX (:func:`write_ecmwf_aux_granule`, layout of [DPC-EC4] / [DPC-EC]): the same
-  geolocation, the fixed 1-D ``EC_height`` (nbin) and float32 SDS ``Temperature``,
-  ``Specific_humidity``, ``U_velocity``, ``V_velocity``, ``Pressure`` (nray x nbin, fill -999,
-  factor 1, offset 0), ``Temperature_2m`` and ``Surface_pressure`` (nray);
-* Vgroup ``2B-GEOPROF`` (class ``SWATH``) holding ``Geolocation Fields``,
-  ``Data Fields`` and ``Swath Attributes`` (class ``SWATH Vgroup``); field
-  attributes as ``Attr0.0`` Vdata ``<field>.factor|offset|units|long_name|
-  valid_range|missing|missop`` and ``_FV_<field>``, granule attributes
-  (``granule_number``, ``start_time``, ``end_time``, ``product_version``, ...);
+* SDS ``Height`` (int16, fill -9999), ``CPR_Cloud_mask`` (int8, fill -9) and ``Radar_Reflectivity``
+  (int16, hundredths of dBZ, fill -8888), dimensions ``nray:2B-GEOPROF`` x ``nbin:2B-GEOPROF``,
+  SDS attribute ``_FillValue``;
+* one-field Vdata ``Profile_time``, ``UTC_start``, ``TAI_start``, ``Latitude``, ``Longitude``,
+  ``DEM_elevation``, ``Vertical_binsize``, ``Navigation_land_sea_flag``, ``SurfaceHeightBin``
+  (int8, 1-based, fill -1 [ICARE]);
+* ECMWF-AUX (:func:`write_ecmwf_aux_granule`, layout of [DPC-EC4] / [DPC-EC]): the same geolocation,
+  the fixed 1-D ``EC_height`` (nbin) and float32 SDS ``Temperature``, ``Specific_humidity``,
+  ``U_velocity``, ``V_velocity``, ``Pressure`` (nray x nbin, fill -999, factor 1, offset 0),
+  ``Temperature_2m`` and ``Surface_pressure`` (nray);
+* Vgroup ``2B-GEOPROF`` (class ``SWATH``) holding ``Geolocation Fields``, ``Data Fields`` and
+  ``Swath Attributes`` (class ``SWATH Vgroup``); field attributes as ``Attr0.0`` Vdata
+  ``<field>.factor|offset|units|long_name|valid_range|missing|missop`` and ``_FV_<field>``, granule
+  attributes (``granule_number``, ``start_time``, ``end_time``, ``product_version``, ...);
 * SD global attributes ``HDFEOSVersion`` and ``StructMetadata.0`` (ODL).
 
-Not reproduced: the HDF-EOS library's own bookkeeping beyond the above and
-the 2B-GEOPROF fields the pipeline does not use (Sigma-Zero, Gaseous_Attenuation,
-MODIS flags, ...).
+Not reproduced: the HDF-EOS library's own bookkeeping beyond the above and the 2B-GEOPROF fields the
+pipeline does not use (Sigma-Zero, Gaseous_Attenuation, MODIS flags, ...).
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -116,21 +113,17 @@ def write_geoprof_granule(path: Path, *, reflectivity_dbz: np.ndarray, height_m:
                           surface_height_bin: np.ndarray | None = None) -> Path:
     """Write one 2B-GEOPROF granule into the folder ``path``; return the file's path.
 
-    Shapes: ``reflectivity_dbz``, ``height_m``, ``cloud_mask`` ``(profile, bin)``
-    with bin 0 at the top (125 bins of ~240 m in the real product; any count is
-    accepted); ``latitude``, ``longitude`` (degrees), ``profile_time_s``
-    (seconds since ``start``, increasing), ``dem_elevation_m`` (m MSL),
-    ``land_sea_flag`` (1 land, 2 ocean, 3 coast) ``(profile,)``;
-    ``surface_height_bin`` (optional, ``(profile,)``) the 0-based index of the surface bin
-    (-1 = none), written 1-based as the product stores it.
+    Shapes: ``reflectivity_dbz``, ``height_m``, ``cloud_mask`` ``(profile, bin)`` with bin 0 at the top
+    (125 bins of ~240 m in the real product; any count is accepted); ``latitude``, ``longitude`` (degrees),
+    ``profile_time_s`` (seconds since ``start``, increasing), ``dem_elevation_m`` (m MSL), ``land_sea_flag``
+    (1 land, 2 ocean, 3 coast) ``(profile,)``; ``surface_height_bin`` (optional, ``(profile,)``) the
+    0-based index of the surface bin (-1 = none), written 1-based as the product stores it.
 
-    Packing as in the product: reflectivity is stored as int16 hundredths of
-    dBZ (NaN -> -8888; values outside -40..50 dBZ are stored but read back as
-    NaN, being outside ``valid_range``); heights as int16 m (NaN -> -9999);
-    DEM as int16 m, -9999 over ocean (``land_sea_flag == 2`` and elevation
-    <= 0) and 9999 where NaN. The file name is chosen from ``start`` and
-    ``granule_number`` (:func:`granule_file_name`); the file is written under a
-    temporary name in ``path`` and renamed, so it appears complete or not at all.
+    Packing as in the product: reflectivity is stored as int16 hundredths of dBZ (NaN -> -8888; values
+    outside -40..50 dBZ are stored but read back as NaN, being outside ``valid_range``); heights as int16 m
+    (NaN -> -9999); DEM as int16 m, -9999 over ocean (``land_sea_flag == 2`` and elevation <= 0) and 9999
+    where NaN. The file name is chosen from ``start`` and ``granule_number`` (:func:`granule_file_name`);
+    the file is written under a temporary name in ``path`` and renamed, so it appears complete or not at all.
     """
     refl = np.asarray(reflectivity_dbz, dtype=np.float64)
     if refl.ndim != 2 or refl.shape[0] < 1 or refl.shape[1] < 1:
@@ -217,7 +210,7 @@ def _check_shapes(nray: int, nbin: int, arrays2d: dict[str, np.ndarray], arrays1
 
 
 def _utc(start: datetime) -> datetime:
-    return (start if start.tzinfo is not None else start.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    return (start if start.tzinfo is not None else start.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _write_granule(folder: Path, product: str, fields: list[_Field], start: datetime, span_s: float, nray: int,

@@ -25,7 +25,7 @@ Layouts (``layout=``):
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -252,7 +252,7 @@ def _write_legacy(path: Path, arr: dict[str, np.ndarray], year: int, month: int)
                          "missing_value": np.int16(-32767), "units": units, "long_name": long_name,
                          "standard_name": cf})
             v[:] = packed
-        stamp = datetime(year, month, 1, tzinfo=timezone.utc)
+        stamp = datetime(year, month, 1, tzinfo=UTC)
         nc.setncatts({
             "Conventions": "CF-1.6",
             "history": (f"{stamp:%Y-%m-%d} 00:00:00 GMT by grib_to_netcdf-2.16.0: /opt/ecmwf/eccodes/bin/"

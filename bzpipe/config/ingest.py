@@ -1,0 +1,62 @@
+"""The ingest stage: where raw KaZR, met and ERA-5 files come from, and how they are fetched."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bzpipe.config.base import SitesAndTimes
+
+
+class SyntheticConfig(BaseModel):
+    """The offline sample-data generator (the embedded default source)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time_step_s: float = Field(4.0, gt=0, description="KaZR profile interval")
+    hours_per_day: float = Field(24.0, gt=0, le=24, description="hours written per day file")
+    n_gates: int = Field(400, ge=32, description="KaZR range gates")
+    gate_spacing_m: float = Field(30.0, gt=0)
+    first_gate_m: float = Field(160.0, ge=0)
+    cloudsat_profiles: int = Field(4000, ge=64, description="profiles per synthetic CloudSat granule")
+
+
+class IngestConfig(SitesAndTimes):
+    """The ingest stage: KaZR and met files from ARM (or the offline generator), ERA-5 from the CDS
+    (or the generator), with their concurrency, retries and timeouts.  (The Prefect Secret blocks the
+    flows read credentials from are flow settings: :class:`flows.settings.IngestSecrets`.)"""
+
+    kazr_source: Literal["offline", "arm"] = "offline"
+    era5_source: Literal["offline", "cds"] = "offline"
+    fetch_met: bool = True
+    era5_box_deg: float = Field(0.75, gt=0, le=10, description="half-width of the ERA-5 box around each site")
+    era5_levels_hpa: list[int] = Field(default_factory=lambda: [
+        1000, 975, 950, 925, 900, 875, 850, 825, 800, 775, 750, 700, 650, 600, 550, 500, 450, 400, 350, 300])
+    arm_concurrency: int = Field(4, ge=1)
+    cds_concurrency: int = Field(2, ge=1)
+    retries: int = Field(3, ge=0)
+    retry_delay_s: float = Field(5.0, ge=0)
+    request_timeout_s: float = Field(120.0, gt=0)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    kazr_datastream: str | None = Field(
+        None, description="KaZR datastream class (e.g. kazrge); default: each site's kazr_datastream")
+    kazr_level: str | None = Field(None, description="KaZR data level (e.g. a1); default: each site's")
+    arm_live_url: str = Field("https://adc.arm.gov", description="ARM Live Data Webservice base URL")
+    cds_poll_max_s: float = Field(120.0, gt=0, description="longest wait between CDS job status polls")
+    tmp_dir: str | None = Field(None, description=(
+        "local folder for downloads in flight; default: system temp"))
+
+    @field_validator("era5_levels_hpa")
+    @classmethod
+    def _levels_reach_300(cls, v: list[int]) -> list[int]:
+        if not v or min(v) > 300:
+            raise ValueError("ERA-5 levels must reach up to 300 hPa at least")
+        if any(p <= 0 or p > 1100 for p in v):
+            raise ValueError("pressure levels must lie in (0, 1100] hPa")
+        return sorted(set(v), reverse=True)
+
+
+#: IngestConfig fields that shape the ERA-5 requests; inference fetches missing months with the same ones
+ERA5_INGEST_KEYS = ("era5_box_deg", "era5_levels_hpa", "cds_concurrency", "retries", "retry_delay_s",
+                    "request_timeout_s", "cds_poll_max_s", "tmp_dir")

@@ -20,7 +20,7 @@ import xarray as xr
 import zarr
 
 from bzpipe.colocate import colocate
-from bzpipe.config import KNOWN_SITES, BuildConfig
+from bzpipe.config import KNOWN_SITES, BuildConfig, resolve_site
 from bzpipe.dataset import (
     IncompleteDatasetError,
     open_dataset,
@@ -34,6 +34,7 @@ from bzpipe.schema import CHANNELS, G0, norm_to_dbz
 from bzpipe.split import SPLITS
 from bzpipe.store import Store
 from bzpipe.store.layout import colocated_key
+from bzpipe.thermo import RELATIVE_HUMIDITY_TRANSFORM, humidity_feature
 
 DAYS = ("2019-01-01", "2019-01-02")
 WARM = ("T09:00", "T10:30")  # each day: surface at +1 C
@@ -154,6 +155,7 @@ def test_layout_and_normalization_round_trip(colocated, tmp_path: Path, caplog) 
     assert ds.attrs["Conventions"].startswith("CF-")
     norm = ds.attrs["normalization"]
     assert norm["reflectivity"]["dbz_min"] == -60.0 and norm["reflectivity"]["no_echo"] == -1.0
+    assert norm["q"]["transform"] == RELATIVE_HUMIDITY_TRANSFORM and norm["q"]["units"] == "1"
     assert np.all(ds["lowest_measured_row"].values == 1)       # first gate at 160 m: row 0 has none
 
     # ---- round trip of every sample of every split
@@ -172,6 +174,9 @@ def test_layout_and_normalization_round_trip(colocated, tmp_path: Path, caplog) 
             np.testing.assert_array_equal(x[i, 0, 0], x[i, 0, 1])       # unmeasured row copies row 1
             for k, v in enumerate(("t", "q", "u", "v"), start=1):
                 raw = src[v].values.T
+                if v == "q":   # the default build.era5_humidity="relative": q as relative humidity
+                    z_msl = (resolve_site("nsa").elevation_m + d["height"].values)[:, None]
+                    raw = humidity_feature(src["t"].values.T, raw, z_msl, "relative")
                 np.testing.assert_allclose(x[i, k] * norm[v]["std"] + norm[v]["mean"], raw,
                                            rtol=1e-5, atol=1e-6 * abs(norm[v]["mean"]) + 1e-9)
                 if split == "train":

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bzpipe.cluster import current_client
-from bzpipe.dataset.patches import PatchSet, read_patches
+from bzpipe.dataset.patches import PatchSet, model_era5_fields, read_patches
 from bzpipe.schema import ERA5_VARIABLES, default_normalization
 from bzpipe.store import Store
+from bzpipe.thermo import RELATIVE_HUMIDITY_TRANSFORM, HumidityRepresentation
 
 if TYPE_CHECKING:
     from bzpipe.dataset.plan import BuildPlan
@@ -33,9 +34,12 @@ def regions(n: int, size: int) -> list[tuple[int, int, int]]:
     return [(i, a, min(a + size, n)) for i, a in enumerate(range(0, n, size))]
 
 
-def region_moments(store_root: str, patches: PatchSet) -> dict[str, Moments]:
-    """(count, mean, M2) of each ERA-5 variable over the pixels of these samples."""
+def region_moments(store_root: str, patches: PatchSet,
+                   humidity: HumidityRepresentation = "specific") -> dict[str, Moments]:
+    """(count, mean, M2) of each ERA-5 model field (:func:`~bzpipe.dataset.patches.model_era5_fields`)
+    over the pixels of these samples."""
     _, era, _ = read_patches(Store(store_root), patches)
+    era = model_era5_fields(era, patches, humidity)
     out = {}
     for k, v in enumerate(ERA5_VARIABLES):
         a = era[:, k].astype(np.float64).ravel()
@@ -56,8 +60,10 @@ def combine(m1: Moments, m2: Moments) -> Moments:
     return (n, a1 + d * n2 / n, q1 + q2 + d * d * n1 * n2 / n)
 
 
-def era5_normalization(store_root: str, plan: BuildPlan, region_samples: int) -> dict[str, dict[str, Any]]:
-    """The ``normalization`` attribute: reflectivity mapping + ERA-5 mean / std of the TRAINING split."""
+def era5_normalization(store_root: str, plan: BuildPlan, region_samples: int,
+                       humidity: HumidityRepresentation = "specific") -> dict[str, dict[str, Any]]:
+    """The ``normalization`` attribute: reflectivity mapping + ERA-5 mean / std of the TRAINING split
+    (of q as relative humidity when ``humidity="relative"``, recorded as the entry's ``transform``)."""
     n_train = plan.n_samples("train")
     if not n_train:
         raise ValueError("the training split is empty: no ERA-5 statistics (and nothing to train on); "
@@ -65,9 +71,10 @@ def era5_normalization(store_root: str, plan: BuildPlan, region_samples: int) ->
     parts_in = [PatchSet.of(plan, "train", a, b) for _, a, b in regions(n_train, region_samples)]
     client = current_client()
     if client is None:
-        parts = [region_moments(store_root, p) for p in parts_in]
+        parts = [region_moments(store_root, p, humidity) for p in parts_in]
     else:
-        parts = client.gather(client.map(region_moments, [store_root] * len(parts_in), parts_in, pure=False))
+        parts = client.gather(client.map(region_moments, [store_root] * len(parts_in), parts_in,
+                                         [humidity] * len(parts_in), pure=False))
     norm: dict[str, dict[str, Any]] = default_normalization()
     norm["reflectivity"].update({
         "method": "dbz_to_norm",
@@ -87,4 +94,9 @@ def era5_normalization(store_root: str, plan: BuildPlan, region_samples: int) ->
             std = 1.0
         norm[v] = {"mean": float(mean), "std": std, "units": ERA5_UNITS[v], "method": "standardize",
                    "formula": "(value - mean) / std", "computed_on": "train", "n_pixels": int(n)}
+    if humidity == "relative":
+        norm["q"].update({"units": "1", "transform": RELATIVE_HUMIDITY_TRANSFORM, "comment": (
+            "channel q holds the relative humidity (over ice below 0 degC, over water above) computed from "
+            "ERA-5 q and t at the ICAO standard pressure of the row's height above mean sea level "
+            "(bzpipe.thermo), then standardized")})
     return norm

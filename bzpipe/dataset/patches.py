@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from bzpipe.config import resolve_site
 from bzpipe.schema import CHANNELS, ERA5_VARIABLES, dbz_to_norm
 from bzpipe.store import Store
+from bzpipe.thermo import HumidityRepresentation, humidity_feature
 
 if TYPE_CHECKING:
     from bzpipe.dataset.plan import BuildPlan, DaySpan
@@ -30,6 +32,7 @@ class PatchSet:
     cols: list[int]
     width: int
     n_heights: int
+    dz_m: float = 0.0       #: row spacing, m (row centres at (i + 1/2) dz above ground)
 
     @classmethod
     def of(cls, plan: BuildPlan, split: str, start: int, stop: int) -> PatchSet:
@@ -37,7 +40,7 @@ class PatchSet:
         smp = plan.samples[split]
         sites = list(smp["site"][start:stop])
         return cls(days={s: plan.days[s] for s in set(sites)}, sites=sites, cols=list(smp["col"][start:stop]),
-                   width=plan.width, n_heights=plan.n_heights)
+                   width=plan.width, n_heights=plan.n_heights, dz_m=plan.dz_m)
 
     def __len__(self) -> int:
         return len(self.cols)
@@ -77,12 +80,33 @@ def read_patches(store: Store, patches: PatchSet) -> tuple[np.ndarray, np.ndarra
     return refl, era, measured
 
 
+def model_era5_fields(era: np.ndarray, patches: PatchSet, humidity: HumidityRepresentation) -> np.ndarray:
+    """ERA-5 ``(n, 4, row, col)`` (t, q, u, v) as the network sees them before standardization.
+
+    ``humidity="relative"`` replaces q by the relative humidity (:func:`bzpipe.thermo.humidity_feature`,
+    at the standard pressure of each row's height above mean sea level: site elevation + row centre);
+    ``"specific"`` returns ``era`` unchanged (King et al.).
+    """
+    if humidity == "specific":
+        return era
+    if not patches.dz_m > 0:
+        raise ValueError("relative humidity needs the row spacing (PatchSet.dz_m) for the pressure")
+    out = era.copy()
+    rows = (np.arange(era.shape[2], dtype=np.float64) + 0.5) * patches.dz_m
+    elev = np.array([resolve_site(s).elevation_m for s in patches.sites], dtype=np.float64)
+    z_msl = (elev[:, None] + rows[None, :])[:, :, None]                         # (n, row, 1)
+    iq, it = ERA5_VARIABLES.index("q"), ERA5_VARIABLES.index("t")
+    out[:, iq] = humidity_feature(era[:, it], era[:, iq], z_msl, humidity).astype(np.float32)
+    return out
+
+
 def normalize(refl: np.ndarray, era: np.ndarray, measured: np.ndarray,
               norm: dict[str, dict[str, Any]]) -> np.ndarray:
     """``x`` float32 ``(n, channel, row, col)`` as documented in the ``normalization`` attribute.
 
     Reflectivity: :func:`bzpipe.schema.dbz_to_norm`; rows without radar gates
-    take the value of the nearest measured row.  ERA-5: ``(value - mean) / std``.
+    take the value of the nearest measured row.  ERA-5: ``(value - mean) / std`` of the fields
+    :func:`model_era5_fields` gives (``era`` already converted).
     """
     n, rows, width = refl.shape
     x = np.empty((n, len(CHANNELS), rows, width), np.float32)

@@ -37,7 +37,7 @@ from bzpipe.cluster import current_client, total_threads
 from bzpipe.config import BuildConfig, config_record
 from bzpipe.dataset.inputs import tree_size
 from bzpipe.dataset.normalization import era5_normalization, regions
-from bzpipe.dataset.patches import PatchSet, normalize, read_patches
+from bzpipe.dataset.patches import PatchSet, model_era5_fields, normalize, read_patches
 from bzpipe.dataset.plan import BuildPlan
 from bzpipe.errors import BzpipeError, StoreError
 from bzpipe.provenance import code_version, provenance_record
@@ -46,6 +46,7 @@ from bzpipe.split import SPLITS
 from bzpipe.store import Store, write_error
 from bzpipe.store.layout import aside_key, build_progress_key, dataset_key
 from bzpipe.store.replace import finish_replacement, replace
+from bzpipe.thermo import representation_of
 
 log = logging.getLogger("bzpipe.dataset")
 
@@ -83,6 +84,7 @@ def write_region(store_root: str, uri: str, region: Region, norm: dict[str, dict
     store = Store(store_root)
     split, a, b = region.split, region.start, region.stop
     refl, era, measured = read_patches(store, region.patches)
+    era = model_era5_fields(era, region.patches, representation_of(norm["q"]))
     x = normalize(refl, era, measured, norm)
     if not np.isfinite(x).all():
         raise ValueError(f"{uri}/{split}[{a}:{b}]: non-finite values in normalized patches")
@@ -251,7 +253,7 @@ def write_dataset(store_root: str, plan: BuildPlan, config: BuildConfig, *,
             state = None
     if state is None:
         store.remove(target)                                # never the complete version (see above)
-        norm = era5_normalization(store.root, plan, config.region_samples)
+        norm = era5_normalization(store.root, plan, config.region_samples, config.era5_humidity)
         try:
             _init_store(store, target_uri, plan, config, norm)
         except OSError as e:

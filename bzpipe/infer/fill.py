@@ -42,6 +42,7 @@ from bzpipe.infer.geometry import ModelGrid, grid_settings
 from bzpipe.infer.predict import predict_curtain
 from bzpipe.infer.state import TrackState, context_fill, domain_flags, track_state, training_domain
 from bzpipe.schema import DBZ_PER_NORM, ERA5_VARIABLES, dbz_to_norm, norm_to_dbz
+from bzpipe.thermo import humidity_feature, representation_of
 
 #: ``fill_status`` values (:data:`bzpipe.infer.cf.FILL_STATUS_MEANINGS`)
 FILLED, FILLED_RADAR_ONLY, FILLED_OUT_OF_DOMAIN, NO_STATE, OUT_OF_DOMAIN, INVALID = range(6)
@@ -158,11 +159,13 @@ def check_resolution(meta: dict[str, Any], cfg: InferConfig, model_id: str = "")
 
 
 def model_inputs(curtain: Curtain, n_channels: int, state: TrackState | None,
-                 normalization: dict[str, Any] | None) -> np.ndarray:
+                 normalization: dict[str, Any] | None, heights_agl: np.ndarray | None = None) -> np.ndarray:
     """The normalized model input curtain ``(C, H, P)`` float32, row 0 = surface.
 
     Channel 0 reflectivity (``dbz_to_norm``; no echo and unobserved rows -> -1); for 5-channel
-    models channels 1-4 the state's t, q, u, v standardised with the training mean / std.  Profiles
+    models channels 1-4 the state's t, q, u, v standardised with the training mean / std (q as relative
+    humidity when the training dataset recorded that transform, :mod:`bzpipe.thermo`, at the standard
+    pressure of each row's height above mean sea level: ``heights_agl`` + the profile's ground).  Profiles
     without a state borrow the nearest covered profile's state as context for their neighbours
     (:func:`bzpipe.infer.state.context_fill`); they are never filled by this model themselves.
     """
@@ -173,7 +176,15 @@ def model_inputs(curtain: Curtain, n_channels: int, state: TrackState | None,
             raise ValueError("a 5-channel model needs the atmospheric state along the track")
         if not normalization:
             raise KeyError("model metadata has no ERA-5 normalization (mean/std)")
-        fields = normalize_era5(context_fill(state.fields, state.covered), normalization)
+        fields = dict(context_fill(state.fields, state.covered))
+        q_entry = normalization.get("q") if isinstance(normalization.get("q"), dict) else {}
+        humidity = representation_of(q_entry)
+        if humidity != "specific":
+            if heights_agl is None:
+                raise ValueError("a model trained on relative humidity needs the row heights to compute it")
+            z_msl = np.asarray(curtain.ground_m, np.float64)[:, None] + np.asarray(heights_agl, np.float64)[None, :]
+            fields["q"] = humidity_feature(fields["t"], fields["q"], z_msl, humidity).astype(np.float32)
+        fields = normalize_era5(fields, normalization)
         chans += [np.nan_to_num(fields[v], nan=0.0).T for v in ERA5_VARIABLES]  # 0: only where never used
     elif n_channels != 1:
         raise ValueError(f"models take 1 or 5 channels, not {n_channels}")
@@ -267,7 +278,7 @@ def fill_granule(ds: xr.Dataset, model: nn.Module, meta: dict[str, Any], cfg: In
                          radar_only is not None and n_ch == 5)
     main = np.isin(status, (FILLED, FILLED_OUT_OF_DOMAIN))
     by_ro = status == FILLED_RADAR_ONLY
-    x = model_inputs(curtain, n_ch, state, meta.get("normalization"))
+    x = model_inputs(curtain, n_ch, state, meta.get("normalization"), grid.centres())
     t1 = time.perf_counter()
     pred = _prediction(model, x, cfg, width, curtain.hidden_rows, main)
     if by_ro.any():

@@ -128,6 +128,24 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 
 
+def check_s3_credentials(store_root: str) -> str | None:
+    """For an ``s3://`` store: where its AWS credentials come from (botocore's chain: environment,
+    shared files, ``AWS_PROFILE``, container or instance role), without any request; ``None`` for a
+    local store.  Raises :class:`AuthenticationError` naming the store and where credentials go
+    (never a value) when the chain finds none."""
+    if not store_root.startswith("s3://"):
+        return None
+    import botocore.session
+
+    creds = botocore.session.get_session().get_credentials()
+    if creds is None or not creds.access_key:
+        raise AuthenticationError(
+            f"the store {store_root} needs AWS credentials and none were found: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials, or run with an instance or pod "
+            "role); on Kubernetes put them in the bzpipe-store secret (infra/k8s)")
+    return str(getattr(creds, "method", "") or "aws")
+
+
 def register_secrets(secrets: Iterable[str]) -> None:
     """Remember secrets so that :func:`redact` and the log filter scrub them everywhere."""
     with _lock:

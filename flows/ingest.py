@@ -47,6 +47,7 @@ from bzpipe.credentials import (
     CdsCredentials,
     arm_credentials_from_env,
     cds_credentials_from_env,
+    check_s3_credentials,
     redact,
     register_secrets,
 )
@@ -135,6 +136,9 @@ def check_credentials(cfg: IngestConfig, kinds: Sequence[str] = ("kazr", "met", 
     :class:`AuthenticationError` naming the first missing one and where to put it (never a value)."""
     secrets = secrets or IngestSecrets()
     found = []
+    s3 = check_s3_credentials(cfg.store_root)          # the store first: every stage writes to it
+    if s3 is not None:
+        found.append(f"S3 store {cfg.store_root} (credentials from {s3})")
     if cfg.kazr_source == "arm" and set(kinds) & {"kazr", "met"}:
         found.append(f"ARM Live (user {arm_credentials(secrets).username!r})")
     if cfg.era5_source == "cds" and "era5" in kinds:

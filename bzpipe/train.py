@@ -67,10 +67,16 @@ log = logging.getLogger("bzpipe.train")
 # --------------------------------------------------------------------------- losses
 
 
+def masked_abs_error(pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum(mask |pred - target|), sum(mask)): the two sums of :func:`masked_mae`, as 0-d tensors."""
+    w = mask.float()
+    return (w * (pred.float() - target.float()).abs()).sum(), w.sum()
+
+
 def masked_mae(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mask-weighted MAE: sum(mask |pred - target|) / sum(mask); all Tensor[B, 1, H, W] (float32)."""
-    w = mask.float()
-    return (w * (pred.float() - target.float()).abs()).sum() / w.sum().clamp_min(1e-12)
+    num, den = masked_abs_error(pred, target, mask)
+    return num / den.clamp_min(1e-12)
 
 
 def supervision_loss(outputs: Sequence[Tensor], target: Tensor, mask: Tensor) -> Tensor:
@@ -189,9 +195,8 @@ def validate(model: UNet3Plus, loader: DataLoader, blind_rows: int, ramp_rows: i
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with amp.autocast():
                 pred = model(inputs)                                   # (B, 1, H, W)
-        w = mask.float()
-        num += float((w * (pred.float() - xb[:, :1]).abs()).sum())
-        den += float(w.sum())
+        err, weight = masked_abs_error(pred, xb[:, :1], mask)          # the d1 output's sums
+        num, den = num + float(err), den + float(weight)
     return num, den
 
 
@@ -221,91 +226,92 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[dict[str, Any]], None] | Non
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
-           on_epoch_end: Callable[[dict[str, Any]], None] | None) -> TrainResult:
-    store = Store(cfg.store_root)
-    train_ds, val_ds, train_dl, sampler, val_dl = _loaders(cfg, env, device)
-    blind = train_ds.blind_zone_rows
-    channels_last = bool(cfg.channels_last and channels_last_faster(device))
+class _Run:
+    """One run: its setup (``__init__``), its progress (what checkpoint-last restores) and its steps."""
 
-    torch.manual_seed(cfg.seed)                      # identical initial weights on every rank
-    mcfg = model_config_for(cfg)
-    model = UNet3Plus(mcfg).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(model, cfg)
-    steps_per_epoch = min(len(train_dl), cfg.max_batches_per_epoch or len(train_dl))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps_per_epoch))   # stepped per batch
-    bn_momentum_warmup(model, cfg.bn_momentum)
-    amp = _Amp(cfg, device)
+    def __init__(self, cfg: TrainConfig, env: DistEnv, device: torch.device) -> None:
+        self.cfg, self.env, self.device, self.store = cfg, env, device, Store(cfg.store_root)
+        self.last_key, self.best_key = (checkpoint_key(cfg.run_name, w) for w in ("last", "best"))
+        self.train_ds, self.val_ds, self.train_dl, self.sampler, self.val_dl = _loaders(cfg, env, device)
+        self.blind = self.train_ds.blind_zone_rows
+        self.channels_last = bool(cfg.channels_last and channels_last_faster(device))
+        torch.manual_seed(cfg.seed)                      # identical initial weights on every rank
+        self.model = UNet3Plus(model_config_for(cfg)).to(device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.opt = make_optimizer(self.model, cfg)
+        steps_per_epoch = min(len(self.train_dl), cfg.max_batches_per_epoch or len(self.train_dl))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg, steps_per_epoch))  # per batch
+        bn_momentum_warmup(self.model, cfg.bn_momentum)
+        self.amp = _Amp(cfg, device)
+        self.meta = self.run_meta()
+        self.history: list[dict[str, Any]] = []
+        self.best_val, self.best_epoch, self.bad_epochs, self.start_epoch = float("inf"), 0, 0, 1
+        self.stopped = ""                                # then "epochs" or "early_stopping"
 
-    built = build_values(train_ds.attrs)
-    ds_entry = store.entry(store.key_of(train_ds.uri)) if train_ds.uri.startswith(store.root) else None
-    ds_sha = ds_entry.sha256 if ds_entry else ""
-    meta: dict[str, Any] = {
-        "model": mcfg.to_dict(), "channels": list(train_ds.channel_names), "channel_set": cfg.channels,
-        "blind_zone_rows": blind, "ramp_max_rows": cfg.ramp_max_rows, "normalization": train_ds.normalization,
-        # the grid and patch the model was trained on, so inference needs nothing but the checkpoint
-        "grid": built.get("grid", {}), "patch": built.get("patch", {}),
-        # the training domain and resolution (cold threshold, sites, forward operator) for inference's checks
-        "build": {k: built[k] for k in ("forward_operator", "cold_threshold_c", "sites") if k in built},
-        "dataset": {"uri": train_ds.uri, "sha256": ds_sha, "n_train": len(train_ds), "n_val": len(val_ds)},
-        "config": config_record(cfg), "world_size": env.world_size, "device": device.type,
-        "amp": f"{amp.dtype}".removeprefix("torch.") if amp.enabled else "off",
-        "provenance": provenance_record(cfg, inputs={train_ds.uri: ds_sha}, stage="train"),
-    }
-    history: list[dict[str, Any]] = []
-    best_val, best_epoch, bad_epochs, start_epoch, stopped = float("inf"), 0, 0, 1, ""
+    def run_meta(self) -> dict[str, Any]:
+        """What every checkpoint carries besides the state: architecture, data, config, provenance."""
+        cfg, store, train_ds, amp = self.cfg, self.store, self.train_ds, self.amp
+        built = build_values(train_ds.attrs)
+        ds_entry = store.entry(store.key_of(train_ds.uri)) if train_ds.uri.startswith(store.root) else None
+        ds_sha = ds_entry.sha256 if ds_entry else ""
+        n_train, n_val = len(train_ds), len(self.val_ds)
+        return {
+            "model": self.model.config.to_dict(), "channels": list(train_ds.channel_names),
+            "channel_set": cfg.channels, "blind_zone_rows": self.blind, "ramp_max_rows": cfg.ramp_max_rows,
+            "normalization": train_ds.normalization,
+            # the grid and patch the model was trained on, so inference needs nothing but the checkpoint
+            "grid": built.get("grid", {}), "patch": built.get("patch", {}),
+            # the training domain and resolution (cold threshold, sites, forward operator) for inference
+            "build": {k: built[k] for k in ("forward_operator", "cold_threshold_c", "sites") if k in built},
+            "dataset": {"uri": train_ds.uri, "sha256": ds_sha, "n_train": n_train, "n_val": n_val},
+            "config": config_record(cfg), "world_size": self.env.world_size, "device": self.device.type,
+            "amp": f"{amp.dtype}".removeprefix("torch.") if amp.enabled else "off",
+            "provenance": provenance_record(cfg, inputs={train_ds.uri: ds_sha}, stage="train"),
+        }
 
-    last_key, best_key = checkpoint_key(cfg.run_name, "last"), checkpoint_key(cfg.run_name, "best")
-    if cfg.resume and store.exists(last_key):
-        state, old, _ = read_checkpoint(store, last_key, map_location=device)
+    def resume(self) -> None:
+        """Load checkpoint-last (weights, optimizer, schedule, scaler, progress) of this model and dataset."""
+        store, meta, last_key = self.store, self.meta, self.last_key
+        state, old, _ = read_checkpoint(store, last_key, map_location=self.device)
         if old.get("model") != meta["model"] or old.get("channels") != meta["channels"]:
             raise ConfigError(f"{store.uri(last_key)}: existing run has model {old.get('model')} on "
                               f"{old.get('channels')}; this config asks for {meta['model']} on "
-                              f"{meta['channels']}. "
-                              "Use another run_name or resume=false.")
+                              f"{meta['channels']}. Use another run_name or resume=false.")
         old_ds, new_ds = old.get("dataset", {}), meta["dataset"]
         if (old_ds.get("uri"), old_ds.get("sha256")) != (new_ds["uri"], new_ds["sha256"]):
             raise ConfigError(f"{store.uri(last_key)}: existing run was trained on {old_ds.get('uri')} "
                               f"(sha256 {str(old_ds.get('sha256'))[:12]}); this config trains on "
                               f"{new_ds['uri']} (sha256 {new_ds['sha256'][:12]}). "
                               "Use another run_name or resume=false.")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if state.get("scaler") and amp.scaler.is_enabled():   # {} when saved by a disabled scaler
-            amp.scaler.load_state_dict(state["scaler"])
-        best_val, best_epoch = float(state["best_val_loss"]), int(state["best_epoch"])
-        bad_epochs, start_epoch = int(state["bad_epochs"]), int(state["epoch"]) + 1
-        history = list(old.get("history", []))
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if state.get("scaler") and self.amp.scaler.is_enabled():   # {} when saved by a disabled scaler
+            self.amp.scaler.load_state_dict(state["scaler"])
+        self.best_val, self.best_epoch = float(state["best_val_loss"]), int(state["best_epoch"])
+        self.bad_epochs, self.start_epoch = int(state["bad_epochs"]), int(state["epoch"]) + 1
+        self.history = list(old.get("history", []))
         # an early stop is final; reaching the old epoch count is not (the config may ask for more)
-        stopped = "early_stopping" if old.get("stopped") == "early_stopping" else ""
-        if env.is_main:
-            log.info("resuming %s from epoch %d (best val %.5f at epoch %d)", cfg.run_name, start_epoch - 1,
-                     best_val, best_epoch)
+        self.stopped = "early_stopping" if old.get("stopped") == "early_stopping" else ""
+        if self.env.is_main:
+            log.info("resuming %s from epoch %d (best val %.5f at epoch %d)", self.cfg.run_name,
+                     self.start_epoch - 1, self.best_val, self.best_epoch)
 
-    net: nn.Module = model
-    if env.distributed:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if stopped:
-            break
-        t0 = time.perf_counter()
-        torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))   # dropout, flips, ramps
-        sampler.set_epoch(epoch)
+    def train_epoch(self, net: nn.Module, epoch: int) -> tuple[float, float]:
+        """One epoch on this rank's shard: (sum of batch loss x batch size, samples seen)."""
+        cfg, device, amp = self.cfg, self.device, self.amp
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, self.env.rank))   # dropout, flips, ramps
+        self.sampler.set_epoch(epoch)
         net.train()
         loss_sum = n_seen = 0.0
-        lr = opt.param_groups[0]["lr"]
-        for step, xb in enumerate(train_dl):
+        for step, xb in enumerate(self.train_dl):
             if cfg.max_batches_per_epoch is not None and step >= cfg.max_batches_per_epoch:
                 break
             xb = xb.to(device, non_blocking=True)                                   # (B, C, H, W)
             ramp = torch.randint(0, cfg.ramp_max_rows + 1, (xb.shape[0],), device=device)
-            inputs, mask = mask_blind_zone(xb, blind, ramp)                          # (B, C+1, H, W)
-            if channels_last:
+            inputs, mask = mask_blind_zone(xb, self.blind, ramp)                     # (B, C+1, H, W)
+            if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with amp.autocast():
                 outs = net(inputs, heads=cfg.deep_supervision)                       # 5 x (B, 1, H, W)
@@ -314,57 +320,90 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{cfg.run_name}: non-finite training loss at epoch {epoch} "
                                          f"step {step}")
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
             amp.scaler.scale(loss).backward()
-            amp.scaler.step(opt)
+            amp.scaler.step(self.opt)
             amp.scaler.update()
-            sched.step()                                                             # per-batch schedule
+            self.sched.step()                                                        # per-batch schedule
             loss_sum += float(loss.detach()) * xb.shape[0]
             n_seen += xb.shape[0]
-        average_bn_stats(model, env)                      # identical buffers on every rank
-        vnum, vden = validate(model, val_dl, blind, cfg.val_ramp_rows, device, amp, channels_last,
-                              cfg.max_val_batches, passes=cfg.val_passes, seed=cfg.seed)
-        loss_sum, n_seen, vnum, vden = all_reduce_sum([loss_sum, n_seen, vnum, vden], device, env)
-        train_loss = loss_sum / max(n_seen, 1.0)
-        val_loss = vnum / vden if vden > 0 else float("nan")
-        is_best = val_loss < best_val
+        return loss_sum, n_seen
+
+    def record(self, epoch: int, val_loss: float) -> bool:
+        """Book an epoch's validation loss (best, patience, epoch count); True on a new best."""
+        is_best = val_loss < self.best_val
         if is_best:
-            best_val, best_epoch, bad_epochs = val_loss, epoch, 0
+            self.best_val, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
         else:
-            bad_epochs += 1
-        if bad_epochs >= cfg.patience:
-            stopped = "early_stopping"
-        elif epoch >= cfg.epochs:
-            stopped = "epochs"
+            self.bad_epochs += 1
+        if self.bad_epochs >= self.cfg.patience:
+            self.stopped = "early_stopping"
+        elif epoch >= self.cfg.epochs:
+            self.stopped = "epochs"
+        return is_best
+
+    def save(self, row: dict[str, Any], dt: float) -> None:
+        """Rank 0: checkpoint-last (and -best on a new best), the metrics file and the epoch's log line."""
+        store, epoch, is_best = self.store, row["epoch"], row["is_best"]
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "scaler": self.amp.scaler.state_dict(), "epoch": epoch,
+                 "val_loss": row["val_loss"], "best_val_loss": self.best_val, "best_epoch": self.best_epoch,
+                 "bad_epochs": self.bad_epochs}
+        meta_now = dict(self.meta, history=self.history, stopped=self.stopped)
+        if is_best:
+            save_checkpoint(store, self.best_key, state, meta_now)
+        save_checkpoint(store, self.last_key, state, meta_now)
+        write_metrics(store, self.cfg.run_name, self.history, producer=self.meta["provenance"])
+        log.info("%s epoch %d: train %.5f val %.5f lr %.2e %.1fs%s%s", self.cfg.run_name, epoch,
+                 row["train_loss"], row["val_loss"], row["lr"], dt, " *best*" if is_best else "",
+                 f" stop: {self.stopped}" if self.stopped else "")
+
+    def finish(self, epoch: int) -> TrainResult:
+        """Mark the run finished (rank 0; scanners apply finished models only) and describe it."""
+        stopped, store, name = self.stopped or "epochs", self.store, self.cfg.run_name
+        if self.env.is_main:
+            mark_finished(store, name, stopped=stopped, best_epoch=self.best_epoch)
+        if self.env.distributed:
+            dist.barrier()                                   # rank 0 has written everything
+        last = self.history[-1] if self.history else {}
+        return TrainResult(best_uri=store.uri(self.best_key), last_uri=store.uri(self.last_key),
+                           metrics_uri=store.uri(metrics_key(name)), best_epoch=self.best_epoch,
+                           best_val_loss=self.best_val, last_epoch=int(last.get("epoch", epoch)),
+                           stopped=stopped, history=self.history, model=self.model)
+
+
+def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
+           on_epoch_end: Callable[[dict[str, Any]], None] | None) -> TrainResult:
+    """One run: set up, resume from checkpoint-last if any, then train, validate, book and save per epoch."""
+    run = _Run(cfg, env, device)
+    if cfg.resume and run.store.exists(run.last_key):
+        run.resume()
+    net: nn.Module = run.model
+    if env.distributed:
+        net = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
+    epoch = run.start_epoch - 1
+    for epoch in range(run.start_epoch, cfg.epochs + 1):
+        if run.stopped:
+            break
+        t0 = time.perf_counter()
+        lr = run.opt.param_groups[0]["lr"]                       # the rate of the epoch's first batch
+        loss_sum, n_seen = run.train_epoch(net, epoch)
+        average_bn_stats(run.model, env)                         # identical buffers on every rank
+        vnum, vden = validate(run.model, run.val_dl, run.blind, cfg.val_ramp_rows, device, run.amp,
+                              run.channels_last, cfg.max_val_batches, passes=cfg.val_passes, seed=cfg.seed)
+        loss_sum, n_seen, vnum, vden = all_reduce_sum([loss_sum, n_seen, vnum, vden], device, env)
+        train_loss, val_loss = loss_sum / max(n_seen, 1.0), vnum / vden if vden > 0 else float("nan")
+        is_best = run.record(epoch, val_loss)
         dt = time.perf_counter() - t0
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-               "time_s": round(dt, 3),
-               "samples_per_s": round(n_seen / dt, 2) if dt > 0 else None, "is_best": is_best,
-               "best_epoch": best_epoch, "stopped": stopped}
-        history.append(row)
+               "time_s": round(dt, 3), "samples_per_s": round(n_seen / dt, 2) if dt > 0 else None,
+               "is_best": is_best, "best_epoch": run.best_epoch, "stopped": run.stopped}
+        run.history.append(row)
         if env.is_main:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(),
-                     "scaler": amp.scaler.state_dict(), "epoch": epoch, "val_loss": val_loss,
-                     "best_val_loss": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs}
-            meta_now = dict(meta, history=history, stopped=stopped)
-            if is_best:
-                save_checkpoint(store, best_key, state, meta_now)
-            save_checkpoint(store, last_key, state, meta_now)
-            write_metrics(store, cfg.run_name, history, producer=meta["provenance"])
-            log.info("%s epoch %d: train %.5f val %.5f lr %.2e %.1fs%s%s", cfg.run_name, epoch, train_loss,
-                     val_loss, lr, dt, " *best*" if is_best else "", f" stop: {stopped}" if stopped else "")
+            run.save(row, dt)
         if on_epoch_end is not None:
             on_epoch_end(row)
-    if env.is_main:                                      # scanners apply finished models only
-        mark_finished(store, cfg.run_name, stopped=stopped or "epochs", best_epoch=best_epoch)
-    if env.distributed:
-        dist.barrier()                                   # rank 0 has written everything
-    last = history[-1] if history else {}
-    return TrainResult(best_uri=store.uri(best_key), last_uri=store.uri(last_key),
-                       metrics_uri=store.uri(metrics_key(cfg.run_name)), best_epoch=best_epoch,
-                       best_val_loss=best_val, last_epoch=int(last.get("epoch", epoch)),
-                       stopped=stopped or "epochs", history=history, model=model)
+    return run.finish(epoch)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -101,19 +101,21 @@ def check_trained_dataset(store: Store, meta: dict[str, Any], dataset: str, *,
     out: dict[str, Any] = {"trained_on": {"uri": t_uri, "sha256": t_sha},
                            "evaluated": {"uri": e_uri, "sha256": e_sha}, "overridden": False}
     if not (t_sha and e_sha):
-        out.update(status="unverified", note=f"cannot tell whether {e_uri} is the dataset the model was trained "
+        out.update(status="unverified",
+                   note=f"cannot tell whether {e_uri} is the dataset the model was trained "
                    f"on ({t_uri or 'not recorded'}): a checksum is missing")
         return out
     if t_sha == e_sha:
-        out.update(status="match", note=f"{e_uri} is the dataset the model was trained on (sha256 {e_sha[:12]})")
+        out.update(status="match",
+                   note=f"{e_uri} is the dataset the model was trained on (sha256 {e_sha[:12]})")
         return out
     note = (f"{e_uri} (sha256 {e_sha[:12]}) is not the dataset the model was trained on ({t_uri}, sha256 "
             f"{t_sha[:12]}): rebuilt or another version, so its evaluation patches may have been "
             "training patches and its normalization may differ")
     if not allow_mismatch:
-        raise DatasetMismatchError(f"{note}. Evaluate on the dataset the model was trained on, retrain on this "
-                                   "one, or set allow_dataset_mismatch=true to evaluate anyway (the report "
-                                   "then says so)")
+        raise DatasetMismatchError(f"{note}. Evaluate on the dataset the model was trained on, retrain on "
+                                   "this one, or set allow_dataset_mismatch=true to evaluate anyway (the "
+                                   "report then says so)")
     out.update(status="mismatch", overridden=True, note=note + "; evaluated anyway (allow_dataset_mismatch)")
     return out
 

@@ -47,8 +47,10 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     written: list[Path] = []
     for site in cfg.site_objects():
         for day in cfg.days():
-            written.append(synthetic.write_kazr_day(out / "kazr" / site.name, site, day, cfg.synthetic, cfg.seed))
-            written.append(synthetic.write_met_day(out / "met" / site.name, site, day, cfg.synthetic, cfg.seed))
+            written.append(synthetic.write_kazr_day(out / "kazr" / site.name, site, day,
+                                                    cfg.synthetic, cfg.seed))
+            written.append(synthetic.write_met_day(out / "met" / site.name, site, day,
+                                                   cfg.synthetic, cfg.seed))
         for year, month in months(cfg):
             written.append(synthetic.write_era5_month(out / "era5" / site.name, site, year, month,
                                                       cfg.era5_levels_hpa, cfg.era5_box_deg, cfg.seed))
@@ -127,8 +129,8 @@ def verify_zarr(store: Any, key: str) -> bool:
             for split in root.group_keys():
                 x = root[split]["x"]
                 if x.nchunks_initialized != x.nchunks:
-                    print(f"bzpipe: {store.uri(key)}/{split}/x: {x.nchunks_initialized} of {x.nchunks} chunks "
-                          "stored", file=sys.stderr)
+                    print(f"bzpipe: {store.uri(key)}/{split}/x: {x.nchunks_initialized} of {x.nchunks} "
+                          "chunks stored", file=sys.stderr)
                     return False
         return True
     except (OSError, ValueError, KeyError, BzpipeError) as e:

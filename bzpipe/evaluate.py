@@ -219,7 +219,8 @@ def score_fields(fields: EvalFields, valid: np.ndarray, base: np.ndarray, cfg: E
                      quantiles=fields.quantiles, mean_key=UNET, uq_valid=base, times=fields.times)
 
 
-def exclude_bright_patches(fields: EvalFields, max_truth_dbz: float | None) -> tuple[EvalFields, dict[str, Any]]:
+def exclude_bright_patches(fields: EvalFields,
+                           max_truth_dbz: float | None) -> tuple[EvalFields, dict[str, Any]]:
     """The authors' test-patch exclusion (``MAX_DBZ``): drop patches whose truth exceeds ``max_truth_dbz``
     anywhere in the patch, for every method; returns the kept fields and a description."""
     n = int(fields.truth.shape[0])
@@ -230,8 +231,8 @@ def exclude_bright_patches(fields: EvalFields, max_truth_dbz: float | None) -> t
         raise BzpipeError(f"every one of the {n} evaluated patches has truth above max_truth_dbz="
                           f"{max_truth_dbz:g} dBZ: nothing left to score")
     info = {"max_truth_dbz": max_truth_dbz, "excluded_patches": int(n - keep.sum()),
-            "rule": f"patches whose truth exceeds {max_truth_dbz:g} dBZ anywhere are excluded for every method "
-                    f"(King et al.'s MAX_DBZ): {int(n - keep.sum())} of {n}"}
+            "rule": f"patches whose truth exceeds {max_truth_dbz:g} dBZ anywhere are excluded for every "
+                    f"method (King et al.'s MAX_DBZ): {int(n - keep.sum())} of {n}"}
     return fields.subset(keep), info
 
 
@@ -310,8 +311,9 @@ def run_evaluation(cfg: EvalConfig, store: Store | None = None, device: str | No
                             model_meta=meta, cases=cases, xai=xai_out)
 
 
-def score_seed_runs(cfg: EvalConfig, store: Store, dev: torch.device, dataset: PatchDataset, fields: EvalFields,
-                    valid: np.ndarray, base: np.ndarray, summary: dict[str, Any]) -> dict[str, Any]:
+def score_seed_runs(cfg: EvalConfig, store: Store, dev: torch.device, dataset: PatchDataset,
+                    fields: EvalFields, valid: np.ndarray, base: np.ndarray,
+                    summary: dict[str, Any]) -> dict[str, Any]:
     """The headline scores of ``run_name`` and of every ``seed_runs`` model on the same patches,
     against the same baseline fills, with mean +- sd across the runs (:mod:`bzpipe.metrics.seeds`)."""
     values = [seeds.headline_values(to_json(summary), UNET)]

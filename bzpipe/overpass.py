@@ -88,7 +88,8 @@ def output_keys(store: Store, model_id: str, settings_id: str) -> list[str]:
     return [k for k in store.list_dirs(prefix) if k.endswith(".zarr") and store.is_complete(k)]
 
 
-def find_overpasses(store: Store, keys: list[str], sites: list[str | Site], radius_km: float) -> list[Overpass]:
+def find_overpasses(store: Store, keys: list[str], sites: list[str | Site],
+                    radius_km: float) -> list[Overpass]:
     """Every (granule, site) pair whose track comes within ``radius_km`` of the site."""
     from bzpipe.infer.output import open_output
 
@@ -105,8 +106,8 @@ def find_overpasses(store: Store, keys: list[str], sites: list[str | Site], radi
                 continue
             j = int(np.nanargmin(d))
             near = np.flatnonzero(d <= radius_km)
-            found.append(Overpass(granule_id=str(ds.attrs.get("granule_id", "")), output_key=key, site=site.name,
-                                  time=str(times[j])[:19] + "Z", distance_km=float(d[j]),
+            found.append(Overpass(granule_id=str(ds.attrs.get("granule_id", "")), output_key=key,
+                                  site=site.name, time=str(times[j])[:19] + "Z", distance_km=float(d[j]),
                                   profiles=near.tolist(), along_m=(along[near] - along[j]).tolist()))
     return found
 
@@ -130,18 +131,20 @@ def kazr_cpr_view(store: Store, site: str | Site, time: str, along_m: np.ndarray
     site = resolve_site(site)
     t_over = pd.Timestamp(time.rstrip("Z"))
     days = {d.strftime("%Y%m%d") for d in kazr_days(time, window_h)}
-    kazr = [k for k in store.list(raw_prefix("kazr", site.name)) if (m := _DAY.search(k)) and m.group(1) in days]
+    kazr = [k for k in store.list(raw_prefix("kazr", site.name))
+            if (m := _DAY.search(k)) and m.group(1) in days]
     months = sorted({d[:6] for d in days})
     era5_keys = [era5_key(site.name, m) for m in months]
     era5_keys = [k for k in era5_keys if store.exists(k)]
     if not kazr or not era5_keys:
-        raise FileNotFoundError(f"no KaZR ({len(kazr)} files) or ERA-5 ({len(era5_keys)} months) at {site.name} "
-                                f"for the overpass at {time}")
+        raise FileNotFoundError(f"no KaZR ({len(kazr)} files) or ERA-5 ({len(era5_keys)} months) at "
+                                f"{site.name} for the overpass at {time}")
     radar = xr.concat([_read(store, k, read_kazr) for k in kazr], dim="time").sortby("time")
     era5 = xr.concat([_read(store, k, read_era5) for k in era5_keys], dim="time").sortby("time")
     h = np.asarray(heights_agl, np.float64)
     dz = float(h[1] - h[0])
-    step = float(np.median(np.diff(radar["time"].values).astype("timedelta64[ms]").astype(np.float64))) / 1000.0
+    step = float(np.median(np.diff(radar["time"].values).astype("timedelta64[ms]")
+                           .astype(np.float64))) / 1000.0
     grid = GridConfig(n_heights=h.size, top_m=dz * h.size, time_step_s=max(1.0, round(step)))
     w = pd.Timedelta(hours=window_h)
     col = colocate(radar, era5, site, grid, t_over - w, t_over + w).load()
@@ -155,7 +158,8 @@ def kazr_cpr_view(store: Store, site: str | Site, time: str, along_m: np.ndarray
     start = float(s.min()) - 0.5 * op.profile_spacing_m
     n = int(math.ceil((s.max() - start) / op.profile_spacing_m)) + 1
     view = cpr_view(col["reflectivity"].values, np.append(h - dz / 2, h[-1] + dz / 2), x,
-                    rng=np.random.default_rng([seed, zlib.crc32(site.name.encode()), int(t_over.value // 10**9)]),
+                    rng=np.random.default_rng([seed, zlib.crc32(site.name.encode()),
+                                               int(t_over.value // 10**9)]),
                     valid=valid, n_profiles=n, start_m=start, pulse_length_m=op.pulse_length_m,
                     range_sampling_m=op.range_sampling_m, profile_spacing_m=op.profile_spacing_m,
                     ifov_m=op.ifov_m, mds_dbz=op.mds_dbz, noise=op.noise, ka_to_w_conversion=op.ka_to_w)
@@ -185,7 +189,8 @@ def score(fills: dict[str, np.ndarray], truth: np.ndarray, truth_observed: np.nd
     n, h = truth.shape
     mask = (np.arange(h)[None, :] < hidden[:, None]) & truth_observed
     t = fill_no_echo(truth)
-    out: dict[str, Any] = {"pearson_r": {}, "mae_dbz": {}, "profile_r": {}, "events": {}, "n_pixels": int(mask.sum())}
+    out: dict[str, Any] = {"pearson_r": {}, "mae_dbz": {}, "profile_r": {}, "events": {},
+                           "n_pixels": int(mask.sum())}
     low = int(hidden.min()) if hidden.size else 0
     t_prof = _mean_profile(truth[:, :low])
     ev_truth = _events(truth, mask, first_visible)
@@ -205,7 +210,8 @@ def _events(dbz: np.ndarray, mask: np.ndarray, first_visible: np.ndarray) -> dic
     d = np.where(mask, dbz, np.nan)
     cloud = cloud_presence(d[:, :, None], mask[:, :, None], axis=(-2, -1))
     has = mask.any(axis=1)
-    lowest = np.take_along_axis(np.asarray(dbz, np.float64), np.argmax(mask, axis=1)[:, None], 1)  # lowest scored row
+    # lowest scored row
+    lowest = np.take_along_axis(np.asarray(dbz, np.float64), np.argmax(mask, axis=1)[:, None], 1)
     above = first_visible[:, None]
     kw = {"valid_lowest": has[:, None], "valid_above": has[:, None]}
     return {"cloud": cloud, "shallow_snowfall": shallow_snowfall(lowest, above, **kw),
@@ -234,7 +240,8 @@ def _read(store: Store, key: str, reader: Any) -> xr.Dataset:
 
 
 def validate(store: Store, passes: list[Overpass], heights_agl: np.ndarray, op: CprOperatorConfig, *,
-             window_h: float, min_profiles: int, seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             window_h: float, min_profiles: int,
+             seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score every overpass and all of them pooled; returns ``(report, curtains for the figure)``."""
     from bzpipe.infer.output import open_output
 
@@ -247,12 +254,13 @@ def validate(store: Store, passes: list[Overpass], heights_agl: np.ndarray, op: 
         rec: dict[str, Any] = {**{k: v for k, v in ov.to_dict().items() if k not in ("profiles", "along_m")},
                                "n_profiles": int(filled.sum())}
         if filled.sum() < min_profiles:
-            rec["skipped"] = f"{int(filled.sum())} filled profiles within the radius, fewer than {min_profiles}"
+            rec["skipped"] = (f"{int(filled.sum())} filled profiles within the radius, "
+                              f"fewer than {min_profiles}")
             per_pass.append(rec)
             continue
         try:
-            truth, seen = kazr_cpr_view(store, ov.site, ov.time, np.asarray(ov.along_m)[filled], heights_agl, op,
-                                        window_h=window_h, seed=seed)
+            truth, seen = kazr_cpr_view(store, ov.site, ov.time, np.asarray(ov.along_m)[filled], heights_agl,
+                                        op, window_h=window_h, seed=seed)
         except (FileNotFoundError, ValueError) as e:
             rec["skipped"] = f"no KaZR to compare with: {e}"
             per_pass.append(rec)
@@ -264,7 +272,8 @@ def validate(store: Store, passes: list[Overpass], heights_agl: np.ndarray, op: 
         first = np.take_along_axis(obs, np.clip(hidden, 0, obs.shape[1] - 1)[:, None], 1)[:, 0]
         rec.update(score(fills, truth, seen, hidden, first))
         per_pass.append(rec)
-        for k, v in (("truth", truth), ("observed", seen), ("hidden", hidden), ("first", first), *fills.items()):
+        for k, v in (("truth", truth), ("observed", seen), ("hidden", hidden), ("first", first),
+                     *fills.items()):
             pooled[k].append(v)
         curtains.append({"title": f"{ov.granule_id} over {ov.site} at {ov.time}", "truth": truth,
                          "hidden": hidden, **fills})
@@ -272,7 +281,8 @@ def validate(store: Store, passes: list[Overpass], heights_agl: np.ndarray, op: 
     report: dict[str, Any] = {"overpasses": per_pass, "n_overpasses": len(scored)}
     if scored:
         cat = {k: np.concatenate(v) for k, v in pooled.items()}
-        report.update(score({m: cat[m] for m in METHODS}, cat["truth"], cat["observed"], cat["hidden"], cat["first"]))
+        report.update(score({m: cat[m] for m in METHODS}, cat["truth"], cat["observed"], cat["hidden"],
+                            cat["first"]))
         report["n_profiles"] = int(cat["truth"].shape[0])
     else:
         report["pearson_r"] = {m: None for m in METHODS}

@@ -166,9 +166,9 @@ def loader_workers(requested: int | None, device: torch.device | str) -> int:
     return max(0, min(GPU_LOADER_WORKERS, cpus - 1))
 
 
-def make_loader(dataset: Dataset, batch_size: int, device: torch.device | str, *, num_workers: int | None = None,
-                sampler: Sampler | None = None, shuffle: bool = False, drop_last: bool = False,
-                prefetch_factor: int = 4) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, device: torch.device | str, *,
+                num_workers: int | None = None, sampler: Sampler | None = None, shuffle: bool = False,
+                drop_last: bool = False, prefetch_factor: int = 4) -> DataLoader:
     """A DataLoader over a :class:`PatchDataset` (or a ``Subset`` of one) for training on ``device``.
 
     Batches come from ``__getitems__`` (one Zarr read per batch); pinned host memory on CUDA so the
@@ -183,6 +183,6 @@ def make_loader(dataset: Dataset, batch_size: int, device: torch.device | str, *
     kw: dict[str, Any] = {}
     if workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=prefetch_factor)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle if sampler is None else False,
-                      num_workers=workers, pin_memory=torch.device(device).type == "cuda", drop_last=drop_last,
-                      **kw)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                      shuffle=shuffle if sampler is None else False, num_workers=workers,
+                      pin_memory=torch.device(device).type == "cuda", drop_last=drop_last, **kw)

@@ -33,13 +33,13 @@ def check_blind_zone(blind_zone_m: float, n_heights: int, top_m: float, *, train
     dz = top_m / n_heights
     rows = int(math.ceil(blind_zone_m / dz - 1e-9))
     if rows >= n_heights:
-        raise ConfigError(f"{where}={blind_zone_m:g} m covers {rows} rows of {dz:g} m, but the model grid has only "
-                          f"{n_heights} rows up to {top_m:g} m: no observed row would be left above the blind "
-                          "zone to fill it from")
+        raise ConfigError(f"{where}={blind_zone_m:g} m covers {rows} rows of {dz:g} m, but the model "
+                          f"grid has only {n_heights} rows up to {top_m:g} m: no observed row would be "
+                          "left above the blind zone to fill it from")
     if trained_rows is not None and rows > trained_rows + ramp_rows:
-        raise ConfigError(f"{where}={blind_zone_m:g} m covers {rows} rows of {dz:g} m, but the model is trained "
-                          f"to fill at most {trained_rows} + {ramp_rows} (ramp) rows; lower the blind zone or "
-                          "train with a taller blind zone / ramp")
+        raise ConfigError(f"{where}={blind_zone_m:g} m covers {rows} rows of {dz:g} m, but the model is "
+                          f"trained to fill at most {trained_rows} + {ramp_rows} (ramp) rows; lower the "
+                          "blind zone or train with a taller blind zone / ramp")
     return rows
 
 

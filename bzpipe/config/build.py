@@ -153,7 +153,8 @@ class BuildConfig(SitesAndTimes):
         need = sum(f > 0 for f in self.split.fractions)
         if n_blocks < need:
             raise ConfigError(
-                f"build: start..end ({self.start}..{self.end}) spans {span_s / 86400:.1f} days: at most {n_blocks} "
-                f"split block(s) of {block_s / 86400:.2f} days, but the {need} splits with fractions "
-                f"{self.split.fractions} need at least one block each (>= {need * block_s / 86400:.1f} days); "
+                f"build: start..end ({self.start}..{self.end}) spans {span_s / 86400:.1f} days: at most "
+                f"{n_blocks} split block(s) of {block_s / 86400:.2f} days, but the {need} splits with "
+                f"fractions {self.split.fractions} need at least one block each "
+                f"(>= {need * block_s / 86400:.1f} days); "
                 "extend the period or lower split.min_block_days / split.block_hours")

@@ -39,7 +39,8 @@ class InferConfig(StageConfig):
     change the numbers enter the output key, :meth:`settings_id`)."""
 
     run_name: str = "unet3p"
-    landing: str = Field("landing/cloudsat", description="prefix (relative to the store root, or a URI) scanned for granules")
+    landing: str = Field("landing/cloudsat",
+                         description="prefix (relative to the store root, or a URI) scanned for granules")
     blind_zone_m: float = Field(1200.0, gt=0)
     mc_passes: int = Field(50, ge=1)
     quantiles: tuple[float, ...] = (0.05, 0.5, 0.95)
@@ -57,7 +58,8 @@ class InferConfig(StageConfig):
     cloud_mask_min: int | None = Field(20, ge=0, le=40, description="CPR cloud mask for echo; None: all")
     max_profiles: int | None = Field(None, ge=1, description="only the first N profiles (tests, benchmarks)")
     threads_per_worker: int = Field(1, ge=1)
-    era5_source: Literal["offline", "cds"] = Field("offline", description="fetches missing ERA-5 (5-ch models)")
+    era5_source: Literal["offline", "cds"] = Field("offline",
+                                                   description="fetches missing ERA-5 (5-ch models)")
     emit_dedupe_s: float = Field(3600.0, ge=0, description="the scanner re-emits a granule only after this")
     scan_interval_s: float = Field(600.0, gt=0, description="schedule of the landing scanner")
     plot: bool = Field(True, description="write a curtain PNG beside each output")
@@ -67,14 +69,16 @@ class InferConfig(StageConfig):
         "offline: the pipeline stages a synthetic sample granule (the offline generator) into the landing "
         "area; landing: real granules arrive there from outside and nothing synthetic is staged; "
         "None: offline when the ingest sources are offline, else landing"))
-    sites: list[str | Site] = Field(default_factory=lambda: ["nsa", "oli"],
-                                    description="sites whose ERA-5 boxes a 5-channel model reads along the track")
+    sites: list[str | Site] = Field(default_factory=lambda: ["nsa", "oli"], description=(
+        "sites whose ERA-5 boxes a 5-channel model reads along the track"))
     era5_ingest: dict[str, Any] = Field(
         default_factory=dict,
         description="ingest settings for the ERA-5 a 5-channel model fetches (e.g. era5_box_deg up to 10 to "
-                    "cover more of the track); a pipeline file hands the ingest section's ERA-5 settings down")
+                    "cover more of the track); a pipeline file hands the ingest section's ERA-5 settings "
+                    "down")
     blind_zone_ocean_m: float | None = Field(None, gt=0, description=(
-        "clutter depth above the surface over ocean (land_sea_flag 2), m; None: blind_zone_m (the land depth)"))
+        "clutter depth above the surface over ocean (land_sea_flag 2), m; None: blind_zone_m "
+        "(the land depth)"))
     surface_from: Literal["surface_height_bin", "dem"] = Field("surface_height_bin", description=(
         "where the surface bin comes from: the product's own SurfaceHeightBin (falling back to the DEM, "
         "with a warning, when the granule lacks it) or always the DEM"))

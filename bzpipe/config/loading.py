@@ -35,11 +35,12 @@ class PipelineConfig(BaseModel):
         """What one stage asks of the grid and patches the build makes must fit them."""
         g, p, t = self.build.grid, self.build.patch, self.train
         rows = p.blind_zone_rows
-        for where, extra in (("train.ramp_max_rows", t.ramp_max_rows), ("train.val_ramp_rows", t.val_ramp_rows),
+        for where, extra in (("train.ramp_max_rows", t.ramp_max_rows),
+                             ("train.val_ramp_rows", t.val_ramp_rows),
                              ("evaluate.ramp_rows", self.evaluate.ramp_rows)):
             if rows + extra >= g.n_heights:
-                raise ValueError(f"{where}={extra}: the blind zone ({rows} rows) plus {extra} ramp rows hides "
-                                 f"all {g.n_heights} rows of the grid")
+                raise ValueError(f"{where}={extra}: the blind zone ({rows} rows) plus {extra} ramp rows "
+                                 f"hides all {g.n_heights} rows of the grid")
         check_blind_zone(self.infer.blind_zone_m, g.n_heights, g.top_m, trained_rows=rows,
                          ramp_rows=t.ramp_max_rows)
         return self
@@ -144,8 +145,8 @@ def _validate(model: type[C], data: dict[str, Any], origin: str) -> C:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}".removeprefix(": ")   # a whole-config check
-                 for err in e.errors()]
+        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}".removeprefix(": ")
+                 for err in e.errors()]   # removeprefix: a whole-config check
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 

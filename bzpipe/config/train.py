@@ -48,7 +48,8 @@ class TrainConfig(StageConfig):
     ramp_max_rows: int = Field(8, ge=0, description="random ramp above the blind zone, rows")
     max_batches_per_epoch: int | None = Field(None, ge=1)
     num_workers: int | None = Field(None, ge=0, description=(
-        "DataLoader worker processes; None: auto (4 per GPU process, 0 on CPU: bzpipe.torchdata.make_loader)"))
+        "DataLoader worker processes; None: auto (4 per GPU process, 0 on CPU: "
+        "bzpipe.torchdata.make_loader)"))
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     amp: bool = True
     backend: Literal["local", "torchrun", "kubernetes", "slurm"] = "local"

@@ -61,11 +61,13 @@ if TYPE_CHECKING:   # what type checkers see; at run time __getattr__ imports th
 
 _EXPORTS = {
     "DayInputs": "inputs", "colocate_all": "inputs", "colocate_day": "inputs", "find_inputs": "inputs",
-    "input_checksums": "inputs", "recipe_config": "inputs", "tree_sha256": "inputs", "write_colocated": "inputs",
+    "input_checksums": "inputs", "recipe_config": "inputs", "tree_sha256": "inputs",
+    "write_colocated": "inputs",
     "BuildPlan": "plan", "DaySpan": "plan", "plan_dataset": "plan", "read_series": "plan",
     "BuildOutcome": "build", "BuildSteps": "build", "build_dataset": "build", "build_recipe": "build",
     "check_existing": "build", "load_plan": "build", "run_build": "build", "save_plan": "build",
-    "era5_normalization": "normalization", "PatchSet": "patches", "normalize": "patches", "read_patches": "patches",
+    "era5_normalization": "normalization", "PatchSet": "patches", "normalize": "patches",
+    "read_patches": "patches",
     "EmptySplitError": "write", "Region": "write", "check_splits": "write", "write_dataset": "write",
     "DatasetZarr": "reader", "IncompleteDatasetError": "reader", "open_dataset": "reader",
 }

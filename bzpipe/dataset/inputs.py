@@ -229,7 +229,8 @@ def _operator_recipe(cfg: BuildConfig) -> dict[str, Any]:
 
 
 def _forward_operator(ds: xr.Dataset, cfg: BuildConfig, site: str) -> xr.Dataset:
-    """``build.forward_operator``: the day as the CloudSat CPR would see it (:mod:`bzpipe.forward.dataset`)."""
+    """``build.forward_operator``: the day as the CloudSat CPR would see it
+    (:mod:`bzpipe.forward.dataset`)."""
     if not cfg.forward_operator.enabled:
         return ds
     from bzpipe.forward.dataset import cpr_resolution_day
@@ -254,7 +255,8 @@ def write_colocated(store: Store, key: str, ds: xr.Dataset, producer: dict[str, 
                          storage_options=store.storage_options or None)
         job.compute(scheduler="synchronous")
     except OSError as e:   # e.g. a full disk: name the store, not just the errno
-        raise write_error(store.uri(key), e, "this intermediate is incomplete; the next build rewrites it") from e
+        raise write_error(store.uri(key), e,
+                          "this intermediate is incomplete; the next build rewrites it") from e
     n_prof = ds["n_profiles"].values
     valid = (n_prof > 0) & np.asarray(ds["era5_valid"].compute(scheduler="synchronous").values)
     counts = {"profiles": int(n_prof.sum()), "bins": int(n_prof.size), "valid_bins": int(valid.sum())}

@@ -167,7 +167,8 @@ def echo_block_starts(echo: np.ndarray, block: int) -> np.ndarray:
         return out
     c = np.zeros((t + 1, r + 1), dtype=np.int32)
     c[1:, 1:] = echo.astype(np.int32).cumsum(0).cumsum(1)
-    full = (c[block:, block:] - c[:-block, block:] - c[block:, :-block] + c[:-block, :-block]) == block * block
+    full = (c[block:, block:] - c[:-block, block:] - c[block:, :-block]
+            + c[:-block, :-block]) == block * block
     out[:t - block + 1] = full.any(axis=1)
     return out
 
@@ -198,8 +199,9 @@ def read_series(store: Store, keys: list[str], blind_zone_rows: int = 0, echo_bl
             rec["block_start"] = echo_block_starts(echo, echo_block)
             low = np.asarray(ds["height"].values) < ERA5_SERIES_TOP_M
             low[0] = True
-            rec["era5_low"] = {v: ds[v].isel(height=np.flatnonzero(low)).mean("height").values.astype(np.float64)
-                               for v in ERA5_VARIABLES if v in ds}
+            rec["era5_low"] = {
+                v: ds[v].isel(height=np.flatnonzero(low)).mean("height").values.astype(np.float64)
+                for v in ERA5_VARIABLES if v in ds}
         out.append(rec)
     return out
 

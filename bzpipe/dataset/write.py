@@ -268,7 +268,8 @@ def write_dataset(store_root: str, plan: BuildPlan, config: BuildConfig, *,
         log.info("%s: resuming, %d regions already written", target_uri, done_n)
     norm = state["normalization"]
 
-    todo = [r for r in Region.all_of(plan, config.region_samples) if str(r.index) not in state["done"][r.split]]
+    todo = [r for r in Region.all_of(plan, config.region_samples)
+            if str(r.index) not in state["done"][r.split]]
     total = sum(len(regions(plan.n_samples(s), config.region_samples)) for s in SPLITS)
     log.info("%s: writing %d of %d regions", uri, len(todo), total)
 

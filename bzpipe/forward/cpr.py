@@ -132,7 +132,8 @@ def advected_distance(times: np.ndarray, speed_m_s: np.ndarray, t_ref: Any = Non
 
 def footprint_weight(dx_m: np.ndarray, spacing_m: float, sigma_m: float) -> np.ndarray:
     """Weight of air ``dx_m`` from a profile centre: a ``spacing_m`` box convolved with a Gaussian
-    of ``sigma_m`` (1 at the centre of a long box), i.e. ``Phi((s/2 - dx)/sigma) - Phi((-s/2 - dx)/sigma)``."""
+    of ``sigma_m`` (1 at the centre of a long box), i.e.
+    ``Phi((s/2 - dx)/sigma) - Phi((-s/2 - dx)/sigma)``."""
     d = np.asarray(dx_m, dtype=np.float64)
     k = 1.0 / (math.sqrt(2.0) * sigma_m)
     return 0.5 * (erf((0.5 * spacing_m - d) * k) - erf((-0.5 * spacing_m - d) * k))

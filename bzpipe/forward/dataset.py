@@ -48,7 +48,8 @@ def cpr_resolution_day(ds: xr.Dataset, op: CprOperatorConfig, grid: GridConfig, 
     """
     step_s = grid.time_step_s
     if (86400.0 / step_s) % 1:
-        raise ConfigError(f"build.forward_operator needs a grid.time_step_s that divides a day, not {step_s:g} s")
+        raise ConfigError("build.forward_operator needs a grid.time_step_s that divides a day, "
+                          f"not {step_s:g} s")
     ds = ds.load()
     times = ds["time"].values.astype("datetime64[ns]")
     n_t, n_h = ds.sizes["time"], ds.sizes["height"]

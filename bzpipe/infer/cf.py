@@ -26,15 +26,17 @@ from bzpipe.infer.state import DOMAIN_MEANINGS, SOURCE_MEANINGS
 PAPER_DOI = "10.1175/AIES-D-23-0063.1"
 REFERENCES = f"King et al. (2024), Artificial Intelligence for the Earth Systems, https://doi.org/{PAPER_DOI}"
 EQ_REFL = "equivalent_reflectivity_factor"
-FILL_STATUS_MEANINGS = ("filled filled_by_radar_only_model filled_out_of_domain not_filled_no_atmospheric_state "
-                        "not_filled_out_of_domain not_filled_invalid_geometry")
+FILL_STATUS_MEANINGS = ("filled filled_by_radar_only_model filled_out_of_domain "
+                        "not_filled_no_atmospheric_state not_filled_out_of_domain "
+                        "not_filled_invalid_geometry")
 
 #: name -> attributes (flags: ``flag_meanings`` implies ``flag_values`` 0..n-1)
 VARIABLES: dict[str, dict[str, Any]] = {
     "reflectivity_observed": {"standard_name": EQ_REFL, "units": "dBZ", "long_name":
                               "CPR radar reflectivity as read from the granule (incl. noise and clutter)"},
     "reflectivity_filled": {"standard_name": EQ_REFL, "units": "dBZ", "long_name":
-                            "CPR reflectivity with the clutter-flagged bins replaced by the model's prediction",
+                            "CPR reflectivity with the clutter-flagged bins replaced by the model's "
+                            "prediction",
                             "comment": "NaN: no echo; in a bin with blind_zone_flag 1 and filled_flag 0: not "
                                        "filled (see fill_status)",
                             "ancillary_variables": "filled_flag blind_zone_flag reflectivity_std"},
@@ -66,9 +68,11 @@ VARIABLES: dict[str, dict[str, Any]] = {
     "fill_status": {"long_name": "whether and how the profile's blind zone was filled",
                     "flag_meanings": FILL_STATUS_MEANINGS},
     "resolution_mismatch": {"long_name": "model trained at KaZR resolution applied to CPR profiles",
-                            "flag_meanings": "model_trained_at_cpr_resolution model_trained_at_kazr_resolution"},
+                            "flag_meanings": ("model_trained_at_cpr_resolution "
+                                              "model_trained_at_kazr_resolution")},
     "surface_air_temperature": {"standard_name": "air_temperature", "units": "K",
-                                "long_name": "air temperature of the lowest model row from the atmospheric state"},
+                                "long_name": ("air temperature of the lowest model row from the "
+                                              "atmospheric state")},
 }
 COORDINATES: dict[str, dict[str, Any]] = {
     "time": {"standard_name": "time", "long_name": "time of the profile (UTC)", "axis": "T"},
@@ -123,7 +127,8 @@ def export_netcdf(src: str | Path | xr.Dataset, out: str | Path, *, complevel: i
                                                               storage_options=storage_options)
     ds = ds.load()
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    ds.attrs["history"] = f"{ds.attrs.get('history', '')}\n{now} bzpipe export: netCDF-4 (zlib {complevel})".strip()
+    ds.attrs["history"] = (f"{ds.attrs.get('history', '')}\n"
+                           f"{now} bzpipe export: netCDF-4 (zlib {complevel})").strip()
     for name in [n for n, v in ds.variables.items() if v.dtype.kind == "M"]:   # microseconds: integers below
         ds[name] = ds[name].copy(data=ds[name].values.astype("datetime64[us]").astype("datetime64[ns]"))
     encoding: dict[str, dict[str, Any]] = {}

@@ -54,7 +54,7 @@ def companion_key(store: Store, granule_key: str) -> str | None:
     """Key of the ECMWF-AUX granule beside ``granule_key`` (same folder, same granule id), or None."""
     try:
         gid = _granule_id(posixpath.basename(granule_key))
-    except InputFileError:                      # not a CloudSat name: it has no companion (and is quarantined)
+    except InputFileError:   # not a CloudSat name: it has no companion (and is quarantined)
         return None
     found = _aux_in(store, posixpath.dirname(granule_key), gid)
     return found[-1] if found else None
@@ -147,17 +147,20 @@ def fetch_track_era5(store: Store, cfg: InferConfig, granule_key: str, creds: An
         need &= ~coverage(e5, ds["latitude"].values, ds["longitude"].values)
     levels = IngestConfig(**cfg.era5_ingest).era5_levels_hpa
     ing = IngestConfig(**cfg.era5_ingest)
-    for k, box in enumerate(track_boxes(ds["latitude"].values, ds["longitude"].values, ds["time"].values, need)):
+    for k, box in enumerate(track_boxes(ds["latitude"].values, ds["longitude"].values, ds["time"].values,
+                                        need)):
         key = era5_track_key(gid, k)
         if store.is_complete(key):
             continue
         request = era5_box_request(box["area"], box["days"], box["hours"], levels)
         with tempfile.TemporaryDirectory(prefix="bzpipe-era5-track-") as d:
             path = download_request(creds, request, Path(d) / posixpath.basename(key),
-                                    f"{DATASET} track box {k} of granule {gid}", timeout_s=ing.request_timeout_s,
-                                    poll_max_s=ing.cds_poll_max_s, job_book=StoreJobBook(store, f"track-{gid}-{k}"))
-            store.put_file(path, key, producer={"stage": "infer-era5-track", "granule_id": gid, "request": request,
-                                                "source": "cds", "service": getattr(creds, "url", "")})
+                                    f"{DATASET} track box {k} of granule {gid}",
+                                    timeout_s=ing.request_timeout_s, poll_max_s=ing.cds_poll_max_s,
+                                    job_book=StoreJobBook(store, f"track-{gid}-{k}"))
+            store.put_file(path, key, producer={"stage": "infer-era5-track", "granule_id": gid,
+                                                "request": request, "source": "cds",
+                                                "service": getattr(creds, "url", "")})
         log.info("ERA-5 track box %d of %s: %s (%d profiles)", k, gid, box["area"],
                  box["profiles"][1] - box["profiles"][0] + 1)
     return track_era5_keys(store, gid)

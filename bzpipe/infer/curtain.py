@@ -148,9 +148,10 @@ def to_model_grid(ds: xr.Dataset, grid: ModelGrid, blind_zone_m: float | np.ndar
     depth = np.broadcast_to(np.asarray(blind_zone_m, np.float64), (height.shape[0],)).copy()
     blind = blind_zone_bins(height, ground, depth, surface_bin_index=np.where(valid, sbin, -1))
     return Curtain(dbz=out, observed=observed & valid[:, None], valid=valid, ground_m=ground,
-                   surface_bin=np.where(valid, sbin, -1), blind_bins=blind, edges_agl=edges, above_ground=above,
-                   hidden_rows=np.where(valid, hidden_rows(grid, edges, blind), 0),
-                   surface_source=np.where(valid, source, SURFACE_NONE).astype(np.int8), clutter_depth_m=depth)
+                   surface_bin=np.where(valid, sbin, -1), blind_bins=blind, edges_agl=edges,
+                   above_ground=above, hidden_rows=np.where(valid, hidden_rows(grid, edges, blind), 0),
+                   surface_source=np.where(valid, source, SURFACE_NONE).astype(np.int8),
+                   clutter_depth_m=depth)
 
 
 def to_cpr_bins(field: np.ndarray, grid: ModelGrid, curtain: Curtain, *, linear_z: bool = True,

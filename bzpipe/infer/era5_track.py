@@ -94,7 +94,8 @@ def colocate_track(era5: xr.Dataset, time: np.ndarray, latitude: np.ndarray, lon
     else:
         xi = _nearest_index(lon_grid, lon)
     plev = np.asarray(era5[pdim].values, np.float64)
-    arrays = {name: era5[name].transpose(*order).values for name in {*variables, *(["z"] if "z" in era5 else [])}}
+    arrays = {name: era5[name].transpose(*order).values
+              for name in {*variables, *(["z"] if "z" in era5 else [])}}
     surface = np.asarray(surface_m, np.float64)[:, None]
     target = np.asarray(heights_agl, np.float64)
 

@@ -182,7 +182,8 @@ def model_inputs(curtain: Curtain, n_channels: int, state: TrackState | None,
         if humidity != "specific":
             if heights_agl is None:
                 raise ValueError("a model trained on relative humidity needs the row heights to compute it")
-            z_msl = np.asarray(curtain.ground_m, np.float64)[:, None] + np.asarray(heights_agl, np.float64)[None, :]
+            z_msl = (np.asarray(curtain.ground_m, np.float64)[:, None]
+                     + np.asarray(heights_agl, np.float64)[None, :])
             fields["q"] = humidity_feature(fields["t"], fields["q"], z_msl, humidity).astype(np.float32)
         fields = normalize_era5(fields, normalization)
         chans += [np.nan_to_num(fields[v], nan=0.0).T for v in ERA5_VARIABLES]  # 0: only where never used
@@ -210,9 +211,10 @@ def _prediction(model: nn.Module, x: np.ndarray, cfg: InferConfig, width: int, h
     (P, H), dBZ ``quantiles`` (Q, P, H)."""
     device = next(model.parameters()).device if any(True for _ in model.parameters()) \
         else pick_device(cfg.device)
-    pred = predict_curtain(model, x, width=width, overlap=min(cfg.window_overlap, width - 1), blind_rows=hidden,
-                           n_passes=cfg.mc_passes, quantiles=cfg.quantiles, batch_size=cfg.batch_size,
-                           device=device, generator_seed=cfg.seed, active=active, mc_path=cfg.mc_path)
+    pred = predict_curtain(model, x, width=width, overlap=min(cfg.window_overlap, width - 1),
+                           blind_rows=hidden, n_passes=cfg.mc_passes, quantiles=cfg.quantiles,
+                           batch_size=cfg.batch_size, device=device, generator_seed=cfg.seed, active=active,
+                           mc_path=cfg.mc_path)
     return {"mean": norm_to_dbz(pred["mean"]).T, "std": (pred["std"] * DBZ_PER_NORM).T.astype(np.float32),
             "quantiles": np.stack([norm_to_dbz(q).T for q in pred["quantiles"]])}
 
@@ -259,21 +261,25 @@ def fill_granule(ds: xr.Dataset, model: nn.Module, meta: dict[str, Any], cfg: In
 
     t0 = time.perf_counter()
     curtain = to_model_grid(ds, grid, clutter_depth(ds, cfg.blind_zone_m, cfg.blind_zone_ocean_m),
-                            cloud_mask_min=cfg.cloud_mask_min, dbz=reflectivity, surface_from=cfg.surface_from)
+                            cloud_mask_min=cfg.cloud_mask_min, dbz=reflectivity,
+                            surface_from=cfg.surface_from)
     if not curtain.valid.any():
         raise EmptyDataError(src, "no profile has valid heights: nothing to fill")
     valid = curtain.valid
     state = track_state(ds, curtain.ground_m, valid, grid.centres(), cfg.atmosphere_sources, aux=aux,
                         era5=[era5] if isinstance(era5, xr.Dataset) else era5)
     domain = training_domain(cfg.domain_latitude_margin_deg, *model_records(meta))
-    ood = np.where(valid, domain_flags(domain, state.fields["t"][:, 0], ds["latitude"].values), 0).astype(np.int8)
+    ood = np.where(valid, domain_flags(domain, state.fields["t"][:, 0], ds["latitude"].values),
+                   0).astype(np.int8)
     n_ch = channels_of(meta)
     if radar_only is not None:
         if channels_of(radar_only[1]) != 1:
             raise ConfigError("infer.radar_only_run must name a 1-channel (3+_1) model")
         ro = model_settings(radar_only[1])
-        if (int(ro["n_heights"]), float(ro["top_m"]), int(ro["width"])) != (grid.n_heights, grid.top_m, width):
-            raise ConfigError("infer.radar_only_run was trained on another grid or patch width than the model")
+        if ((int(ro["n_heights"]), float(ro["top_m"]), int(ro["width"]))
+                != (grid.n_heights, grid.top_m, width)):
+            raise ConfigError("infer.radar_only_run was trained on another grid or patch width "
+                              "than the model")
     status = fill_status(valid, n_ch == 5, state.covered, ood, cfg.fill_out_of_domain,
                          radar_only is not None and n_ch == 5)
     main = np.isin(status, (FILLED, FILLED_OUT_OF_DOMAIN))
@@ -304,7 +310,8 @@ def fill_granule(ds: xr.Dataset, model: nn.Module, meta: dict[str, Any], cfg: In
     blind = curtain.blind_bins
     filled_bins = blind & filled[:, None]
     back = to_cpr_bins(mean_dbz, grid, curtain)
-    back_std = np.sqrt(to_cpr_bins(np.nan_to_num(std_db).astype(np.float64) ** 2, grid, curtain, linear_z=False))
+    back_std = np.sqrt(to_cpr_bins(np.nan_to_num(std_db).astype(np.float64) ** 2, grid, curtain,
+                                   linear_z=False))
     refl_filled = np.where(filled_bins, back, np.where(blind, np.nan, refl_obs)).astype(np.float32)
     refl_std = np.where(filled_bins, back_std, np.nan).astype(np.float32)
     t3 = time.perf_counter()
@@ -342,14 +349,17 @@ def fill_granule(ds: xr.Dataset, model: nn.Module, meta: dict[str, Any], cfg: In
                "source_product": ds.attrs.get("product", ""), "release": ds.attrs.get("release", ""),
                "blind_zone_m": float(cfg.blind_zone_m),
                "blind_zone_ocean_m": float(cfg.blind_zone_ocean_m or cfg.blind_zone_m),
-               "blind_zone_rows_max": int(curtain.hidden_rows.max(initial=0)), "surface_from": cfg.surface_from,
+               "blind_zone_rows_max": int(curtain.hidden_rows.max(initial=0)),
+               "surface_from": cfg.surface_from,
                "window_width": width, "window_overlap": int(min(cfg.window_overlap, width - 1)),
-               "mc_passes": int(cfg.mc_passes), "model_grid_dz_m": grid.dz_m, "n_valid_profiles": int(valid.sum()),
+               "mc_passes": int(cfg.mc_passes), "model_grid_dz_m": grid.dz_m,
+               "n_valid_profiles": int(valid.sum()),
                "n_filled_profiles": int(filled.sum()), "atmosphere_sources": " ".join(cfg.atmosphere_sources),
                "training_domain": json.dumps(domain.to_dict()), "model_channels": int(n_ch),
                "model_resolution": "kazr" if mismatch else "cpr",
-               "resolution_note": ("model trained at KaZR resolution applied to CPR profiles "
-                                   "(infer.allow_resolution_mismatch)") if mismatch else "CPR-resolution model"},
+               "resolution_note": (("model trained at KaZR resolution applied to CPR profiles "
+                                    "(infer.allow_resolution_mismatch)") if mismatch
+                                   else "CPR-resolution model")},
     )
     for name, doc in OUTPUT_VARIABLES.items():
         out[name].attrs["description"] = doc

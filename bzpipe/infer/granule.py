@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GranuleResult:
-    """What happened to one granule: ``done``, ``skipped`` (output complete), ``quarantined`` or ``failed``."""
+    """What happened to one granule: ``done``, ``skipped`` (output complete), ``quarantined`` or
+    ``failed``."""
 
     granule: str
     status: str
@@ -60,7 +61,8 @@ class GranuleResult:
 
 def atmosphere_inputs(store: Store, granule_key: str, ds: xr.Dataset, cfg: InferConfig, meta: dict[str, Any],
                       model_id: str, inputs: dict[str, str], era5_keys: Sequence[str] | None = None
-                      ) -> tuple[xr.Dataset | None, list[xr.Dataset] | None, tuple[nn.Module, dict[str, Any]] | None]:
+                      ) -> tuple[xr.Dataset | None, list[xr.Dataset] | None,
+                                 tuple[nn.Module, dict[str, Any]] | None]:
     """The granule's ECMWF-AUX companion (checked; a bad one is quarantined), the stored ERA-5 (site
     months and the granule's track boxes; ``era5_keys`` overrides) and the radar-only model, as
     ``infer.atmosphere_sources`` and ``infer.radar_only_run`` ask; their checksums go into ``inputs``."""

@@ -104,7 +104,8 @@ def curtain_png(ds: xr.Dataset, *, max_height_m: float | None = None, max_column
     n = ds.sizes["profile"]
     step = max(1, int(np.ceil(n / max_columns)))
     sel = slice(0, n, step)
-    panels = [("grid_observed", "observed (CPR on the model grid; hidden from the model below the dashed line)",
+    panels = [("grid_observed",
+               "observed (CPR on the model grid; hidden from the model below the dashed line)",
                "dBZ", "viridis", (-40, 20)),
               ("mc_mean", "filled (MC-dropout mean)", "dBZ", "viridis", (-40, 20)),
               ("mc_std", "uncertainty (MC-dropout std)", "dB", "magma", None)]

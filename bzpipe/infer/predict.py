@@ -82,8 +82,9 @@ def clear_model_cache() -> None:
         _MODELS.clear()
 
 
-def predict_curtain(model: nn.Module, x: np.ndarray, *, width: int, overlap: int, blind_rows: int | np.ndarray,
-                    n_passes: int, quantiles: Sequence[float] = (0.05, 0.5, 0.95), batch_size: int = 64,
+def predict_curtain(model: nn.Module, x: np.ndarray, *, width: int, overlap: int,
+                    blind_rows: int | np.ndarray, n_passes: int,
+                    quantiles: Sequence[float] = (0.05, 0.5, 0.95), batch_size: int = 64,
                     device: str | torch.device = "cpu", generator_seed: int | None = None,
                     active: np.ndarray | None = None, amp: bool | None = None, mc_path: str = "band",
                     band_rows: int | None = None) -> dict[str, np.ndarray]:
@@ -133,7 +134,8 @@ def predict_curtain(model: nn.Module, x: np.ndarray, *, width: int, overlap: int
     hidden = np.concatenate([hidden, np.full(max(0, width - n), int(hidden.max(initial=0)), np.int64)])
     if mc_path not in ("band", "full"):
         raise ValueError(f"mc_path must be 'band' or 'full', got {mc_path!r}")
-    band = None if mc_path == "full" else int(band_rows if band_rows is not None else max(1, hidden.max(initial=1)))
+    band = None if mc_path == "full" else int(band_rows if band_rows is not None
+                                              else max(1, hidden.max(initial=1)))
     starts = window_starts(n, width, overlap)
     blender = Blender(n, width, starts)
     todo = np.arange(len(starts))

@@ -194,7 +194,8 @@ def domain_flags(domain: TrainingDomain, surface_t_k: np.ndarray, latitude: np.n
         with np.errstate(invalid="ignore"):
             flag |= np.where(t_c >= domain.cold_threshold_c, WARM, 0).astype(np.int8)
     if domain.lat_min is not None and domain.lat_max is not None:
-        flag |= np.where((lat < domain.lat_min) | (lat > domain.lat_max), OUTSIDE_LATITUDES, 0).astype(np.int8)
+        flag |= np.where((lat < domain.lat_min) | (lat > domain.lat_max), OUTSIDE_LATITUDES,
+                         0).astype(np.int8)
     return flag
 
 

@@ -34,7 +34,8 @@ from bzpipe.metrics.uncertainty import (
 
 __all__ = [
     "ContingencyTable", "Interval", "bias", "block_weights", "bootstrap_indices", "bootstrap_mean",
-    "central_intervals", "cloud_presence", "contingency_table", "csi_from_pod_sr", "dice", "emd", "fill_no_echo",
+    "central_intervals", "cloud_presence", "contingency_table", "csi_from_pod_sr", "dice", "emd",
+    "fill_no_echo",
     "has_echo", "histograms", "interval", "interval_coverage", "lowest_echo_height", "mae", "mean_db", "pdf",
     "periodogram", "rmse", "shallow_snowfall", "spread_exclusion_mask", "spread_skill", "spread_skill_ratio",
     "to_db", "unit_labels", "vertical_spectrum_db", "virga", "weighted_means",

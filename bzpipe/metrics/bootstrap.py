@@ -130,7 +130,8 @@ def unit_labels(sites: np.ndarray, times: np.ndarray, unit_hours: float = 24.0) 
     ok = ~np.isnat(t)
     k = np.where(ok, np.floor(t.astype(np.int64) / (unit_hours * 3600e9)), -1).astype(np.int64)
     return np.array([f"{s}/{kk}" if good else f"{s}/p{i}" for i, (s, kk, good)
-                     in enumerate(zip(sites, k, ok, strict=True))], dtype=object) if n else np.zeros(0, object)
+                     in enumerate(zip(sites, k, ok, strict=True))],
+                    dtype=object) if n else np.zeros(0, object)
 
 
 def block_weights(units: np.ndarray, n_boot: int, seed: int = 0, strata: np.ndarray | None = None

@@ -26,8 +26,8 @@ def _estimate(entry: dict[str, Any], key: str) -> float:
     return float("nan") if v is None else float(v)
 
 
-def headline_values(summary: dict[str, Any], reference: str = "UNET", baselines: tuple[str, ...] = ("REP", "MAR"),
-                    site: str = "all") -> dict[str, float]:
+def headline_values(summary: dict[str, Any], reference: str = "UNET",
+                    baselines: tuple[str, ...] = ("REP", "MAR"), site: str = "all") -> dict[str, float]:
     """``{"UNET.MAE": .., "UNET-REP.MAE": .., ...}``: the reference's headline scores and its differences."""
     out: dict[str, float] = {}
     scores = summary["scores"][site]

@@ -158,7 +158,8 @@ def summarize(truth: np.ndarray, preds: dict[str, np.ndarray], row_above: np.nda
     per = {m: per_patch_scores(preds[m], truth, row_above, valid, s) for m in methods}
     truth_events = per_patch_scores(truth, truth, row_above, valid, s)
     counts = {m: {e: ct.table_counts(per[m][e], truth_events[e]) for e in EVENTS} for m in methods}
-    events_in_truth = {site: {e: int(np.nansum(truth_events[e][ix])) for e in EVENTS} for site, ix in site_ix.items()}
+    events_in_truth = {site: {e: int(np.nansum(truth_events[e][ix])) for e in EVENTS}
+                       for site, ix in site_ix.items()}
     undefined = {site: [e for e in EVENTS if events_in_truth[site][e] == 0] for site in site_ix}
 
     scores: dict[str, dict[str, Any]] = {}
@@ -199,7 +200,8 @@ def summarize(truth: np.ndarray, preds: dict[str, np.ndarray], row_above: np.nda
                 for key in list(CONTINUOUS) + [f"{e}_{k}" for e in EVENTS for k in ("CSI", "HSS")]:
                     est_ref, est_m = _estimate(scores[site][reference], key), _estimate(scores[site][m], key)
                     rep_diff = reps_by_method[reference][key] - reps_by_method[m][key]
-                    d[key] = bs.from_replicates(est_ref - est_m, rep_diff, s.confidence, int(ix.size), k_units)
+                    d[key] = bs.from_replicates(est_ref - est_m, rep_diff, s.confidence, int(ix.size),
+                                                k_units)
                 diffs[site][m] = d
 
     out: dict[str, Any] = {
@@ -207,9 +209,9 @@ def summarize(truth: np.ndarray, preds: dict[str, np.ndarray], row_above: np.nda
         "methods": methods,
         "reference": reference,
         "n_patches": {k: int(v.size) for k, v in site_ix.items()},
-        "bootstrap": {site: {"units": n_units[site], "unit": (f"site x {s.bootstrap_unit_hours:g} h"
-                                                              if times is not None and s.bootstrap_unit_hours > 0
-                                                              else "patch"),
+        "bootstrap": {site: {"units": n_units[site],
+                             "unit": (f"site x {s.bootstrap_unit_hours:g} h"
+                                      if times is not None and s.bootstrap_unit_hours > 0 else "patch"),
                              "resamples": s.n_bootstrap, "paired": True, "stratified_by": "site",
                              "interval": "percentile, expanded for few units (Hesterberg 2015)"}
                       for site in site_ix},

@@ -91,7 +91,8 @@ def plan_band(height: int, width: int, rows: int) -> BandPlan:
     inp = [0] * (DEPTH - 1)
     keep[0] = min(rows + 1, heights[0])                   # the 3x3 output head reads one row more
     plan = None
-    for level in range(DEPTH - 1):                        # keep[level] is final once shallower levels are done
+    # keep[level] is final once shallower levels are done
+    for level in range(DEPTH - 1):
         inp[level] = min(keep[level] + 2, heights[level])
         plan = BandPlan(height, width, rows, heights, tuple(keep), tuple(inp))
         for src in range(level + 1, DEPTH):
@@ -138,7 +139,8 @@ class BandDecoder:
     """
 
     def __init__(self, model: UNet3Plus, height: int, width: int, rows: int,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = True, dropout: bool = True) -> None:
+                 dtype: torch.dtype = torch.float32, channels_last: bool = True,
+                 dropout: bool = True) -> None:
         if not isinstance(model, UNet3Plus):
             raise TypeError(f"the band-limited path needs a UNet3Plus, got {type(model).__name__}")
         self.model = model
@@ -160,7 +162,8 @@ class BandDecoder:
 
     # ------------------------------------------------------------------ checks
     def check_hidden(self, inputs: Tensor) -> None:
-        """Raise :class:`BandTooNarrowError` if the mask channel (last) hides any pixel at or above ``rows``."""
+        """Raise :class:`BandTooNarrowError` if the mask channel (last) hides any pixel at or above
+        ``rows``."""
         rows = self.plan.rows
         above = inputs[:, -1, rows:, :] > 0
         if bool(above.any()):
@@ -199,7 +202,8 @@ class BandDecoder:
         Tensor[k b, ...] of the caller's (masked in place); returns Tensor[k b, ...].
         """
         if shared:
-            t = torch.cat([t] * k).contiguous(memory_format=self.fmt) if k > 1 else t.clone(memory_format=self.fmt)
+            t = (torch.cat([t] * k).contiguous(memory_format=self.fmt) if k > 1
+                 else t.clone(memory_format=self.fmt))
         if not self.dropout:
             return t
         drop = self.model.drop
@@ -209,7 +213,8 @@ class BandDecoder:
         return drop_inplace(t, drop.p, drop.generator)
 
     def passes(self, sh: dict[str, object], k: int) -> Tensor:
-        """``k`` stochastic passes over the shared windows: Tensor[k, B, out, rows, W] (float32, pass-major)."""
+        """``k`` stochastic passes over the shared windows: Tensor[k, B, out, rows, W] (float32,
+        pass-major)."""
         plan, B = self.plan, int(sh["B"])  # type: ignore[arg-type]
         pooled: dict[int, Tensor] = sh["pooled"]  # type: ignore[assignment]
         e: list[Tensor] = [sh["e0"]]  # type: ignore[list-item]

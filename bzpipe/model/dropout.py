@@ -78,7 +78,8 @@ def _flat_view(x: Tensor) -> Tensor | None:
 
 
 def _drop_blocks(flat: Tensor, thr: int, generator: torch.Generator | None, keep_out: Tensor | None) -> None:
-    """Multiply ``flat`` (1-d, CPU) block by block with fresh 0/1 keep masks; optionally record them (bool)."""
+    """Multiply ``flat`` (1-d, CPU) block by block with fresh 0/1 keep masks; optionally record them
+    (bool)."""
     n = flat.numel()
     block = min(n, DRAW_BLOCK)
     words = torch.empty((block + 1) // 2, dtype=torch.int64)
@@ -182,7 +183,8 @@ class MCDropout(nn.Dropout):
     def active(self) -> bool:
         return self.training and self.p > 0.0
 
-    def keep(self, site: str, shape: tuple[int, ...], device: torch.device, channels_last: bool = False) -> Tensor:
+    def keep(self, site: str, shape: tuple[int, ...], device: torch.device,
+             channels_last: bool = False) -> Tensor:
         """The bool keep mask of ``site`` for a tensor of ``shape``."""
         if self.source is not None:
             return self.source(site, tuple(shape), device, channels_last)
@@ -235,7 +237,8 @@ class FixedMasks:
         self.gen = torch.Generator().manual_seed(seed)
         self.masks: dict[str, Tensor] = {}
 
-    def __call__(self, site: str, shape: tuple[int, ...], device: torch.device, channels_last: bool) -> Tensor:
+    def __call__(self, site: str, shape: tuple[int, ...], device: torch.device,
+                 channels_last: bool) -> Tensor:
         m = self.masks.get(site)
         if m is None:
             m = keep_mask(shape, self.p, "cpu", self.gen).to(device)

@@ -85,4 +85,5 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, scale: float = 1.0)
 def weights_key(module: nn.Module) -> tuple:
     """Identity and version of every parameter and buffer: changes when any of them is replaced or
     modified in place (``load_state_dict``, an optimizer step, ``.to()``)."""
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (*module.parameters(), *module.buffers()))
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device)
+                 for t in (*module.parameters(), *module.buffers()))

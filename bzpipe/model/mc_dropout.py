@@ -66,7 +66,8 @@ CPU_AUTO_BATCH = 64
 
 def auto_mc_batch(model: nn.Module, window: Tensor, band_rows: int | None = None,
                   autocast_dtype: torch.dtype | None = None, probe: int = 8) -> int:
-    """Samples (passes x windows) per forward pass that fill the device running ``window`` Tensor[1, Cin, H, W].
+    """Samples (passes x windows) per forward pass that fill the device running ``window``
+    Tensor[1, Cin, H, W].
 
     On CUDA: one probe of ``probe`` passes measures the peak memory per sample (activations,
     masks, the stacked passes); the batch then fills :data:`AUTO_BATCH_MEMORY_FRACTION` of the free
@@ -95,7 +96,8 @@ def auto_mc_batch(model: nn.Module, window: Tensor, band_rows: int | None = None
 
 def _full_passes(model: nn.Module, chunk: Tensor, k: int, channels_last: bool,
                  autocast_dtype: torch.dtype | None) -> Tensor:
-    """K full forward passes of the windows ``chunk`` Tensor[b, Cin, H, W]: Tensor[k, b, out, H, W] float32."""
+    """K full forward passes of the windows ``chunk`` Tensor[b, Cin, H, W]: Tensor[k, b, out, H, W]
+    float32."""
     b = chunk.shape[0]
     big = chunk.repeat(k, 1, 1, 1)                                      # (k b, Cin, H, W), pass-major
     if channels_last:
@@ -116,7 +118,8 @@ def _band_to_full_height(out: Tensor, obs: Tensor, mask: Tensor | None) -> Tenso
     if mask is None:
         full[..., :rows, :] = out
     else:
-        full[..., :rows, :] = torch.stack([merge_prediction(o, obs[:, :, :rows], mask[:, :, :rows]) for o in out])
+        full[..., :rows, :] = torch.stack([merge_prediction(o, obs[:, :, :rows], mask[:, :, :rows])
+                                           for o in out])
     return full
 
 
@@ -149,9 +152,9 @@ def mc_predict(model: nn.Module, inputs: Tensor, n_passes: int = 50,
         band_rows: the band-limited path (:mod:`bzpipe.model.band`) for hidden depths up to this
             many rows (per column: the mask channel may hide fewer); exact, ~4x less work per pass.
             Only the lowest ``band_rows`` rows are predicted: above them (never hidden) every pass
-            is the observation (``x``, or the reflectivity channel of ``inputs``).  A pixel hidden at or above ``band_rows`` raises
-            :class:`bzpipe.model.band.BandTooNarrowError`.  None, or a model other than a
-            UNet3Plus (test stand-ins): the full pass.
+            is the observation (``x``, or the reflectivity channel of ``inputs``).  A pixel hidden at
+            or above ``band_rows`` raises :class:`bzpipe.model.band.BandTooNarrowError`.  None, or a
+            model other than a UNet3Plus (test stand-ins): the full pass.
 
     Returns:
         :func:`bzpipe.model.mc_stats.aggregate_passes` of the passes (float32, on the input's

@@ -30,7 +30,8 @@ from bzpipe.report.verdict import verdict
 from bzpipe.store import Store
 from bzpipe.store.layout import dataset_key, is_dataset_version, report_key
 
-__all__ = ["build_figures", "evaluate_and_report", "input_checksums", "markdown_summary", "verdict", "write_report"]
+__all__ = ["build_figures", "evaluate_and_report", "input_checksums", "markdown_summary", "verdict",
+           "write_report"]
 
 MODEL_META_KEYS = ("model", "channels", "channel_set", "blind_zone_rows", "epoch", "val_loss", "model_id",
                    "checkpoint_uri", "checkpoint_sha256", "dataset")
@@ -57,11 +58,12 @@ def markdown_summary(summary: dict[str, Any], verdict_: dict[str, Any], site: st
     lines = [f"**{verdict_['headline']}**", ""]
     lines += [f"- {r}" for r in verdict_["reasons"]]
     boot = (summary.get("bootstrap") or {}).get(site, {})
-    lines += ["", f"Scores ({site}, {summary['settings'].get('confidence', 0.9):.0%} block-bootstrap intervals "
-                  f"over {boot.get('units', '?')} {boot.get('unit', 'patch')} blocks, "
+    lines += ["", f"Scores ({site}, {summary['settings'].get('confidence', 0.9):.0%} block-bootstrap "
+                  f"intervals over {boot.get('units', '?')} {boot.get('unit', 'patch')} blocks, "
                   f"{summary['n_patches'].get(site, 0)} patches):", "", tables.to_markdown(header, rows)]
     if (summary.get("seeds") or {}).get("n", 1) > 1:
-        lines += ["", "Across training seeds (mean ± sd):", "", tables.to_markdown(*tables.seed_rows(summary))]
+        lines += ["", "Across training seeds (mean ± sd):", "",
+                  tables.to_markdown(*tables.seed_rows(summary))]
     if links:
         lines += ["", "Figures: " + ", ".join(f"[{k}]({v})" for k, v in links.items())]
     return "\n".join(lines)

@@ -202,8 +202,8 @@ def scores_png(summary: dict[str, Any], site: str = "all",
         ax.set_xticks(x, [m for m in methods], rotation=45, fontsize=7)
         unit = " (dBZ)" if key in ("MAE", "RMSE", "bias", "EMD") else ""
         ax.set_title(key.replace("_", " ") + unit, fontsize=9)
-    fig.suptitle(f"Blind-zone scores ({site}), {summary['settings'].get('confidence', 0.9):.0%} block-bootstrap "
-                 "intervals", fontsize=10)
+    fig.suptitle(f"Blind-zone scores ({site}), {summary['settings'].get('confidence', 0.9):.0%} "
+                 "block-bootstrap intervals", fontsize=10)
     return _png(fig)
 
 

@@ -68,16 +68,18 @@ def render(title: str, verdict: dict[str, Any], summary: dict[str, Any], figures
                  f"({html.escape(str(boot.get('unit', 'patch')))} blocks, {boot.get('units', '?')} of them; "
                  f"{summary['settings'].get('n_bootstrap')} resamples, paired across methods, stratified by "
                  "site; percentile interval expanded for few blocks). "
-                 f"{html.escape(str(excl.get('rule', 'No test patch excluded')))}. U-Net MC statistics per pass "
+                 f"{html.escape(str(excl.get('rule', 'No test patch excluded')))}. "
+                 "U-Net MC statistics per pass "
                  "in dBZ (King et al. 2024): mean and spread of the per-pass dBZ, no echo = -60 dBZ.</p>")
     events = summary.get("events_in_truth", {}).get("all")
     if events:
         parts.append("<p class='note'>Events in the truth (patches): "
-                     + html.escape(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in events.items())) + "</p>")
+                     + html.escape(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in events.items()))
+                     + "</p>")
     if (summary.get("seeds") or {}).get("stats"):
-        parts.append("<h2>Spread across training seeds</h2><p class='note'>The same test patches and baseline "
-                     "fills scored with each training run; mean ± sample sd (the bootstrap intervals above "
-                     "are for the first run).</p>")
+        parts.append("<h2>Spread across training seeds</h2><p class='note'>The same test patches and "
+                     "baseline fills scored with each training run; mean ± sample sd (the bootstrap "
+                     "intervals above are for the first run).</p>")
         parts.append(tables.to_html(*tables.seed_rows(summary)))
     for site in summary["scores"]:
         parts.append(f"<h2>Scores: {html.escape(site)}</h2>")

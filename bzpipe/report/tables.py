@@ -98,7 +98,9 @@ def seed_rows(summary: dict[str, Any], reference: str = "UNET") -> tuple[list[st
     block = summary.get("seeds") or {}
     stats = block.get("stats", {})
     bases = sorted({k.split(".")[0].split("-", 1)[1] for k in stats if "-" in k.split(".")[0]})
-    header = ["score", f"{reference} (mean ± sd, {block.get('n', 1)} runs)"] + [f"{reference} minus {b}" for b in bases]
-    rows = [[label, _mean_sd(stats.get(f"{reference}.{k}"))] + [_mean_sd(stats.get(f"{reference}-{b}.{k}")) for b in bases]
+    header = (["score", f"{reference} (mean ± sd, {block.get('n', 1)} runs)"]
+              + [f"{reference} minus {b}" for b in bases])
+    rows = [[label, _mean_sd(stats.get(f"{reference}.{k}"))]
+            + [_mean_sd(stats.get(f"{reference}-{b}.{k}")) for b in bases]
             for k, label in SEED_LABELS.items()]
     return header, rows

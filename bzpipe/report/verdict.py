@@ -81,12 +81,14 @@ def verdict(summary: dict[str, Any], reference: str = "UNET", baselines: tuple[s
         sig = all(c["significant"] for c in checks)
         weak = [f"{c['score']} vs {c['baseline']}" for c in checks if not c["significant"]]
         headline = (f"On the {split} split the U-Net is ahead of {names} on {labels}"
-                    + (f", every difference outside zero in its {conf:.0%} block-bootstrap interval." if sig else
+                    + (f", every difference outside zero in its {conf:.0%} block-bootstrap interval."
+                       if sig else
                        f"; but the {conf:.0%} block-bootstrap interval includes zero for: " + "; ".join(weak)
                        + "."))
     else:
         lost = [c for c in checks if not c["ahead"]]
-        parts = [f"{c['score']} vs {c['baseline']} (not scored: no {EVENT_NAMES[e]} event in the {split} split)"
+        parts = [f"{c['score']} vs {c['baseline']} (not scored: no {EVENT_NAMES[e]} event in the "
+                 f"{split} split)"
                  if (e := c["key"].rsplit("_", 1)[0]) in absent else
                  f"{c['score']} vs {c['baseline']} ({'tied: ' if c['tied'] else ''}U-Net "
                  f"{_fmt(c['reference'])}, {c['baseline']} {_fmt(c['other'])})" for c in lost]

@@ -73,11 +73,13 @@ def read_ecmwf_aux(path: str | Path, *, source: str | None = None) -> xr.Dataset
             data_vars[var] = (("profile", "bin"), np.where(bad, np.nan, values).astype(np.float32), {
                 "units": units, "long_name": long_name, "source_field": field})
         assert nray is not None
-        for name, var, units in (("Latitude", "latitude", "degrees_north"), ("Longitude", "longitude", "degrees_east")):
+        for name, var, units in (("Latitude", "latitude", "degrees_north"),
+                                 ("Longitude", "longitude", "degrees_east")):
             if sw.has(name):
                 vals, bad = decode(sw.read(name), sw.field_attrs(name))
                 if vals.shape == (nray,):
-                    data_vars[var] = ("profile", np.where(bad, np.nan, vals).astype(np.float32), {"units": units})
+                    data_vars[var] = ("profile", np.where(bad, np.nan, vals).astype(np.float32),
+                                      {"units": units})
         if sw.has("Profile_time") and (sw.has("UTC_start") or sw.has("TAI_start")):
             data_vars["time"] = ("profile", profile_times(sw, info["start"], nray, source))
         attrs = {"granule_id": info["granule_id"], "orbit": info["orbit"], "release": info["release"],
@@ -100,7 +102,8 @@ def check_companion(geoprof: xr.Dataset, aux: xr.Dataset) -> xr.Dataset:
         if a_orbit is not None and g_orbit is not None and int(a_orbit) != int(g_orbit):
             where = "" if what == "orbit" else " (its granule_number attribute)"
             raise CompanionMismatchError(src, f"ECMWF-AUX of orbit {int(a_orbit)}{where}, but the 2B-GEOPROF "
-                                              f"granule {geoprof.attrs.get('granule_id', '')} is orbit {int(g_orbit)}")
+                                              f"granule {geoprof.attrs.get('granule_id', '')} is orbit "
+                                              f"{int(g_orbit)}")
     n_g, n_a = geoprof.sizes.get("profile"), aux.sizes.get("profile")
     if n_g != n_a:
         raise CompanionMismatchError(src, f"ECMWF-AUX has {n_a} profiles, the 2B-GEOPROF granule "

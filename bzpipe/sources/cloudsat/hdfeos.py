@@ -256,7 +256,8 @@ class SwathFile:
                 finally:
                     sds.endaccess()
             except Exception as exc:  # noqa: BLE001 - any pyhdf failure means a damaged file
-                raise CorruptFileError(self.source, f"cannot read attributes of {name!r} ({_why(exc)})") from None
+                raise CorruptFileError(self.source,
+                                       f"cannot read attributes of {name!r} ({_why(exc)})") from None
         vr = a.get(f"{name}.valid_range")
         valid_range = None
         if vr is not None:

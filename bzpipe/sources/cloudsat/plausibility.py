@@ -118,8 +118,9 @@ def _geolocation_problems(lat: np.ndarray, lon: np.ndarray, time: np.ndarray) ->
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         out.append(f"the track jumps: {int(bad.sum())} step(s) between consecutive profiles imply a ground "
-                   f"speed outside {lo_s:g}..{hi_s:g} km/s (first: profiles {i}-{i + 1}, {dist_km[i]:.2f} km in "
-                   f"{dt[i]:.3f} s; ({lat[i]:.4f}, {lon[i]:.4f}) -> ({lat[i + 1]:.4f}, {lon[i + 1]:.4f}))")
+                   f"speed outside {lo_s:g}..{hi_s:g} km/s (first: profiles {i}-{i + 1}, {dist_km[i]:.2f} "
+                   f"km in {dt[i]:.3f} s; ({lat[i]:.4f}, {lon[i]:.4f}) -> "
+                   f"({lat[i + 1]:.4f}, {lon[i + 1]:.4f}))")
     return out
 
 
@@ -133,7 +134,8 @@ def _time_problems(time: np.ndarray) -> list[str]:
     step = np.diff(t.astype(np.int64)) / 1e9
     if (step <= 0).any():
         i = int(np.flatnonzero(step <= 0)[0])
-        out.append(f"'Profile_time' is not increasing ({int((step <= 0).sum())} step(s); first at profile {i})")
+        out.append(f"'Profile_time' is not increasing ({int((step <= 0).sum())} step(s); "
+                   f"first at profile {i})")
     if (step > MAX_PROFILE_STEP_S).any():
         out.append(f"'Profile_time' jumps by up to {step.max():.1f} s between profiles (at most "
                    f"{MAX_PROFILE_STEP_S:g} s expected)")

@@ -177,8 +177,8 @@ def read_granule(path: str | Path, *, require_reflectivity: bool = True,
                 "long_name": "land/sea flag as stored (1 land, 2 ocean; 3-5 coast / inland water classes)",
                 "source_field": "Navigation_land_sea_flag"})
         if sw.has("SurfaceHeightBin"):
-            data_vars["surface_height_bin"] = ("profile", _surface_bin(read1d("SurfaceHeightBin"),
-                                                                       sw.field_attrs("SurfaceHeightBin"), nbin), {
+            data_vars["surface_height_bin"] = ("profile", _surface_bin(
+                read1d("SurfaceHeightBin"), sw.field_attrs("SurfaceHeightBin"), nbin), {
                 "long_name": "index of the bin holding the surface echo (0-based, bin 0 = top; -1 = none)",
                 "source_field": "SurfaceHeightBin", "comment": "the product stores it 1-based"})
 

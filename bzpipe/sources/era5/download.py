@@ -146,7 +146,8 @@ def era5_request(site: Site, year: int, month: int, levels_hpa: list[int], box_d
     }
 
 
-def era5_box_request(area: list[float], days: list[str], hours: list[int], levels_hpa: list[int]) -> dict[str, Any]:
+def era5_box_request(area: list[float], days: list[str], hours: list[int],
+                     levels_hpa: list[int]) -> dict[str, Any]:
     """The CDS request for a box along a CloudSat track: ``area`` ``[north, west, south, east]``,
     ``days`` ``YYYY-MM-DD`` (one month), ``hours`` 0-23, every variable and level of
     :func:`era5_request`."""

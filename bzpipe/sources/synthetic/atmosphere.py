@@ -303,7 +303,8 @@ def state_at(site: str | Site, times: np.ndarray | list[datetime] | datetime, se
     inv_depth = np.clip(450.0 + 180.0 * n("inv_depth", 10.0), 150.0, 1000.0)
     bl_top = np.clip(1100.0 + 450.0 * n("bl_top", 10.0) + 120.0 * fast("bl_top_fast", 2.0)
                      + err("bl_top", clim.ERA5_BL_TOP_ERROR_SD), 350.0, 2400.0)
-    rh_low = np.clip(clim.RH_LOW_MEAN + clim.RH_LOW_SD * (0.93 * n("rh_low", 8.0) + 0.37 * fast("rh_low_fast", 2.0))
+    rh_low = np.clip(clim.RH_LOW_MEAN
+                     + clim.RH_LOW_SD * (0.93 * n("rh_low", 8.0) + 0.37 * fast("rh_low_fast", 2.0))
                      + err("rh_low", clim.ERA5_RH_ERROR_SD), 0.55, 1.2)
     rh_sub = np.clip(clim.RH_SUB_MEAN + clim.RH_SUB_SD * n("rh_sub", 10.0)
                      + err("rh_sub", clim.ERA5_RH_ERROR_SD), 0.5, 1.05)

@@ -25,23 +25,24 @@ Source keys
 [HK05] Hogan & Kew 2005, QJRMS 131:2585 (fall streaks: a fractal field sheared by the wind).
 [KING] King et al. 2024 reference code (thresholds, grid; ``docs/paper.md``).
 
-Observed statistic                                  value            source   how the generator meets it
--------------------------------------------------  ---------------  -------  -----------------------------------
-cloud occurrence, six Arctic sites (annual)         58-83 %, lowest  [Sh11a]  CLOUD_OCCURRENCE_TARGET (winter)
-                                                    in winter
-liquid occurrence at Barrow                         56 %             [Sh11b]  low mixed-phase layers (LOW_CLOUD_*)
-liquid-only clouds                                  few above 3 km   [Sh11b]  LOW_CLOUD_TOP_M range
-supercooled layers that precipitate                 > 85 %           [Si21]   every low layer generates snow
-shallow share of snowfall events                    ~ 36 %           [Ku16]   low layers vs deep systems
-sublimation below cloud base at NSA                 "substantial"    [ZG08]   K_SUBLIMATION (virga)
-median Ze between surface and 1.2 km (Ze > -5)      ~ constant       [M14]    growth only where ice-supersaturated
-KaZR minimum detectable Ze at 1 km                  ~ -50 dBZ        [KZS]    MDS_DBZ_AT_1KM (+ 20 log10 r)
-horizontal spectrum of cloud fields                 ~ k^-5/3         [G01]    TEXTURE_HURST = 1/3 (fractal sums)
-fall streaks                                        sheared by wind  [HK05]   drift relative to the generating level
-surface temperature, Feb normal at Barrow           -25.7 degC       [ACRC]   atmosphere._seasonal_mean_c
-wind speed, monthly mean (peak)                     5-7 (22) m s-1   [ACRC]   atmosphere wind processes
-humidity inversions in winter                       > 90 % of time   [HI]     moist boundary layer under drier air
-reanalysis inversion strength                       underestimated   [HI]     ERA5_INVERSION_FACTOR
+Observed statistic                              value            source   how the generator meets it
+----------------------------------------------  ---------------  -------  ------------------------------------
+cloud occurrence, six Arctic sites (annual)     58-83 %, lowest  [Sh11a]  CLOUD_OCCURRENCE_TARGET (winter)
+                                                in winter
+liquid occurrence at Barrow                     56 %             [Sh11b]  low mixed-phase layers (LOW_CLOUD_*)
+liquid-only clouds                              few above 3 km   [Sh11b]  LOW_CLOUD_TOP_M range
+supercooled layers that precipitate             > 85 %           [Si21]   every low layer generates snow
+shallow share of snowfall events                ~ 36 %           [Ku16]   low layers vs deep systems
+sublimation below cloud base at NSA             "substantial"    [ZG08]   K_SUBLIMATION (virga)
+median Ze between surface and 1.2 km (Ze > -5)  ~ constant       [M14]    growth only where ice-supersaturated
+KaZR minimum detectable Ze at 1 km              ~ -50 dBZ        [KZS]    MDS_DBZ_AT_1KM (+ 20 log10 r)
+horizontal spectrum of cloud fields             ~ k^-5/3         [G01]    TEXTURE_HURST = 1/3 (fractal sums)
+fall streaks                                    sheared by wind  [HK05]   drift relative to the generating
+                                                                          level
+surface temperature, Feb normal at Barrow       -25.7 degC       [ACRC]   atmosphere._seasonal_mean_c
+wind speed, monthly mean (peak)                 5-7 (22) m s-1   [ACRC]   atmosphere wind processes
+humidity inversions in winter                   > 90 % of time   [HI]     moist boundary layer under drier air
+reanalysis inversion strength                   underestimated   [HI]     ERA5_INVERSION_FACTOR
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ def track(site: Site, n_profiles: int, key: np.uint64, i_over: int | None = None
     u = hash_uniform(key, np.arange(4, dtype=np.int64))
     ascending = u[0] < 0.5
     cross_m = (2.0 * u[1] - 1.0) * 30_000.0
-    i_over = int(n_profiles * (0.4 + 0.2 * u[2])) if i_over is None else int(np.clip(i_over, 0, n_profiles - 1))
+    i_over = (int(n_profiles * (0.4 + 0.2 * u[2])) if i_over is None
+              else int(np.clip(i_over, 0, n_profiles - 1)))
     cos_lat = np.cos(np.radians(site.latitude))
     az = np.degrees(np.arcsin(np.clip(np.cos(np.radians(INCLINATION_DEG)) / cos_lat, -1.0, 1.0)))
     az = az if ascending else 180.0 - az
@@ -114,7 +115,8 @@ def advection_speeds(site: Site, t_over: float, seed: int, heights: np.ndarray) 
     return np.clip(np.hypot(u[0], v[0]), *ADVECTION_RANGE_M_S)
 
 
-def band_times(site: Site, t_over: float, along_m: np.ndarray, seed: int) -> list[tuple[float, float, np.ndarray]]:
+def band_times(site: Site, t_over: float, along_m: np.ndarray,
+               seed: int) -> list[tuple[float, float, np.ndarray]]:
     """``[(bottom, top, times (P,)), ...]``: per height band, when the site saw the air that each
     profile holds (``t_over + s / |V(band centre)|``)."""
     edges = np.asarray(BAND_EDGES_M)
@@ -246,8 +248,8 @@ def generate_cloudsat_granule(path_dir: str | os.PathLike[str], start: datetime,
                start=start, granule_number=int(arr["granule_number"]))
     path = write_geoprof_granule(
         Path(path_dir), reflectivity_dbz=arr["reflectivity_dbz"], height_m=arr["height_m"],
-        cloud_mask=arr["cloud_mask"], dem_elevation_m=arr["dem_elevation_m"], land_sea_flag=arr["land_sea_flag"],
-        surface_height_bin=arr["surface_height_bin"], **geo)
+        cloud_mask=arr["cloud_mask"], dem_elevation_m=arr["dem_elevation_m"],
+        land_sea_flag=arr["land_sea_flag"], surface_height_bin=arr["surface_height_bin"], **geo)
     if ecmwf_aux:
         write_ecmwf_aux_granule(Path(path_dir), **ecmwf_aux_arrays(arr, seed), **geo)
     return path

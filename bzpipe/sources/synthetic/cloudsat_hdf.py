@@ -140,8 +140,8 @@ def write_geoprof_granule(path: Path, *, reflectivity_dbz: np.ndarray, height_m:
     _check_shapes(nray, nbin, arrays2d, arrays1d)
     start = _utc(start)
     fields = _geoprof_fields(refl, arrays2d, arrays1d, start)
-    return _write_granule(Path(path), PRODUCT, fields, start, float(arrays1d["profile_time_s"][-1]), nray, nbin,
-                          granule_number, release, epoch, version, "P1" if version else "P")
+    return _write_granule(Path(path), PRODUCT, fields, start, float(arrays1d["profile_time_s"][-1]),
+                          nray, nbin, granule_number, release, epoch, version, "P1" if version else "P")
 
 
 def write_ecmwf_aux_granule(path: Path, *, ec_height_m: np.ndarray, temperature_k: np.ndarray,
@@ -196,11 +196,12 @@ def write_ecmwf_aux_granule(path: Path, *, ec_height_m: np.ndarray, temperature_
                       fill=EC_FILL, missing=EC_FILL),
                _Field("Surface_pressure", "data", HC.FLOAT32, f32(lowest(arrays2d["pressure_pa"])),
                       "Surface pressure", "Pa", None, fill=EC_FILL, missing=EC_FILL)]
-    return _write_granule(Path(path), EC_PRODUCT, fields, start, float(arrays1d["profile_time_s"][-1]), nray, nbin,
-                          granule_number, release, epoch, version, "P")
+    return _write_granule(Path(path), EC_PRODUCT, fields, start, float(arrays1d["profile_time_s"][-1]),
+                          nray, nbin, granule_number, release, epoch, version, "P")
 
 
-def _check_shapes(nray: int, nbin: int, arrays2d: dict[str, np.ndarray], arrays1d: dict[str, np.ndarray]) -> None:
+def _check_shapes(nray: int, nbin: int, arrays2d: dict[str, np.ndarray],
+                  arrays1d: dict[str, np.ndarray]) -> None:
     for name, arr in arrays2d.items():
         if arr.shape != (nray, nbin):
             raise ValueError(f"{name} must have shape {(nray, nbin)}, got {arr.shape}")
@@ -213,8 +214,8 @@ def _utc(start: datetime) -> datetime:
     return (start if start.tzinfo is not None else start.replace(tzinfo=UTC)).astimezone(UTC)
 
 
-def _write_granule(folder: Path, product: str, fields: list[_Field], start: datetime, span_s: float, nray: int,
-                   nbin: int, granule_number: int, release: str, epoch: str, version: str | None,
+def _write_granule(folder: Path, product: str, fields: list[_Field], start: datetime, span_s: float,
+                   nray: int, nbin: int, granule_number: int, release: str, epoch: str, version: str | None,
                    iteration: str) -> Path:
     """Write the fields as one granule of ``product`` under its CloudSat name, atomically."""
     folder.mkdir(parents=True, exist_ok=True)

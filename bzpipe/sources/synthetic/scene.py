@@ -53,7 +53,8 @@ NO_ECHO_DBZ = clim.NO_ECHO_DBZ  #: weaker (true) reflectivities are reported as 
 MAX_LAG_S = 3.0 * 3600.0  #: longest fall-streak lag
 ENV_STEP_S = 60.0  #: profiles of T, RH and wind are computed on this absolute time lattice and interpolated
 GONE = -99.0  #: dBZ of snow that has sublimated away
-MAX_SNOW_DBZ = 10.0  #: growth stops here (light to moderate snow at Ka band; King et al. drop test patches > 20)
+#: growth stops here (light to moderate snow at Ka band; King et al. drop test patches > 20)
+MAX_SNOW_DBZ = 10.0
 
 
 class _Textures:
@@ -235,7 +236,8 @@ def reflectivity_curtain(site: str | Site, times: np.ndarray | list[datetime], h
             ci.mean = np.where(in_ci, -34.0 + (12.0 * st.cirrus_intensity + 4.0) * fr, ci.mean)
             below_c = has_ci & (z < st.cirrus_base) & (ci.mean > GONE)
             ci.mean = _fall_through(ci.mean, below_c, rh, dz)
-            alive_c = (in_ci | below_c) & (ci.mean > GONE) & (tex("ci_cells", src) > 0.9 - 1.5 * st.cirrus_intensity)
+            alive_c = ((in_ci | below_c) & (ci.mean > GONE)
+                       & (tex("ci_cells", src) > 0.9 - 1.5 * st.cirrus_intensity))
             if alive_c.any():
                 z_lin += np.where(alive_c, _to_lin(ci.mean + 4.0 * tex("ci_gen", src)), 0.0)
 

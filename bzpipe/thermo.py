@@ -30,7 +30,8 @@ import numpy as np
 T0 = 273.16  #: K, triple point (the IFS's reference for the saturation formulas)
 EPS = 0.622  #: R_d / R_v
 
-#: How the dataset presents ERA-5 humidity to the network: ``"specific"`` (q standardized, King et al.)
+#: How the dataset presents ERA-5 humidity to the network: ``"specific"`` (q, as King et al.; bzpipe
+#: standardizes every ERA-5 channel where they scale it linearly onto a fixed range)
 #: or ``"relative"`` (relative humidity from q, t and the standard pressure, then standardized).
 HumidityRepresentation = Literal["specific", "relative"]
 HUMIDITY_REPRESENTATIONS: tuple[str, ...] = ("specific", "relative")
@@ -38,12 +39,33 @@ HUMIDITY_REPRESENTATIONS: tuple[str, ...] = ("specific", "relative")
 RELATIVE_HUMIDITY_TRANSFORM = "relative_humidity_ice_below_0C"
 
 
-def saturation_vapour_pressure(t_k: np.ndarray) -> np.ndarray:
-    """hPa; over ice below 273.16 K, over liquid water above (IFS constants, see module docstring)."""
+T_ICE = 250.16  #: K, below which the IFS mixed phase is all ice
+
+
+def saturation_vapour_pressure_water(t_k: np.ndarray) -> np.ndarray:
+    """HPa over liquid water (IFS constants, see module docstring)."""
     t_k = np.asarray(t_k, dtype=np.float64)
-    water = 6.1121 * np.exp(17.502 * (t_k - T0) / (t_k - 32.19))
-    ice = 6.1121 * np.exp(22.587 * (t_k - T0) / (t_k + 0.7))
-    return np.where(t_k >= T0, water, ice)
+    return 6.1121 * np.exp(17.502 * (t_k - T0) / (t_k - 32.19))
+
+
+def saturation_vapour_pressure_ice(t_k: np.ndarray) -> np.ndarray:
+    """HPa over ice (IFS constants, see module docstring)."""
+    t_k = np.asarray(t_k, dtype=np.float64)
+    return 6.1121 * np.exp(22.587 * (t_k - T0) / (t_k + 0.7))
+
+
+def saturation_vapour_pressure(t_k: np.ndarray) -> np.ndarray:
+    """hPa; over ice below 273.16 K, over liquid water above."""
+    t_k = np.asarray(t_k, dtype=np.float64)
+    return np.where(t_k >= T0, saturation_vapour_pressure_water(t_k), saturation_vapour_pressure_ice(t_k))
+
+
+def saturation_vapour_pressure_mixed(t_k: np.ndarray) -> np.ndarray:
+    """hPa; the IFS mixed phase ERA-5's own relative humidity uses: water above 0 degC, ice below
+    -23 degC, a quadratic blend between."""
+    t_k = np.asarray(t_k, dtype=np.float64)
+    alpha = np.clip((t_k - T_ICE) / (T0 - T_ICE), 0.0, 1.0) ** 2
+    return alpha * saturation_vapour_pressure_water(t_k) + (1.0 - alpha) * saturation_vapour_pressure_ice(t_k)
 
 
 def standard_pressure(z_msl_m: np.ndarray) -> np.ndarray:

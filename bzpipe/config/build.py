@@ -113,7 +113,8 @@ class BuildConfig(SitesAndTimes):
     era5_max_gap_s: float = Field(3 * 3600.0, gt=0, description="longest ERA-5 gap bridged in time, s")
     era5_columns: Literal["nearest", "bilinear"] = "nearest"
     era5_humidity: Literal["specific", "relative"] = Field("relative", description=(
-        "humidity channel: 'specific' (q standardized, as King et al.) or 'relative' (relative humidity "
+        "humidity channel: 'specific' (q, as King et al., standardized like every ERA-5 channel) or "
+        "'relative' (relative humidity "
         "from ERA-5 q and t at the standard pressure, bzpipe.thermo: the saturation the blind-zone "
         "processes depend on, which a small network does not derive from q and t in CPU minutes)"))
     forward_operator: CprOperatorConfig = Field(default_factory=CprOperatorConfig)

@@ -85,7 +85,7 @@ def model_era5_fields(era: np.ndarray, patches: PatchSet, humidity: HumidityRepr
 
     ``humidity="relative"`` replaces q by the relative humidity (:func:`bzpipe.thermo.humidity_feature`,
     at the standard pressure of each row's height above mean sea level: site elevation + row centre);
-    ``"specific"`` returns ``era`` unchanged (King et al.).
+    ``"specific"`` returns ``era`` unchanged (q, as King et al. feed it).
     """
     if humidity == "specific":
         return era

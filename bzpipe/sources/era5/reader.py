@@ -34,6 +34,7 @@ import xarray as xr
 from bzpipe.errors import CorruptFileError, EmptyDataError, InputFileError, MissingVariableError
 from bzpipe.schema import G0
 from bzpipe.sources.fileio import convert, decode_times, find_name, open_netcdf, sniff_format
+from bzpipe.thermo import saturation_vapour_pressure_mixed
 
 PRESSURE_LEVEL_VARIABLES: tuple[str, ...] = ("t", "q", "u", "v", "z")
 
@@ -176,15 +177,6 @@ def _get(ds: xr.Dataset, spec: tuple, path: Path, what: str, required: bool = Tr
     return n, xr.DataArray(values, dims=ds[n].dims, coords={d: ds[d] for d in ds[n].dims if d in ds.coords})
 
 
-def saturation_vapour_pressure_ifs(t_k: np.ndarray) -> np.ndarray:
-    """hPa; IFS mixed phase: water above 0 degC, ice below -23 degC, quadratic blend between."""
-    t0, tice = 273.16, 250.16
-    ew = 6.1121 * np.exp(17.502 * (t_k - t0) / (t_k - 32.19))
-    ei = 6.1121 * np.exp(22.587 * (t_k - t0) / (t_k + 0.7))
-    alpha = np.clip((t_k - tice) / (t0 - tice), 0.0, 1.0) ** 2
-    return alpha * ew + (1.0 - alpha) * ei
-
-
 # --------------------------------------------------------------- pressure levels
 
 
@@ -272,7 +264,7 @@ def _q_from_rh(ds: xr.Dataset, path: Path) -> tuple[str | None, np.ndarray | Non
     if tn is None or rh is None or t is None:
         return None, None
     p = ds["pressure_level"]
-    e = rh * xr.apply_ufunc(saturation_vapour_pressure_ifs, t)
+    e = rh * xr.apply_ufunc(saturation_vapour_pressure_mixed, t)
     return n, (0.622 * e / (p - 0.378 * e)).clip(min=0.0)
 
 

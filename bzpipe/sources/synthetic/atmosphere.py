@@ -46,13 +46,13 @@ from bzpipe.config import Site, resolve_site
 from bzpipe.schema import G0
 from bzpipe.sources.synthetic import climatology as clim
 from bzpipe.sources.synthetic.noise import make_key, smooth_noise
+from bzpipe.thermo import saturation_vapour_pressure, saturation_vapour_pressure_water
 
 R_D = 287.05  # J kg-1 K-1
 EPS = 0.622  # R_d / R_v
 LAPSE = 6.0e-3  # K m-1, free-tropospheric lapse rate
 LAPSE_BELOW_GROUND = 6.5e-3  # K m-1, ERA-5-style extrapolation below the surface
 T_TROPOPAUSE = 213.0  # K
-T0 = 273.16  # K
 HOUR = 3600.0
 DAY = 86400.0
 
@@ -70,19 +70,9 @@ def to_epoch_seconds(times: np.ndarray | list[datetime] | datetime) -> np.ndarra
     return arr.astype(np.float64)
 
 
-def saturation_vapour_pressure(t_k: np.ndarray) -> np.ndarray:
-    """hPa; over ice below 273.16 K, over liquid water above (IFS / Tetens constants)."""
-    t_k = np.asarray(t_k, dtype=np.float64)
-    water = 6.1121 * np.exp(17.502 * (t_k - T0) / (t_k - 32.19))
-    ice = 6.1121 * np.exp(22.587 * (t_k - T0) / (t_k + 0.7))
-    return np.where(t_k >= T0, water, ice)
-
-
 def water_over_ice(t_k: np.ndarray) -> np.ndarray:
     """e_s(water) / e_s(reference): the relative humidity of water saturation (>= 1 below 0 degC)."""
-    t_k = np.asarray(t_k, dtype=np.float64)
-    water = 6.1121 * np.exp(17.502 * (t_k - T0) / (t_k - 32.19))
-    return water / saturation_vapour_pressure(t_k)
+    return saturation_vapour_pressure_water(t_k) / saturation_vapour_pressure(t_k)
 
 
 def specific_humidity(rh: np.ndarray, t_k: np.ndarray, p_hpa: np.ndarray) -> np.ndarray:

@@ -6,18 +6,18 @@
 """
 
 from bzpipe.forward.cpr import (
-                                CprView,
-                                add_noise,
-                                advected_distance,
-                                along_track_average,
-                                cpr_view,
-                                detect,
-                                footprint_weight,
-                                ifov_sigma,
-                                ka_to_w,
-                                noise_std_db,
-                                range_weighting,
-                                range_weights,
+    CprView,
+    add_noise,
+    advected_distance,
+    along_track_average,
+    cpr_view,
+    detect,
+    footprint_weight,
+    ifov_sigma,
+    ka_to_w,
+    noise_std_db,
+    range_weighting,
+    range_weights,
 )
 
 __all__ = ["CprView", "add_noise", "advected_distance", "along_track_average", "cpr_view", "detect",

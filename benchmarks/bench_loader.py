@@ -115,9 +115,8 @@ def loader_rate(uri: str, batch: int, workers: int, device: torch.device, batche
 
 
 def step_rate(device: torch.device, batch: int, steps: int, size: int) -> float:
-    from bzpipe.masking import mask_blind_zone
+    from bzpipe.masking import mask_blind_zone, supervision_loss
     from bzpipe.model import UNet3Plus, UNet3PlusConfig
-    from bzpipe.train import supervision_loss
 
     torch.manual_seed(0)
     model = UNet3Plus(UNet3PlusConfig(in_channels=6)).to(device).to(memory_format=torch.channels_last)

@@ -29,11 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bzpipe.masking import mask_blind_zone  # noqa: E402
+from bzpipe.masking import mask_blind_zone, supervision_loss  # noqa: E402
 from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_predict  # noqa: E402
 from bzpipe.model.mc_dropout import tensor_safe_batch  # noqa: E402
 from bzpipe.model.unet3plus import channels_last_faster  # noqa: E402
-from bzpipe.train import supervision_loss  # noqa: E402
 from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 

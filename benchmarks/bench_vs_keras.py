@@ -45,11 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from _timing import timed_calls  # noqa: E402
 
-from bzpipe.masking import mask_blind_zone  # noqa: E402
+from bzpipe.masking import mask_blind_zone, supervision_loss  # noqa: E402
 from bzpipe.model import UNet3Plus, UNet3PlusConfig  # noqa: E402
 from bzpipe.model.mc_dropout import mc_dropout_mode  # noqa: E402
 from bzpipe.model.unet3plus import channels_last_faster  # noqa: E402
-from bzpipe.train import supervision_loss  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -10,9 +10,12 @@ The *mask* is a weight in [0, 1] per pixel: 1 in the blind zone (the lowest
 reflectivity set to 0, the neutral value) and predicted; the merge blends the
 prediction into the observation with that weight, so the filled profile joins
 the observed one smoothly and pixels with weight 0 are returned bit-identical.
+The training and validation losses are taken under the same weight (:func:`masked_mae`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -94,3 +97,23 @@ def merge_prediction(pred: Tensor, x: Tensor, mask: Tensor) -> Tensor:
     m = mask.to(obs.dtype)
     blend = m * pred + (1 - m) * obs
     return torch.where(m <= 0, obs, torch.where(m >= 1, pred, blend))
+
+
+# --------------------------------------------------------------------------- losses under the mask
+
+
+def masked_abs_error(pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum(mask |pred - target|), sum(mask)): the two sums of :func:`masked_mae`, as 0-d tensors."""
+    w = mask.float()
+    return (w * (pred.float() - target.float()).abs()).sum(), w.sum()
+
+
+def masked_mae(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mask-weighted MAE: sum(mask |pred - target|) / sum(mask); all Tensor[B, 1, H, W] (float32)."""
+    num, den = masked_abs_error(pred, target, mask)
+    return num / den.clamp_min(1e-12)
+
+
+def supervision_loss(outputs: Sequence[Tensor], target: Tensor, mask: Tensor) -> Tensor:
+    """Equal-weight mean of :func:`masked_mae` over the (deep-supervision) outputs."""
+    return torch.stack([masked_mae(o, target, mask) for o in outputs]).mean()

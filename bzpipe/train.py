@@ -15,7 +15,10 @@ Per batch: random time flips (dataset), a random ramp of 0..ramp_max_rows rows
 above the blind zone (per sample), the blind zone + ramp hidden
 (:func:`bzpipe.masking.mask_blind_zone`), and the loss = the mean over the
 deep-supervision heads (e5, d4, d3, d2, d1) of the mask-weighted MAE on
-reflectivity.  Validation: the d1 output as MC inference computes it (dropout on
+reflectivity.  An exponential moving average of the weights over ~``ema_epochs``
+epochs is what validation, the checkpoints and inference use
+(:func:`bzpipe.optim.weight_average`; 0 = the raw weights, as King et al.).
+Validation: the d1 output as MC inference computes it (dropout on
 with a fixed seed, ``val_passes`` passes averaged per pass in dBZ; 0 = dropout
 off), the blind zone only (plus ``val_ramp_rows``), the same masked MAE; early
 stopping and the best checkpoint use it.  Learning rate: linear warm-up, then
@@ -43,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -52,36 +55,16 @@ from bzpipe.config import TrainConfig, config_record, load_stage_config
 from bzpipe.dataset.reader import build_values
 from bzpipe.distributed import DistEnv, all_reduce_sum, average_bn_stats, dist_env, pick_device
 from bzpipe.errors import BzpipeError, ConfigError
-from bzpipe.masking import mask_blind_zone
+from bzpipe.masking import mask_blind_zone, masked_abs_error, supervision_loss
 from bzpipe.model.mc_dropout import mc_predict
 from bzpipe.model.unet3plus import UNet3Plus, UNet3PlusConfig, channels_last_faster
-from bzpipe.optim import bn_momentum_warmup, lr_factor
+from bzpipe.optim import bn_momentum_warmup, lr_factor, weight_average
 from bzpipe.provenance import provenance_record
 from bzpipe.store import Store
 from bzpipe.store.layout import checkpoint_key, metrics_key
 from bzpipe.torchdata import CHANNEL_SETS, PatchDataset, make_loader
 
 log = logging.getLogger("bzpipe.train")
-
-
-# --------------------------------------------------------------------------- losses
-
-
-def masked_abs_error(pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """(sum(mask |pred - target|), sum(mask)): the two sums of :func:`masked_mae`, as 0-d tensors."""
-    w = mask.float()
-    return (w * (pred.float() - target.float()).abs()).sum(), w.sum()
-
-
-def masked_mae(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mask-weighted MAE: sum(mask |pred - target|) / sum(mask); all Tensor[B, 1, H, W] (float32)."""
-    num, den = masked_abs_error(pred, target, mask)
-    return num / den.clamp_min(1e-12)
-
-
-def supervision_loss(outputs: Sequence[Tensor], target: Tensor, mask: Tensor) -> Tensor:
-    """Equal-weight mean of :func:`masked_mae` over the (deep-supervision) outputs."""
-    return torch.stack([masked_mae(o, target, mask) for o in outputs]).mean()
 
 
 # --------------------------------------------------------------------------- setup
@@ -124,7 +107,7 @@ class TrainResult:
     last_epoch: int
     stopped: str                       # "epochs", "early_stopping"
     history: list[dict[str, Any]] = field(default_factory=list)
-    model: UNet3Plus | None = None     # the final (last-epoch) weights, unwrapped, on the training device
+    model: UNet3Plus | None = None     # the last epoch's network as inference uses it (Run.eval_model)
     seed_runs: list[str] = field(default_factory=list)   # every run trained (this one first)
 
 
@@ -175,7 +158,8 @@ def validate(model: UNet3Plus, loader: DataLoader, blind_rows: int, ramp_rows: i
 
     ``passes`` >= 1: the output MC inference uses (dropout on, batch norm on its running
     statistics, torch seeded with ``seed`` so every validation draws the same masks), averaged
-    per pass in dBZ (:func:`bzpipe.model.mc_predict`); 0: dropout off.
+    per pass in dBZ (:func:`bzpipe.model.mc_predict`), on the exact band-limited path that
+    evaluation and inference use (only the hidden rows are computed); 0: dropout off.
     """
     model.eval()
     if passes:
@@ -188,8 +172,8 @@ def validate(model: UNet3Plus, loader: DataLoader, blind_rows: int, ramp_rows: i
         inputs, mask = mask_blind_zone(xb, blind_rows, ramp_rows)      # (B, C+1, H, W), (B, 1, H, W)
         if passes:
             pred = mc_predict(model, inputs, n_passes=passes, quantiles=(), max_batch=max(64, xb.shape[0]),
-                              autocast_dtype=amp.dtype if amp.enabled else None,
-                              channels_last=channels_last)["mean"]    # (B, 1, H, W)
+                              autocast_dtype=amp.dtype if amp.enabled else None, channels_last=channels_last,
+                              band_rows=blind_rows + ramp_rows)["mean"]     # (B, 1, H, W), band path
         else:
             if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -243,11 +227,18 @@ class _Run:
         steps_per_epoch = min(len(self.train_dl), cfg.max_batches_per_epoch or len(self.train_dl))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg, steps_per_epoch))  # per batch
         bn_momentum_warmup(self.model, cfg.bn_momentum)
+        self.ema = weight_average(self.model, cfg.ema_epochs, steps_per_epoch)   # None: raw weights
         self.amp = _Amp(cfg, device)
         self.meta = self.run_meta()
         self.history: list[dict[str, Any]] = []
         self.best_val, self.best_epoch, self.bad_epochs, self.start_epoch = float("inf"), 0, 0, 1
         self.stopped = ""                                # then "epochs" or "early_stopping"
+
+    @property
+    def eval_model(self) -> UNet3Plus:
+        """The network validation, the checkpoints' ``model`` and inference use: the weight average
+        when there is one (:func:`bzpipe.optim.weight_average`), else the raw weights."""
+        return self.model if self.ema is None else self.ema.module
 
     def run_meta(self) -> dict[str, Any]:
         """What every checkpoint carries besides the state: architecture, data, config, provenance."""
@@ -284,7 +275,10 @@ class _Run:
                               f"(sha256 {str(old_ds.get('sha256'))[:12]}); this config trains on "
                               f"{new_ds['uri']} (sha256 {new_ds['sha256'][:12]}). "
                               "Use another run_name or resume=false.")
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state.get("train_model", state["model"]))
+        if self.ema is not None:                         # continue the average (or start it at "model")
+            self.ema.module.load_state_dict(state["model"])
+            self.ema.n_averaged.fill_(int(state.get("ema_steps", 1)))
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         if state.get("scaler") and self.amp.scaler.is_enabled():   # {} when saved by a disabled scaler
@@ -325,6 +319,8 @@ class _Run:
             amp.scaler.step(self.opt)
             amp.scaler.update()
             self.sched.step()                                                        # per-batch schedule
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             loss_sum += float(loss.detach()) * xb.shape[0]
             n_seen += xb.shape[0]
         return loss_sum, n_seen
@@ -345,10 +341,12 @@ class _Run:
     def save(self, row: dict[str, Any], dt: float) -> None:
         """Rank 0: checkpoint-last (and -best on a new best), the metrics file and the epoch's log line."""
         store, epoch, is_best = self.store, row["epoch"], row["is_best"]
-        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+        state = {"model": self.eval_model.state_dict(), "optimizer": self.opt.state_dict(),
                  "scheduler": self.sched.state_dict(), "scaler": self.amp.scaler.state_dict(), "epoch": epoch,
                  "val_loss": row["val_loss"], "best_val_loss": self.best_val, "best_epoch": self.best_epoch,
                  "bad_epochs": self.bad_epochs}
+        if self.ema is not None:                         # the raw weights and the average's step count
+            state.update(train_model=self.model.state_dict(), ema_steps=int(self.ema.n_averaged))
         meta_now = dict(self.meta, history=self.history, stopped=self.stopped)
         if is_best:
             save_checkpoint(store, self.best_key, state, meta_now)
@@ -369,7 +367,7 @@ class _Run:
         return TrainResult(best_uri=store.uri(self.best_key), last_uri=store.uri(self.last_key),
                            metrics_uri=store.uri(metrics_key(name)), best_epoch=self.best_epoch,
                            best_val_loss=self.best_val, last_epoch=int(last.get("epoch", epoch)),
-                           stopped=stopped, history=self.history, model=self.model)
+                           stopped=stopped, history=self.history, model=self.eval_model)
 
 
 def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
@@ -389,7 +387,9 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
         lr = run.opt.param_groups[0]["lr"]                       # the rate of the epoch's first batch
         loss_sum, n_seen = run.train_epoch(net, epoch)
         average_bn_stats(run.model, env)                         # identical buffers on every rank
-        vnum, vden = validate(run.model, run.val_dl, run.blind, cfg.val_ramp_rows, device, run.amp,
+        if run.ema is not None:
+            average_bn_stats(run.ema.module, env)
+        vnum, vden = validate(run.eval_model, run.val_dl, run.blind, cfg.val_ramp_rows, device, run.amp,
                               run.channels_last, cfg.max_val_batches, passes=cfg.val_passes, seed=cfg.seed)
         loss_sum, n_seen, vnum, vden = all_reduce_sum([loss_sum, n_seen, vnum, vden], device, env)
         train_loss, val_loss = loss_sum / max(n_seen, 1.0), vnum / vden if vden > 0 else float("nan")

@@ -7,10 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from bzpipe.masking import blind_zone_weight, mask_blind_zone, merge_prediction
+from bzpipe.masking import blind_zone_weight, mask_blind_zone, merge_prediction, supervision_loss
 from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_dropout_mode, mc_predict
 from bzpipe.model.mc_stats import quantiles_along0
-from bzpipe.train import supervision_loss
 
 torch.set_num_threads(1)
 TINY = (4, 8, 8, 8, 8)

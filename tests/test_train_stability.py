@@ -12,7 +12,7 @@ from torch import nn
 from bzpipe.checkpoint import load_model
 from bzpipe.config import TrainConfig, load_pipeline_config
 from bzpipe.errors import ConfigError
-from bzpipe.optim import bn_momentum_warmup, lr_factor
+from bzpipe.optim import bn_momentum_warmup, lr_factor, weight_average
 from bzpipe.train import train
 
 torch.set_num_threads(1)
@@ -101,3 +101,47 @@ def test_validation_loss_is_the_mc_networks_and_repeatable(tiny_root: Path) -> N
     assert runs[0] == runs[1]
     plain = validate(res.model, dl, 4, 0, torch.device("cpu"), amp, False, passes=0)
     assert plain != runs[0]                                                   # dropout on vs off
+
+
+def test_weight_average_is_an_exponential_average_of_weights_and_batch_norm_statistics() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    assert weight_average(net, 0.0, 4) is None                                # 0: the raw weights
+    avg = weight_average(net, 1.0, 4)                                         # decay 1 - 1/4
+    w0 = net[0].weight.detach().clone()
+    avg.update_parameters(net)                                                # the first update copies
+    with torch.no_grad():
+        net[0].weight.add_(4.0)
+        net[1].running_mean.fill_(8.0)
+    avg.update_parameters(net)
+    assert torch.allclose(avg.module[0].weight, 0.75 * w0 + 0.25 * (w0 + 4.0))
+    assert torch.allclose(avg.module[1].running_mean, torch.full((2,), 0.25 * 8.0))
+
+
+def test_validation_checkpoints_and_inference_use_the_weight_average(tiny_root: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from bzpipe.checkpoint import read_checkpoint
+    from bzpipe.model.unet3plus import channels_last_faster
+    from bzpipe.store import Store
+    from bzpipe.store.layout import checkpoint_key
+    from bzpipe.torchdata import PatchDataset
+    from bzpipe.train import _Amp, validate
+
+    res = train(TrainConfig(store_root=str(tiny_root), epochs=2, ema_epochs=1.0, **TINY))
+    state, _, _ = read_checkpoint(Store(str(tiny_root)), checkpoint_key("unet3p", "last"))
+    assert state["ema_steps"] == 8                                            # 16 patches / 4, 2 epochs
+    averaged, raw = state["model"], state["train_model"]
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged)
+    for k, v in res.model.state_dict().items():                               # what train() returns ...
+        assert torch.equal(v, averaged[k]), k
+    model, _ = load_model(str(tiny_root), "unet3p", which="last")             # ... and inference loads
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, averaged[k]), k
+    dl = DataLoader(PatchDataset(tiny_root, "tiny", "val"), batch_size=4)
+    cpu = torch.device("cpu")
+    num, den = validate(res.model, dl, 4, 0, cpu, _Amp(TrainConfig(), cpu), channels_last_faster(cpu),
+                        passes=1, seed=0)
+    assert res.history[-1]["val_loss"] == pytest.approx(num / den, rel=1e-6)  # the average is validated
+    plain = train(TrainConfig(store_root=str(tiny_root), epochs=2, ema_epochs=0, run_name="raw", **TINY))
+    state, _, _ = read_checkpoint(Store(str(tiny_root)), checkpoint_key("raw", "last"))
+    assert "train_model" not in state and plain.history[-1]["val_loss"] != res.history[-1]["val_loss"]

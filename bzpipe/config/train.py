@@ -41,6 +41,10 @@ class TrainConfig(StageConfig):
         "batch-norm running-statistics momentum, PyTorch convention (Keras momentum 0.99 of King et al. = "
         "0.01); bias-corrected at the start of a run (bzpipe.optim)"))
     bn_eps: float = Field(1e-3, gt=0, description="batch-norm epsilon (Keras default 1e-3, as King et al.)")
+    ema_epochs: float = Field(1.0, ge=0, description=(
+        "validate, checkpoint and infer with an exponential moving average of the weights and batch-norm "
+        "statistics over about this many epochs of steps (bzpipe.optim.weight_average); 0: the raw "
+        "weights of the last step, as King et al."))
     val_passes: int = Field(1, ge=0, description=(
         "validation loss of the model as inference uses it: MC-dropout passes (dropout on, fixed seed) "
         "averaged per pass in dBZ; 0: dropout off (deterministic network)"))

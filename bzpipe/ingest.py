@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from bzpipe import errors
 from bzpipe.checksums import sha256_file
-from bzpipe.config import IngestConfig, Site, resolve_site
+from bzpipe.config import IngestConfig, Site, config_record, resolve_site
 from bzpipe.credentials import ArmCredentials, CdsCredentials
 from bzpipe.errors import (
     AuthenticationError,
@@ -302,12 +302,27 @@ def fetch(item: IngestItem, cfg: IngestConfig, dest_dir: Path, *, arm: ArmCreden
     raise ConfigError(f"unknown source {item.source!r} for {item.key}")
 
 
-def present_outcome(item: IngestItem, store: Store) -> IngestOutcome | None:
-    """A ``skipped`` outcome if the item is already complete in the store, else None."""
+def _generated_with(entry_producer: dict[str, Any], cfg: IngestConfig) -> bool:
+    """Whether a stored offline file was generated with ``cfg``'s seed and synthetic settings (its
+    content is a function of them; its name is not: 16 h and 6 h of a day share a file name)."""
+    old = (entry_producer.get("config") or {}).get("values") or {}
+    now = config_record(cfg)["values"]
+    return all(old.get(k) == now.get(k) for k in ("seed", "synthetic"))
+
+
+def present_outcome(item: IngestItem, store: Store, cfg: IngestConfig | None = None) -> IngestOutcome | None:
+    """A ``skipped`` outcome if the item is already complete in the store, else None.
+
+    With ``cfg``, an ``offline`` item also needs to have been generated with its seed and synthetic
+    settings; one made with others is generated again (and replaced atomically).
+    """
     if not is_present(store, item.key):
         return None
     e = store.entry(item.key)
     assert e is not None
+    if item.source == "offline" and cfg is not None and not _generated_with(e.producer or {}, cfg):
+        log.info("%s: generated with other synthetic settings; generating it again", item.key)
+        return None
     log.info("%s: already present (sha256 %s), skipped", item.key, e.sha256[:12])
     return IngestOutcome(item.key, item.kind, item.site, item.source, "skipped", e.sha256, e.size,
                          "already present with matching checksum")
@@ -325,7 +340,7 @@ def ingest_item(item: IngestItem | dict[str, Any], cfg: IngestConfig, store: Sto
     item = IngestItem.from_dict(item)
     store = store or Store(cfg.store_root)
     key = item.key
-    if not force and (done := present_outcome(item, store)) is not None:
+    if not force and (done := present_outcome(item, store, cfg)) is not None:
         return done
     tmp_parent = cfg.tmp_dir
     if tmp_parent:

@@ -221,7 +221,7 @@ def ingest_file_task(item: dict[str, str], cfg: IngestConfig,
     logger = get_run_logger()
     it = IngestItem.from_dict(item)
     store = Store(cfg.store_root)
-    done = present_outcome(it, store)
+    done = present_outcome(it, store, cfg)
     if done is None:
         secrets = secrets or IngestSecrets()
         arm = arm_credentials(secrets) if it.source == "arm" else None

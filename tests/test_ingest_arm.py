@@ -370,3 +370,22 @@ def test_arm_file_names_parse():
     assert parse_arm_name("sgpkazrgeC1.a1.20190529.000002.cdf").datastream == "sgpkazrgeC1.a1"
     with pytest.raises(ValueError):
         parse_arm_name("era5_nsa_201901.nc")
+
+
+def test_offline_files_are_made_again_when_the_synthetic_settings_change(tmp_path):
+    """The generator's file names do not carry its settings (6 h and 16 h of a day share a name):
+    an offline file is skipped only when it was generated with the same seed and settings."""
+    def cfg(hours: float, seed: int = 7) -> IngestConfig:
+        return IngestConfig(store_root=str(tmp_path / "store"), sites=["nsa"], start="2019-01-01",
+                            end="2019-01-01", seed=seed, fetch_met=False, era5_source="offline",
+                            synthetic=SyntheticConfig(hours_per_day=hours))
+
+    store = Store(str(tmp_path / "store"))
+    item = plan(cfg(2.0), kinds=("kazr",))[0]
+    assert ingest_item(item, cfg(2.0), store).status == "fetched"
+    first = store.entry(item.key).sha256
+    assert ingest_item(item, cfg(2.0), store).status == "skipped"            # the same settings: kept
+    assert ingest_item(item, cfg(3.0), store).status == "fetched"            # 3 h instead of 2: made again
+    assert store.entry(item.key).sha256 != first
+    assert ingest_item(item, cfg(3.0), store).status == "skipped"
+    assert ingest_item(item, cfg(3.0, seed=8), store).status == "fetched"     # another seed: made again

@@ -59,8 +59,12 @@ case "$cmd" in
     export PYTHONUNBUFFERED=1 MPLBACKEND=Agg OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     # the lint first (pyproject.toml [tool.ruff]): a finding fails the test command
     "$VENV/bin/python" -m ruff check bzpipe flows tests infra || exit 1
+    # the suite in parallel: BZPIPE_TEST_WORKERS pytest-xdist workers (default 2), each taking whole test
+    # files (pyproject.toml addopts); `-n N` on the command line wins, `-n 0` runs in this one process
+    par=(-n "${BZPIPE_TEST_WORKERS:-2}")
+    case " $* " in *" -n "* | *" -n"[0-9]* | *" -nauto "* | *" --numprocesses"*) par=() ;; esac
     set +e
-    "$VENV/bin/python" -m pytest "$@"
+    "$VENV/bin/python" -m pytest ${par[@]+"${par[@]}"} "$@"
     rc=$?
     set -e
     exit $rc

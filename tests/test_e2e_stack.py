@@ -224,7 +224,10 @@ def stack(tmp_path_factory) -> Stack:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BZPIPE_"))}
     env.update({"BZPIPE_STACK_DIR": str(root / "stack"), "BZPIPE_STACK_PORT": str(port),
                 "BZPIPE_VENV": sys.prefix, "BZPIPE_STACK_TIMEOUT": "240", "OMP_NUM_THREADS": "1",
-                "PYTHONUNBUFFERED": "1"})
+                "PYTHONUNBUFFERED": "1",
+                # the worker asks for scheduled runs every 2 s (default 10 s): the test starts about ten
+                # runs one after another, and would otherwise wait ~5 s for each to be picked up
+                "PREFECT_WORKER_QUERY_SECONDS": "2"})
     st = Stack(root=root, store=store, api=f"http://127.0.0.1:{port}/api", env=env,
                logs=root / "stack" / "logs", granules=root / "incoming")
     try:

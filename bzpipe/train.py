@@ -173,7 +173,7 @@ def validate(model: UNet3Plus, loader: DataLoader, blind_rows: int, ramp_rows: i
         if passes:
             pred = mc_predict(model, inputs, n_passes=passes, quantiles=(), max_batch=max(64, xb.shape[0]),
                               autocast_dtype=amp.dtype if amp.enabled else None, channels_last=channels_last,
-                              band_rows=blind_rows + ramp_rows)["mean"]     # (B, 1, H, W), band path
+                              band_rows=min(xb.shape[-2], blind_rows + ramp_rows))["mean"]  # band path
         else:
             if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)

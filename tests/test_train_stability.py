@@ -101,6 +101,8 @@ def test_validation_loss_is_the_mc_networks_and_repeatable(tiny_root: Path) -> N
     assert runs[0] == runs[1]
     plain = validate(res.model, dl, 4, 0, torch.device("cpu"), amp, False, passes=0)
     assert plain != runs[0]                                                   # dropout on vs off
+    past_top = validate(res.model, dl, 4, 40, torch.device("cpu"), amp, False, passes=2, seed=0)
+    assert past_top[1] > runs[0][1]                  # a ramp beyond the 32 rows: every row, no band error
 
 
 def test_weight_average_is_an_exponential_average_of_weights_and_batch_norm_statistics() -> None:

@@ -121,23 +121,30 @@ def test_band_skips_the_deep_supervision_heads_and_shares_the_first_level():
     assert not torch.equal(first[0][0], first[0][1])               # and per pass
 
 
-@pytest.fixture(scope="module")
-def trained_store(tmp_path_factory) -> tuple[Path, dict[bool, UNet3Plus]]:
-    """Tiny 64 x 64 models trained through bzpipe.train (a few epochs), with and without the REP prior,
-    and the store that holds them and their dataset."""
+def _train_with_and_without_rep_prior(root: Path, batch_size: int, epochs: int) -> dict[bool, UNet3Plus]:
+    """Tiny models trained through bzpipe.train on the store's ``tiny`` dataset, without and with the
+    REP prior (runs ``rep0``, ``rep1``), loaded back from their last checkpoints."""
     from bzpipe.checkpoint import load_model
     from bzpipe.config import TrainConfig
     from bzpipe.train import train
 
-    root = tmp_path_factory.mktemp("band") / "store"
-    write_tiny_dataset(root, n={"train": 16, "val": 4, "test": 4}, rows=64, cols=64, blind_zone_rows=8)
     out = {}
     for rep in (False, True):
         cfg = TrainConfig(store_root=str(root), dataset="tiny", run_name=f"rep{int(rep)}", filters=TINY,
-                          batch_size=8, lr=3e-3, epochs=3, patience=50, rep_prior=rep, device="cpu")
+                          batch_size=batch_size, lr=3e-3, epochs=epochs, patience=50, rep_prior=rep,
+                          device="cpu")
         train(cfg)
         out[rep] = load_model(str(root), cfg.run_name, "last")[0]
-    return root, out
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_store(tmp_path_factory) -> tuple[Path, dict[bool, UNet3Plus]]:
+    """Tiny 64 x 64 models trained through bzpipe.train (a few epochs), with and without the REP prior,
+    and the store that holds them and their dataset."""
+    root = tmp_path_factory.mktemp("band") / "store"
+    write_tiny_dataset(root, n={"train": 16, "val": 4, "test": 4}, rows=64, cols=64, blind_zone_rows=8)
+    return root, _train_with_and_without_rep_prior(root, batch_size=8, epochs=3)
 
 
 @pytest.fixture(scope="module")
@@ -149,19 +156,9 @@ def trained(trained_store) -> dict[bool, UNet3Plus]:
 def trained128(tmp_path_factory) -> dict[bool, UNet3Plus]:
     """Tiny 128 x 128 models (16-row blind zone, the paper's patch) trained through bzpipe.train, with
     and without the REP prior."""
-    from bzpipe.checkpoint import load_model
-    from bzpipe.config import TrainConfig
-    from bzpipe.train import train
-
     root = tmp_path_factory.mktemp("band128") / "store"
     write_tiny_dataset(root, n={"train": 8, "val": 4, "test": 4}, rows=128, cols=128, blind_zone_rows=16)
-    out = {}
-    for rep in (False, True):
-        cfg = TrainConfig(store_root=str(root), dataset="tiny", run_name=f"rep{int(rep)}", filters=TINY,
-                          batch_size=4, lr=3e-3, epochs=2, patience=50, rep_prior=rep, device="cpu")
-        train(cfg)
-        out[rep] = load_model(str(root), cfg.run_name, "last")[0]
-    return out
+    return _train_with_and_without_rep_prior(root, batch_size=4, epochs=2)
 
 
 @pytest.mark.parametrize("size,rows", [(64, 10), (128, 16)])

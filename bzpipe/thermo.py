@@ -1,4 +1,4 @@
-"""Moist thermodynamics of the ERA-5 inputs: saturation, standard pressure, relative humidity.
+"""Moist thermodynamics of the ERA-5 inputs: saturation, standard pressure, relative and specific humidity.
 
 The blind-zone processes the model has to infer (snow growing in an
 ice-supersaturated boundary layer, snow sublimating in dry subcloud air, low
@@ -72,6 +72,13 @@ def standard_pressure(z_msl_m: np.ndarray) -> np.ndarray:
     """HPa at height ``z_msl_m`` (m above mean sea level) in the ICAO standard atmosphere (troposphere)."""
     z = np.minimum(np.asarray(z_msl_m, dtype=np.float64), 11000.0)
     return 1013.25 * (1.0 - 0.0065 * z / 288.15) ** 5.25588
+
+
+def specific_humidity(rh: np.ndarray, t_k: np.ndarray, p_hpa: np.ndarray) -> np.ndarray:
+    """Kg kg-1 from relative humidity ``rh`` (fraction, reference as in :func:`saturation_vapour_pressure`),
+    ``t`` K and pressure hPa: the inverse of :func:`relative_humidity`."""
+    e = rh * saturation_vapour_pressure(t_k)
+    return EPS * e / (p_hpa - (1.0 - EPS) * e)
 
 
 def relative_humidity(t_k: np.ndarray, q: np.ndarray, p_hpa: np.ndarray) -> np.ndarray:

@@ -26,8 +26,9 @@ from bzpipe.sources.synthetic import (
     write_met_day,
 )
 from bzpipe.sources.synthetic.arm_files import minimum_detectable_dbz
-from bzpipe.sources.synthetic.atmosphere import R_D, relative_humidity, water_over_ice
+from bzpipe.sources.synthetic.atmosphere import R_D, water_over_ice
 from bzpipe.sources.synthetic.noise import hash_normal, make_key, smooth_noise
+from bzpipe.thermo import relative_humidity
 
 SMALL = SyntheticConfig(time_step_s=60.0, hours_per_day=24.0, n_gates=120, gate_spacing_m=60.0,
                         first_gate_m=160.0)
@@ -82,7 +83,7 @@ def test_atmosphere_climate_and_hydrostatics() -> None:
     dz = R_D * tv / G0 * np.log(925.0 / 500.0)
     assert np.allclose((f["z"][:, i500] - f["z"][:, i925]) / G0, dz, rtol=0.01)
     # humidity never exceeds water saturation
-    rh = relative_humidity(f["q"], f["t"], np.broadcast_to(np.array(LEVELS, float), f["t"].shape))
+    rh = relative_humidity(f["t"], f["q"], np.broadcast_to(np.array(LEVELS, float), f["t"].shape))
     assert np.all(rh <= water_over_ice(f["t"]) + 1e-6)
 
 
@@ -112,7 +113,7 @@ def scene(era5_jan: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     plev = np.array([975.0, 950.0, 925.0, 900.0])  # about 0.2-1.0 km above the ground
     k = [LEVELS.index(int(p)) for p in plev]
     tt = era5_jan["t"][:, k, lat_i, lon_i].astype(float)
-    rh = relative_humidity(era5_jan["q"][:, k, lat_i, lon_i].astype(float), tt, plev)
+    rh = relative_humidity(tt, era5_jan["q"][:, k, lat_i, lon_i].astype(float), plev)
     return {"h": h, "t": t, "dbz": dbz, "echo": np.isfinite(dbz),
             "rh_low": np.interp(t, th, rh[:, :3].mean(axis=1)),    # ERA-5 relative humidity (ice), 0.2-0.6 km
             "rh_min": np.interp(t, th, rh.min(axis=1)),            # the driest low level (sublimation)

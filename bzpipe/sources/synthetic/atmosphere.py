@@ -46,10 +46,9 @@ from bzpipe.config import Site, resolve_site
 from bzpipe.schema import G0
 from bzpipe.sources.synthetic import climatology as clim
 from bzpipe.sources.synthetic.noise import make_key, smooth_noise
-from bzpipe.thermo import saturation_vapour_pressure, saturation_vapour_pressure_water
+from bzpipe.thermo import saturation_vapour_pressure, saturation_vapour_pressure_water, specific_humidity
 
 R_D = 287.05  # J kg-1 K-1
-EPS = 0.622  # R_d / R_v
 LAPSE = 6.0e-3  # K m-1, free-tropospheric lapse rate
 LAPSE_BELOW_GROUND = 6.5e-3  # K m-1, ERA-5-style extrapolation below the surface
 T_TROPOPAUSE = 213.0  # K
@@ -73,18 +72,6 @@ def to_epoch_seconds(times: np.ndarray | list[datetime] | datetime) -> np.ndarra
 def water_over_ice(t_k: np.ndarray) -> np.ndarray:
     """e_s(water) / e_s(reference): the relative humidity of water saturation (>= 1 below 0 degC)."""
     return saturation_vapour_pressure_water(t_k) / saturation_vapour_pressure(t_k)
-
-
-def specific_humidity(rh: np.ndarray, t_k: np.ndarray, p_hpa: np.ndarray) -> np.ndarray:
-    """Kg kg-1 from relative humidity (fraction, reference as in :func:`saturation_vapour_pressure`)."""
-    e = rh * saturation_vapour_pressure(t_k)
-    return EPS * e / (p_hpa - (1.0 - EPS) * e)
-
-
-def relative_humidity(q: np.ndarray, t_k: np.ndarray, p_hpa: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`specific_humidity` (fraction)."""
-    e = q * p_hpa / (EPS + (1.0 - EPS) * q)
-    return e / saturation_vapour_pressure(t_k)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:

@@ -41,9 +41,10 @@ import numpy as np
 from bzpipe.config import Site, SyntheticConfig, resolve_site
 from bzpipe.forward.cpr import noise_std_db, range_weights
 from bzpipe.infer.regrid import interp_rows
-from bzpipe.sources.synthetic.atmosphere import specific_humidity, state_at
+from bzpipe.sources.synthetic.atmosphere import state_at
 from bzpipe.sources.synthetic.noise import hash_normal, hash_uniform, make_key
 from bzpipe.sources.synthetic.scene import reflectivity_curtain
+from bzpipe.thermo import specific_humidity
 
 INCLINATION_DEG = 98.2
 PROFILE_INTERVAL_S = 0.16

@@ -11,6 +11,7 @@ from bzpipe.colocate import (
     SOURCE_ERA5,
     SOURCE_MET,
     colocate,
+    era5_period,
     era5_to_grid,
     height_centres,
     interp_time,
@@ -124,6 +125,44 @@ def test_era5_time_interpolation_and_no_extrapolation() -> None:
     assert np.all(np.isnan(last[centres > np.datetime64("2019-01-01T02:00:00")]))  # never extrapolated
     tight = era5_to_grid(era, SITE, grid, gt, max_gap_s=3600).compute()
     assert np.isnan(tight["t"].values[:, 0]).all()               # a 2 h gap is not bridged with 1 h max
+
+
+@pytest.mark.parametrize("case", ["whole_month", "gap_at_day_start", "gap_at_day_end", "unsorted",
+                                  "ends_mid_day", "starts_after_day", "ends_at_bin_centre"])
+def test_era5_period_keeps_every_bin_of_the_day_exactly_as_the_whole_file(case: str) -> None:
+    """colocate() reads a month of ERA-5 per day and keeps only :func:`era5_period`: the day's bins must be
+    identical to those interpolated from the whole file, gaps and the file's ends included."""
+    grid = GridConfig(n_heights=16, top_m=1600.0, time_step_s=600.0)
+    day = pd.Timestamp("2019-01-10")
+    times = pd.date_range("2019-01-01", "2019-01-31T23:00", freq="h")
+    rng = np.random.default_rng(3)
+    era = era5_box({1000: 250.0, 500: 220.0}, {1000: 0.0, 500: 5500.0}, times)
+    era["t"] = era["t"] + rng.normal(0.0, 2.0, era["t"].shape).astype(np.float32)
+    drop = {"gap_at_day_start": (day - pd.Timedelta(hours=2), day + pd.Timedelta(hours=2)),
+            "gap_at_day_end": (day + pd.Timedelta(hours=22), day + pd.Timedelta(hours=26))}
+    if case in drop:
+        a, b = drop[case]
+        era = era.sel(time=(era["time"] < a.to_datetime64()) | (era["time"] > b.to_datetime64()))
+    elif case == "unsorted":
+        era = era.isel(time=rng.permutation(era.sizes["time"]))
+    elif case == "ends_mid_day":
+        era = era.sel(time=slice(None, day + pd.Timedelta(hours=13)))
+    elif case == "starts_after_day":
+        era = era.sel(time=slice(day + pd.Timedelta(days=2), None))
+    elif case == "ends_at_bin_centre":   # the file's last time is the centre of a bin: kept exactly
+        era = era.sel(time=slice(None, day + pd.Timedelta(hours=13)))
+        era = era.assign_coords(time=era["time"].values - np.timedelta64(30, "m") + np.timedelta64(5, "m"))
+    gt = time_grid(day, day + pd.Timedelta(days=1), grid.time_step_s)
+    period = era5_period(era, day, day + pd.Timedelta(days=1), 3 * 3600.0)
+    assert period.sizes["time"] <= 24 + 2 * 3 + 1 + 2     # the day +- 3 h, ends included, and one beyond each
+    whole = era5_to_grid(era, SITE, grid, gt, max_gap_s=3 * 3600.0).compute()
+    part = era5_to_grid(period, SITE, grid, gt, max_gap_s=3 * 3600.0).compute()
+    for v in ("t", "q", "u", "v"):
+        np.testing.assert_array_equal(part[v].values, whole[v].values)
+    if case == "whole_month":
+        assert np.isfinite(whole["t"].values).all()
+    if case in ("gap_at_day_start", "starts_after_day"):
+        assert np.isnan(whole["t"].values[0]).all()
 
 
 def test_bilinear_column_and_0_360_longitudes() -> None:

@@ -432,6 +432,37 @@ def test_build_from_synthetic_files_on_a_local_cluster(synthetic_store: Path, ca
         build_dataset(synthetic_config(root, version="lib", patch={"width": 8, "blind_zone_rows": 4}))
 
 
+def test_an_era5_month_is_read_once_per_worker_and_again_when_replaced(synthetic_store: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """colocate_day reads each ERA-5 file once per process (a month serves all its days); a file whose
+    checksum changed is read again, so a replaced month never colocates from stale values."""
+    import bzpipe.dataset.inputs as inputs
+
+    root = _copy_store(synthetic_store, tmp_path / "store")
+    store = Store(root)
+    cfg = synthetic_config(root)
+    reads: list[str] = []
+    real = inputs._read_era5_any
+    monkeypatch.setattr(inputs, "_read_era5_any", lambda p: reads.append(Path(p).name) or real(p))
+    inputs._era5_file.cache_clear()
+    days = inputs.find_inputs(store, cfg)
+    assert [d.era5 for d in days] == [["raw/era5/nsa/era5_nsa_201812.nc", "raw/era5/nsa/era5_nsa_201901.nc"],
+                                      ["raw/era5/nsa/era5_nsa_201901.nc"]]
+    first = [inputs.colocate_day(str(root), d, cfg) for d in days]
+    assert sorted(reads) == ["era5_nsa_201812.nc", "era5_nsa_201901.nc"]          # each file once
+    t_old = _colocated_day(store, first[1]["key"])["t"].values
+    # January replaced by a warmer month (another checksum): read again, and the day changes
+    from bzpipe.sources.synthetic.era5_files import write_era5_month
+
+    new = write_era5_month(tmp_path / "files", "nsa", 2019, 1, [1000, 850, 700, 500, 300], 0.5, 8)
+    store.put_file(new, "raw/era5/nsa/era5_nsa_201901.nc")
+    reads.clear()
+    again = inputs.colocate_day(str(root), inputs.find_inputs(store, cfg)[1], cfg)
+    assert reads == ["era5_nsa_201901.nc"] and not again["skipped"]
+    assert not np.allclose(_colocated_day(store, again["key"])["t"].values, t_old, equal_nan=True)
+    inputs._era5_file.cache_clear()
+
+
 @pytest.mark.prefect
 def test_build_dataset_flow(synthetic_store: Path, prefect_server) -> None:  # type: ignore[no-untyped-def]
     from prefect.client.orchestration import get_client

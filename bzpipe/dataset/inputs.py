@@ -9,6 +9,7 @@ the same inputs, settings and code skips it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -147,6 +148,18 @@ def _read_era5_any(path: Any) -> xr.Dataset:
     return ds.load()
 
 
+@functools.lru_cache(maxsize=4)
+def _era5_file(store_root: str, key: str, sha256: str) -> xr.Dataset:
+    """A raw ERA-5 file read once per worker process (by its checksum: a replaced file is read anew).
+
+    A file holds a month, and every day of the month is colocated from it; reading it once instead of
+    per day is a third of the colocation's time.  Callers get a shallow copy (the arrays are shared
+    and never written to).
+    """
+    with Store(store_root).local_path(key) as p:
+        return _read_era5_any(p)
+
+
 def _read_all(store: Store, keys: list[str], reader: Callable[[Any], xr.Dataset]) -> list[xr.Dataset]:
     out = []
     for k in keys:
@@ -209,7 +222,7 @@ def colocate_day(store_root: str, inputs: dict[str, Any] | DayInputs, config: di
 
     radar = _concat_time(_read_all(store, di.kazr, read_kazr), "radar")
     met = _concat_time(_read_all(store, di.met, read_met), "met")
-    era5 = _concat_time(_read_all(store, di.era5, _read_era5_any), "ERA-5")
+    era5 = _concat_time([_era5_file(store.root, k, checks[k]).copy(deep=False) for k in di.era5], "ERA-5")
     assert radar is not None and era5 is not None
     site = _site(cfg, di.site)
     start = pd.Timestamp(di.day)

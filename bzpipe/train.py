@@ -11,7 +11,8 @@ LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL on GPUs, gloo on CPU.  Each rank
 reads its DistributedSampler shard; only rank 0 writes checkpoints and the
 metrics file (:mod:`bzpipe.checkpoint`).
 
-Per batch: random time flips (dataset), a random ramp of 0..ramp_max_rows rows
+Per batch: random time flips if ``time_flip`` (dataset; King et al. flip, the default does not:
+a flip reverses the fall-streak slant that the wind shear sets), a random ramp of 0..ramp_max_rows rows
 above the blind zone (per sample), the blind zone + ramp hidden
 (:func:`bzpipe.masking.mask_blind_zone`), and the loss = the mean over the
 deep-supervision heads (e5, d4, d3, d2, d1) of the mask-weighted MAE on
@@ -133,7 +134,7 @@ class _Amp:
 def _loaders(cfg: TrainConfig, env: DistEnv, device: torch.device
              ) -> tuple[PatchDataset, PatchDataset, DataLoader, DistributedSampler, DataLoader]:
     store = Store(cfg.store_root)
-    train_ds = PatchDataset(store, cfg.dataset, "train", channels=cfg.channels, augment=True)
+    train_ds = PatchDataset(store, cfg.dataset, "train", channels=cfg.channels, augment=cfg.time_flip)
     val_ds = PatchDataset(store, cfg.dataset, "val", channels=cfg.channels, augment=False)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise BzpipeError(f"{train_ds.uri}: train ({len(train_ds)}) and val ({len(val_ds)}) splits must not "

@@ -11,8 +11,7 @@ LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL on GPUs, gloo on CPU.  Each rank
 reads its DistributedSampler shard; only rank 0 writes checkpoints and the
 metrics file (:mod:`bzpipe.checkpoint`).
 
-Per batch: random time flips if ``time_flip`` (dataset; King et al. flip, the default does not:
-a flip reverses the fall-streak slant that the wind shear sets), a random ramp of 0..ramp_max_rows rows
+Per batch: random time flips (dataset; ``time_flip``, as King et al.), a random ramp of 0..ramp_max_rows rows
 above the blind zone (per sample), the blind zone + ramp hidden
 (:func:`bzpipe.masking.mask_blind_zone`), and the loss = the mean over the
 deep-supervision heads (e5, d4, d3, d2, d1) of the mask-weighted MAE on

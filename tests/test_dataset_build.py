@@ -438,7 +438,8 @@ def test_an_era5_month_is_read_once_per_worker_and_again_when_replaced(synthetic
     checksum changed is read again, so a replaced month never colocates from stale values."""
     import bzpipe.dataset.inputs as inputs
 
-    root = _copy_store(synthetic_store, tmp_path / "store")
+    # the raw files only: other tests of this module colocate the fixture's days
+    root = Path(shutil.copytree(synthetic_store, tmp_path / "store", ignore=shutil.ignore_patterns("work", "datasets")))
     store = Store(root)
     cfg = synthetic_config(root)
     reads: list[str] = []

@@ -75,8 +75,8 @@ def test_patch_dataset_reads_channels_and_flips(tiny_root: Path):
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_time_flips_only_when_asked(tiny_root: Path, monkeypatch, flip: bool):
-    """``train.time_flip`` (off by default: a time flip reverses the fall-streak slant the ERA-5 wind
-    shear sets) decides the training split's augmentation; validation is never flipped."""
+    """``train.time_flip`` (on by default, as King et al.) decides the training split's augmentation;
+    validation is never flipped."""
     import bzpipe.train as train_mod
 
     made: dict[str, bool] = {}
@@ -87,7 +87,7 @@ def test_time_flips_only_when_asked(tiny_root: Path, monkeypatch, flip: bool):
         return real(*a, **k)
 
     monkeypatch.setattr(train_mod, "PatchDataset", spy)
-    assert TrainConfig().time_flip is False
+    assert TrainConfig().time_flip is True
     train(cfg_for(tiny_root, epochs=1, max_batches_per_epoch=1, run_name=f"flip{flip}", time_flip=flip))
     assert made == {"train": flip, "val": False}
 

@@ -24,7 +24,9 @@ days concatenate seamlessly).
   the bin centres, falling back to ERA-5 at the lowest grid row.
 
 All functions take and return xarray objects; large outputs are dask arrays
-chunked along time (``chunk_bins``), computed when written.
+chunked along time (``chunk_bins``), computed when written.  The grid is
+:mod:`~bzpipe.colocate.grid`, the radar :mod:`~bzpipe.colocate.radar`, ERA-5
+:mod:`~bzpipe.colocate.era5`; the surface temperature and :func:`colocate` are here.
 """
 
 from __future__ import annotations

@@ -121,12 +121,12 @@ def colocate(radar: xr.Dataset, era5: xr.Dataset, site: Site, grid: GridConfig,
     """
     rad = regrid_radar(radar, grid, start, end, chunk_bins=chunk_bins)
     times = rad["time"].values
-    on_h = era5_on_heights(era5_period(era5, start, end, era5_max_gap_s), site, grid, era5_columns)
-    era = era5_to_grid(era5, site, grid, times, max_gap_s=era5_max_gap_s, chunk_bins=chunk_bins,
-                       on_heights=on_h)
+    era5 = era5_period(era5, start, end, era5_max_gap_s)       # the day's hours of a month's file
+    era = era5_to_grid(era5, site, grid, times, columns=era5_columns, max_gap_s=era5_max_gap_s,
+                       chunk_bins=chunk_bins)
     ds = xr.merge([rad, era], compat="override", join="exact")
     # the lowest row's temperature, computed now (small) rather than from the lazy grid
-    low = on_h["t"].isel(height=0)
+    low = era5_on_heights(era5, site, grid, era5_columns)["t"].isel(height=0)
     t_low = interp_time(low["time"].values, low.values, bin_centres(times, grid.time_step_s), era5_max_gap_s)
     ds["era5_valid"] = (("time",), np.isfinite(t_low), {
         "long_name": "ERA-5 available (bracketed in time) for this bin"})

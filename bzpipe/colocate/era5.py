@@ -8,10 +8,9 @@ from typing import Literal
 
 import dask.array as da
 import numpy as np
-import pandas as pd
 import xarray as xr
 
-from bzpipe.colocate.grid import CHUNK_BINS, bin_centres, grid_coords, height_centres, interp_time
+from bzpipe.colocate.grid import CHUNK_BINS, bin_centres, grid_coords, height_centres, interp_time, to_ns
 from bzpipe.config import GridConfig, Site
 from bzpipe.errors import InputFileError
 from bzpipe.schema import ERA5_VARIABLES, G0
@@ -107,7 +106,7 @@ def era5_period(era5: xr.Dataset, start: datetime | np.datetime64 | str, end: da
     (:func:`interp_time` uses the two bracketing times, at most ``max_gap_s`` apart)."""
     t = np.sort(era5["time"].values.astype("datetime64[ns]"))
     gap = np.timedelta64(int(max_gap_s * 1e9), "ns")
-    lo, hi = (np.datetime64(pd.Timestamp(x).to_datetime64(), "ns") for x in (start, end))
+    lo, hi = (np.datetime64(to_ns(x), "ns") for x in (start, end))
     i0 = max(int(np.searchsorted(t, lo - gap, side="left")) - 1, 0)
     i1 = min(int(np.searchsorted(t, hi + gap, side="right")) + 1, t.size)
     keep = (era5["time"].values >= t[i0]) & (era5["time"].values <= t[i1 - 1]) if t.size else None
@@ -116,16 +115,14 @@ def era5_period(era5: xr.Dataset, start: datetime | np.datetime64 | str, end: da
 
 def era5_to_grid(era5: xr.Dataset, site: Site, grid: GridConfig, times: np.ndarray, *,
                  columns: Literal["nearest", "bilinear"] = "nearest",
-                 max_gap_s: float = 3 * 3600.0, chunk_bins: int = CHUNK_BINS,
-                 on_heights: xr.Dataset | None = None) -> xr.Dataset:
+                 max_gap_s: float = 3 * 3600.0, chunk_bins: int = CHUNK_BINS) -> xr.Dataset:
     """ERA-5 ``t q u v`` on the grid ``(time, height)`` at the centres of the time bins ``times``.
 
     Height first (per ERA-5 hour, :func:`era5_on_heights`), then linear in time
     (:func:`interp_time`: NaN outside the ERA-5 period and across gaps longer
-    than ``max_gap_s``).  Variables are float32 dask arrays chunked by ``chunk_bins``.  ``on_heights``:
-    the :func:`era5_on_heights` of ``era5`` when already computed.
+    than ``max_gap_s``).  Variables are float32 dask arrays chunked by ``chunk_bins``.
     """
-    on_h = era5_on_heights(era5, site, grid, columns) if on_heights is None else on_heights
+    on_h = era5_on_heights(era5, site, grid, columns)
     src_t = on_h["time"].values
     cent = da.from_array(bin_centres(times, grid.time_step_s), chunks=max(chunk_bins, 1))
     out = {}

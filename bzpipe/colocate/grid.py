@@ -32,15 +32,16 @@ def time_grid(start: datetime | np.datetime64 | str, end: datetime | np.datetime
               step_s: float) -> np.ndarray:
     """Bin starts ``t_k`` (datetime64[ns]) covering ``[start, end)``, anchored at multiples of the step."""
     step = step_ns(step_s)
-    t0 = _to_ns(start)
-    t1 = _to_ns(end)
+    t0 = to_ns(start)
+    t1 = to_ns(end)
     first = -(-t0 // step) * step  # ceil: the first bin fully after start
     if first >= t1:
         return np.array([], dtype="datetime64[ns]")
     return np.arange(first, t1, step, dtype=np.int64).astype("datetime64[ns]")
 
 
-def _to_ns(t: datetime | np.datetime64 | str) -> int:
+def to_ns(t: datetime | np.datetime64 | str) -> int:
+    """A time as integer nanoseconds since 1970 (UTC; a time-zone-aware time is converted)."""
     ts = pd.Timestamp(t)
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)

@@ -23,11 +23,15 @@ no manifest entry.  Store layout::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import multiprocessing
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import date
@@ -266,16 +270,15 @@ def fetch(item: IngestItem, cfg: IngestConfig, dest_dir: Path, *, arm: ArmCreden
     """
     site = site_for(cfg, item.site)
     if item.source == "offline":
-        from bzpipe.sources import synthetic
-
-        with NETCDF_LOCK:
-            if item.kind == "era5":
-                y, m = (int(x) for x in item.month.split("-"))
-                path = synthetic.write_era5_month(dest_dir, site, y, m, cfg.era5_levels_hpa, cfg.era5_box_deg,
-                                                  cfg.seed, layout="cds")
-            else:
-                writer = synthetic.write_kazr_day if item.kind == "kazr" else synthetic.write_met_day
-                path = writer(dest_dir, site, date.fromisoformat(item.day), cfg.synthetic, cfg.seed)
+        args = (item.kind, dest_dir, site, item.month if item.kind == "era5" else item.day, cfg)
+        if cfg.offline_processes:
+            try:
+                path = offline_pool(cfg.offline_processes).submit(generate_offline, *args).result()
+            except BrokenProcessPool as e:     # a worker died (killed, out of memory): a new pool next time
+                drop_offline_pool()
+                raise DownloadError(f"offline generator process for {item.name} died ({e})") from e
+        else:
+            path = generate_offline(*args)
         path = Path(path)
         if path.name != item.name:
             raise DownloadError(f"offline generator wrote {path.name}, expected {item.name}")
@@ -300,6 +303,48 @@ def fetch(item: IngestItem, cfg: IngestConfig, dest_dir: Path, *, arm: ArmCreden
                                             job_book=StoreJobBook(store, item.key) if store else None)
         return path, {"source": "cds", "service": cds.url, "dataset": DATASET, "request": request}
     raise ConfigError(f"unknown source {item.source!r} for {item.key}")
+
+
+def generate_offline(kind: str, dest_dir: Path, site: Site, when: str, cfg: IngestConfig) -> Path:
+    """Write the synthetic file of one item (``when``: its ISO day, or ``YYYY-MM`` for ERA-5) into
+    ``dest_dir`` and return its path (top-level, so a worker process can run it)."""
+    from bzpipe.sources import synthetic
+
+    with NETCDF_LOCK:
+        if kind == "era5":
+            y, m = (int(x) for x in when.split("-"))
+            return Path(synthetic.write_era5_month(dest_dir, site, y, m, cfg.era5_levels_hpa,
+                                                   cfg.era5_box_deg, cfg.seed, layout="cds"))
+        writer = synthetic.write_kazr_day if kind == "kazr" else synthetic.write_met_day
+        return Path(writer(dest_dir, site, date.fromisoformat(when), cfg.synthetic, cfg.seed))
+
+
+_POOL: tuple[int, ProcessPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def offline_pool(processes: int) -> ProcessPoolExecutor:
+    """This process's pool of ``processes`` spawned workers for :func:`generate_offline` (made on first
+    use, replaced when the size changes, shut down at exit).  Spawned, not forked: flows run tasks in
+    threads, and a fork copies their locks mid-use."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != processes:
+            if _POOL is not None:
+                _POOL[1].shutdown(wait=True)
+            spawn = multiprocessing.get_context("spawn")
+            _POOL = (processes, ProcessPoolExecutor(processes, mp_context=spawn))
+        return _POOL[1]
+
+
+@atexit.register
+def drop_offline_pool() -> None:
+    """Shut this process's offline pool down (its queued items are cancelled)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is not None:
+            _POOL[1].shutdown(wait=False, cancel_futures=True)
+            _POOL = None
 
 
 def _generated_with(entry_producer: dict[str, Any], cfg: IngestConfig) -> bool:

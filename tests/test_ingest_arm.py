@@ -389,3 +389,38 @@ def test_offline_files_are_made_again_when_the_synthetic_settings_change(tmp_pat
     assert store.entry(item.key).sha256 != first
     assert ingest_item(item, cfg(3.0), store).status == "skipped"
     assert ingest_item(item, cfg(3.0, seed=8), store).status == "fetched"     # another seed: made again
+
+
+def test_offline_worker_processes_write_the_same_files_and_survive_a_dead_worker(tmp_path):
+    """``ingest.offline_processes`` runs the generator in spawned workers (both cores in the demo):
+    the stored bytes are the same as in-thread, the setting is not a synthetic setting (nothing is
+    made again), and a worker that dies fails only the item in hand, with a retryable error; the
+    next item gets a new pool."""
+    import os
+    from concurrent.futures.process import BrokenProcessPool
+
+    from bzpipe.ingest import drop_offline_pool, offline_pool
+
+    def cfg(root: str, processes: int) -> IngestConfig:
+        return IngestConfig(store_root=str(tmp_path / root), sites=["nsa"], start="2019-01-01", end="2019-01-02",
+                            seed=7, fetch_met=False, era5_source="offline", synthetic=TINY,
+                            offline_processes=processes)
+
+    items = plan(cfg("a", 0), kinds=("kazr", "era5"))
+    assert sorted(i.kind for i in items) == ["era5", "kazr", "kazr"]
+    try:
+        in_thread = {i.key: ingest_item(i, cfg("a", 0)).sha256 for i in items}
+        in_workers = {i.key: ingest_item(i, cfg("b", 2)).sha256 for i in items}
+        assert in_workers == in_thread
+        assert {ingest_item(i, cfg("a", 2)).status for i in items} == {"skipped"}
+
+        dead = offline_pool(1).submit(os._exit, 3)          # a worker killed under the pool
+        with pytest.raises(BrokenProcessPool):
+            dead.result()
+        with pytest.raises(DownloadError, match=f"offline generator process for {items[0].name} died") as err:
+            ingest_item(items[0], cfg("c", 1))
+        assert is_retryable(err.value)
+        assert Store(str(tmp_path / "c")).entry(items[0].key) is None
+        assert ingest_item(items[0], cfg("c", 1)).sha256 == in_thread[items[0].key]
+    finally:
+        drop_offline_pool()

@@ -46,6 +46,9 @@ class IngestConfig(SitesAndTimes):
     cds_poll_max_s: float = Field(120.0, gt=0, description="longest wait between CDS job status polls")
     tmp_dir: str | None = Field(None, description=(
         "local folder for downloads in flight; default: system temp"))
+    offline_processes: int = Field(0, ge=0, description=(
+        "generate offline files in this many spawned worker processes (the generator is pure Python and "
+        "numpy, so threads share one core); 0: in the task's own thread.  The files are the same either way"))
 
     @field_validator("era5_levels_hpa")
     @classmethod

@@ -52,6 +52,9 @@ class PatchDataset(Dataset):
         split: ``train``, ``val`` or ``test`` (a group of the dataset).
         channels: ``"3+_1"`` (reflectivity) or ``"3+_5"`` (+ t, q, u, v), or an explicit list of names.
         augment: random time flips (the ``col`` axis reversed with probability 1/2).
+        state_noise: standard deviation (normalized units) of a random error added to every ERA-5
+            channel of a sample, constant in time and linear in height (:func:`perturb_state`);
+            0: none.  A training augmentation: ERA-5 is not the column over the radar.
         cache: read the whole split into memory (None: when smaller than 256 MiB).
 
     Attributes: ``uri``, ``channel_names``, ``channel_index``, ``blind_zone_rows``,
@@ -60,11 +63,12 @@ class PatchDataset(Dataset):
 
     def __init__(self, store_root_or_uri: str | Store, version_or_uri: str, split: str,
                  channels: ChannelSet | list[str] | tuple[str, ...] = "3+_5", augment: bool = False,
-                 cache: bool | None = None, require_complete: bool = True) -> None:
+                 cache: bool | None = None, require_complete: bool = True, state_noise: float = 0.0) -> None:
         opened = open_dataset(store_root_or_uri, version_or_uri, require_complete=require_complete)
         self.uri, self.storage_options = opened.uri, opened.storage_options
         self.split = split
         self.augment = augment
+        self.state_noise = float(state_noise)
         self.attrs = opened.attrs
         grp = opened.group(split)
         if "x" not in set(grp.array_keys()):
@@ -133,6 +137,8 @@ class PatchDataset(Dataset):
             flip = torch.rand(t.shape[0]) < 0.5                 # random time flips
             if flip.any():
                 t[flip] = t[flip].flip(-1)
+        if self.state_noise > 0:
+            perturb_state(t, [c != "reflectivity" for c in self.channel_names], self.state_noise)
         return t
 
     def __len__(self) -> int:
@@ -147,6 +153,21 @@ class PatchDataset(Dataset):
         """Batched read used by DataLoader (one Zarr read per batch)."""
         batch = self._finish(self._read(np.asarray(indices, dtype=np.int64)))
         return list(batch.unbind(0))
+
+
+def perturb_state(batch: torch.Tensor, state: list[bool], sigma: float) -> torch.Tensor:
+    """Add to each sample's state channels (``state[c]`` True) of ``batch`` Tensor[B, C, H, W], in place,
+    an error ``a + b (row / (H - 1) - 1/2)`` with ``a, b ~ N(0, sigma^2)`` drawn per sample and
+    channel: a bias and a lapse-rate / shear error, constant over the patch's minutes, as a
+    reanalysis misses the column over one site.  Returns ``batch``."""
+    idx = [c for c, s in enumerate(state) if s]
+    if not idx:
+        return batch
+    b, _, h, _ = batch.shape
+    a, slope = torch.randn(2, b, len(idx), 1, 1) * sigma
+    rows = torch.linspace(-0.5, 0.5, h).view(1, 1, h, 1)
+    batch[:, idx] += a + slope * rows
+    return batch
 
 
 #: DataLoader worker processes per training process on a GPU when not configured

@@ -133,7 +133,8 @@ class _Amp:
 def _loaders(cfg: TrainConfig, env: DistEnv, device: torch.device
              ) -> tuple[PatchDataset, PatchDataset, DataLoader, DistributedSampler, DataLoader]:
     store = Store(cfg.store_root)
-    train_ds = PatchDataset(store, cfg.dataset, "train", channels=cfg.channels, augment=cfg.time_flip)
+    train_ds = PatchDataset(store, cfg.dataset, "train", channels=cfg.channels, augment=cfg.time_flip,
+                            state_noise=cfg.state_noise)
     val_ds = PatchDataset(store, cfg.dataset, "val", channels=cfg.channels, augment=False)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise BzpipeError(f"{train_ds.uri}: train ({len(train_ds)}) and val ({len(val_ds)}) splits must not "

@@ -67,3 +67,30 @@ def test_make_loader_workers_and_pinned_memory(layouts):
     assert ds2._data is not None and dl.persistent_workers and dl.prefetch_factor == 4
     got = np.concatenate([b.numpy() for b in dl])
     np.testing.assert_array_equal(got, x)
+
+
+def test_state_noise_perturbs_only_the_era5_channels_as_a_bias_and_a_height_trend(layouts):
+    """``state_noise``: per sample and ERA-5 channel, ``a + b (row / (H-1) - 1/2)`` with a, b ~ N(0, s^2);
+    reflectivity untouched, constant over the patch's columns; 0 (the default) changes nothing."""
+    x, uris = layouts
+    plain = PatchDataset(uris["sharded"], uris["sharded"], "train", cache=True, require_complete=False)
+    noisy = PatchDataset(uris["sharded"], uris["sharded"], "train", cache=True, require_complete=False,
+                         state_noise=0.3)
+    idx = list(range(20))
+    np.testing.assert_array_equal(torch.stack(plain.__getitems__(idx)).numpy(), x)
+    torch.manual_seed(0)
+    d = torch.stack(noisy.__getitems__(idx)).numpy() - x                   # (20, 5, H, W)
+    assert np.all(d[:, 0] == 0)                                            # reflectivity
+    assert np.all(np.abs(d[:, 1:]).max(axis=(2, 3)) > 0)                    # every sample, every state channel
+    np.testing.assert_allclose(d, np.broadcast_to(d[..., :1], d.shape), atol=1e-5)   # constant in time
+    h = d.shape[2]
+    rows = np.linspace(-0.5, 0.5, h)
+    slope = (d[:, 1:, -1, 0] - d[:, 1:, 0, 0])                             # linear in height
+    np.testing.assert_allclose(d[:, 1:, :, 0], (d[:, 1:, h // 2 - 1, 0] - slope * rows[h // 2 - 1])[..., None]
+                               + slope[..., None] * rows, atol=1e-5)
+    # the drawn biases and trends have the configured spread (4000 samples: sd within 5 %)
+    from bzpipe.torchdata import perturb_state
+    big = perturb_state(torch.zeros(4000, 3, 9, 2), [False, True, True], 0.3)
+    bias, trend = big[:, 1:, 4, 0], big[:, 1:, 8, 0] - big[:, 1:, 0, 0]
+    assert abs(float(bias.std()) / 0.3 - 1) < 0.05 and abs(float(trend.std()) / 0.3 - 1) < 0.05
+    assert abs(float(bias.mean())) < 0.02 and torch.all(big[:, 0] == 0)

@@ -75,21 +75,22 @@ def test_patch_dataset_reads_channels_and_flips(tiny_root: Path):
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_time_flips_only_when_asked(tiny_root: Path, monkeypatch, flip: bool):
-    """``train.time_flip`` (on by default, as King et al.) decides the training split's augmentation;
-    validation is never flipped."""
+    """``train.time_flip`` (on by default, as King et al.) and ``train.state_noise`` decide the training
+    split's augmentations; validation is never augmented."""
     import bzpipe.train as train_mod
 
     made: dict[str, bool] = {}
     real = train_mod.PatchDataset
 
     def spy(*a, **k):  # type: ignore[no-untyped-def]
-        made[a[2]] = k.get("augment", False)
+        made[a[2]] = (k.get("augment", False), k.get("state_noise", 0.0))
         return real(*a, **k)
 
     monkeypatch.setattr(train_mod, "PatchDataset", spy)
-    assert TrainConfig().time_flip is True
-    train(cfg_for(tiny_root, epochs=1, max_batches_per_epoch=1, run_name=f"flip{flip}", time_flip=flip))
-    assert made == {"train": flip, "val": False}
+    assert TrainConfig().time_flip is True and TrainConfig().state_noise == 0.0
+    train(cfg_for(tiny_root, epochs=1, max_batches_per_epoch=1, run_name=f"flip{flip}", time_flip=flip,
+                  state_noise=0.25 if flip else 0.0))
+    assert made == {"train": (flip, 0.25 if flip else 0.0), "val": (False, 0.0)}
 
 
 def test_train_writes_checkpoints_metrics_and_loads(tiny_root: Path):

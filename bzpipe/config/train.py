@@ -54,6 +54,11 @@ class TrainConfig(StageConfig):
         "augment training patches with random time flips (probability 1/2), as King et al.  A flip "
         "reverses the fall-streak slant the wind shear sets; off, the validation loss was no better "
         "over 3 seeds (README, Skill)"))
+    state_noise: float = Field(0.0, ge=0, description=(
+        "augment training patches with a random ERA-5 error per sample and channel, bias + linear in "
+        "height, of this standard deviation in normalized units (bzpipe.torchdata.perturb_state); 0: off, "
+        "as King et al.  On the demo, 0.2 did not separate from 0 on validation over 3 seeds, and it "
+        "halved the shallow-snowfall gain (README, Skill)"))
     max_batches_per_epoch: int | None = Field(None, ge=1)
     num_workers: int | None = Field(None, ge=0, description=(
         "DataLoader worker processes; None: auto (4 per GPU process, 0 on CPU: "

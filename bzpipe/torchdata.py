@@ -170,6 +170,19 @@ def perturb_state(batch: torch.Tensor, state: list[bool], sigma: float) -> torch
     return batch
 
 
+def forget_parent_exit_calls(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: drop the thread-exit callbacks a forked worker inherits.
+
+    Prefect (3.8) registers one per log / event service of the parent, and its fork handler resets
+    those services in the child, so at the worker's exit the callback fails (an assertion in
+    ``QueueService._drain``).  The worker then exits with code 1, and the parent's DataLoader reports
+    "worker exited unexpectedly" when training in a flow shuts its workers down.  A worker has none of
+    its parent's threads, so none of their exit calls are its own."""
+    import threading
+
+    getattr(threading, "_threading_atexits", []).clear()
+
+
 #: DataLoader worker processes per training process on a GPU when not configured
 GPU_LOADER_WORKERS = 4
 
@@ -203,7 +216,8 @@ def make_loader(dataset: Dataset, batch_size: int, device: torch.device | str, *
         base.preload()
     kw: dict[str, Any] = {}
     if workers > 0:
-        kw.update(persistent_workers=True, prefetch_factor=prefetch_factor)
+        kw.update(persistent_workers=True, prefetch_factor=prefetch_factor,
+                  worker_init_fn=forget_parent_exit_calls)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                       shuffle=shuffle if sampler is None else False, num_workers=workers,
                       pin_memory=torch.device(device).type == "cuda", drop_last=drop_last, **kw)

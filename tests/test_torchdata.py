@@ -94,3 +94,32 @@ def test_state_noise_perturbs_only_the_era5_channels_as_a_bias_and_a_height_tren
     bias, trend = big[:, 1:, 4, 0], big[:, 1:, 8, 0] - big[:, 1:, 0, 0]
     assert abs(float(bias.std()) / 0.3 - 1) < 0.05 and abs(float(trend.std()) / 0.3 - 1) < 0.05
     assert abs(float(bias.mean())) < 0.02 and torch.all(big[:, 0] == 0)
+
+
+@pytest.mark.prefect
+def test_loader_workers_exit_cleanly_in_a_process_that_ran_a_flow(prefect_server, layouts):
+    """Training runs inside a Prefect flow: its log and event services leave a thread-exit callback that
+    fails in a forked worker (Prefect 3.8), so the worker exited with code 1 and the DataLoader
+    reported "worker exited unexpectedly" at shutdown.  make_loader's workers drop those callbacks."""
+    import gc
+
+    from prefect import flow
+
+    @flow
+    def starts_the_services() -> int:
+        from prefect import get_run_logger
+
+        get_run_logger().info("a flow log line: the log service is running")
+        return 1
+
+    assert starts_the_services() == 1
+    x, uris = layouts
+    ds = PatchDataset(uris["sharded"], uris["sharded"], "train", cache=True, require_complete=False)
+    dl = make_loader(ds, 5, "cpu", num_workers=1, sampler=torch.utils.data.SequentialSampler(ds))
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in dl]), x)
+    workers = list(dl._iterator._workers)                  # the persistent worker processes
+    del dl
+    gc.collect()                                            # shuts the workers down (DataLoader.__del__)
+    for w in workers:
+        w.join(timeout=30)
+    assert [w.exitcode for w in workers] == [0]

@@ -245,7 +245,7 @@ def test_sample_filter_decides_on_observed_rows_above_the_blind_zone(colocated, 
     store = Store(root)
     every = plan_dataset(store, small_config(root), keys)
     filt = plan_dataset(store, small_config(root, patch={"width": 16, "blind_zone_rows": 4, "stride": 16,
-                                                         "echo_block": 5}), keys)
+                                                         "echo_block": 5, "filter_train": True}), keys)
     n_every = {s: every.n_samples(s) for s in SPLITS}
     n_filt = {s: filt.n_samples(s) for s in SPLITS}
     assert 0 < sum(n_filt.values()) < sum(n_every.values())
@@ -266,8 +266,25 @@ def test_sample_filter_decides_on_observed_rows_above_the_blind_zone(colocated, 
             ds["reflectivity"] = (("time", "height"), refl)
             write_colocated(Store(copy), key, ds)
         again = plan_dataset(Store(copy), small_config(copy, patch={"width": 16, "blind_zone_rows": 4,
-                                                                     "stride": 16, "echo_block": 5}), keys)
+                                                                     "stride": 16, "echo_block": 5,
+                                                                     "filter_train": True}), keys)
         assert again.samples == filt.samples
+
+
+def test_filter_train_false_keeps_every_training_window_and_filters_val_and_test(colocated) -> None:  # type: ignore[no-untyped-def]
+    root, keys = colocated
+    store = Store(root)
+    patch = {"width": 16, "blind_zone_rows": 4, "stride": 16, "echo_block": 5, "min_echo_fraction": 0.05}
+    every = plan_dataset(store, small_config(root), keys)
+    filt = plan_dataset(store, small_config(root, patch={**patch, "filter_train": True}), keys)
+    train_all = plan_dataset(store, small_config(root, patch=patch), keys)      # the default: false
+    assert filt.n_samples("train") < every.n_samples("train")           # the filter drops training windows
+    assert train_all.samples["train"] == every.samples["train"]           # ... unless told not to
+    for s in ("val", "test"):
+        assert train_all.samples[s] == filt.samples[s]                  # evaluation keeps the filter
+    assert train_all.split == filt.split
+    assert train_all.counts["filtered_splits"] == ["val", "test"]
+    assert filt.counts["filtered_splits"] == ["train", "val", "test"]
 
 
 def test_eval_stride_overlaps_val_and_test_patches_only(colocated) -> None:  # type: ignore[no-untyped-def]

@@ -246,7 +246,11 @@ def _split_scales(config: BuildConfig, sites: list[str], echo: dict[str, np.ndar
 
 def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_id: str = "",
                  inputs: dict[str, str] | None = None) -> BuildPlan:
-    """Cold filter, decorrelation lags, split, patch placement and the sample filter over ``keys``."""
+    """Cold filter, decorrelation lags, split, patch placement and the sample filter over ``keys``.
+
+    The sample filter (``patch.echo_block``, ``patch.min_echo_fraction``) decides on observed rows only;
+    it applies to validation and test, and to training only with ``patch.filter_train``.
+    """
     step_s = config.grid.time_step_s
     step_ns = int(round(step_s * NS))
     width = config.patch.width
@@ -331,11 +335,12 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
             stride = (config.patch.stride or width) if name == "train" else \
                 (config.patch.eval_stride or config.patch.stride or width)
             starts = place_patches(valid[s] & (labels == k), width, stride)
-            if block > 0 and starts.size:
+            filtered = name != "train" or config.patch.filter_train
+            if filtered and block > 0 and starts.size:
                 keep = cb[np.minimum(starts + width - block + 1, n)] - cb[starts] > 0
                 dropped["no_echo_block"] += int((~keep).sum())
                 starts = starts[keep]
-            if config.patch.min_echo_fraction > 0 and starts.size:
+            if filtered and config.patch.min_echo_fraction > 0 and starts.size:
                 keep = (ca[starts + width] - ca[starts]) / width >= config.patch.min_echo_fraction
                 dropped["low_echo"] += int((~keep).sum())
                 starts = starts[keep]
@@ -345,9 +350,10 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
     counts["dropped_no_echo_block"] = dropped["no_echo_block"]
     counts["dropped_low_echo"] = dropped["low_echo"]
     counts["usable_bins_outside_split_intervals"] = int(sum((valid[s] & (labels < 0)).sum() for s in sites))
-    log.info("samples: %s (dropped: %d without a %dx%d echo block above the blind zone, %d for low echo); "
-             "gap %.1f h, blocks %.1f days", counts["samples"], dropped["no_echo_block"], block, block,
-             dropped["low_echo"], gap_s / 3600, block_s / 86400)
+    counts["filtered_splits"] = list(SPLITS if config.patch.filter_train else SPLITS[1:])
+    log.info("samples: %s (dropped from %s: %d without a %dx%d echo block above the blind zone, %d for low "
+             "echo); gap %.1f h, blocks %.1f days", counts["samples"], "/".join(counts["filtered_splits"]),
+             dropped["no_echo_block"], block, block, dropped["low_echo"], gap_s / 3600, block_s / 86400)
     split_json = split.to_json()
     split_json.update({"gap_s": gap_s, "block_s": block_s, "scales": scales})
     tau: dict[str, float | None] = {**scales["efolding_s"], "used": scales["decorrelation_s"]}

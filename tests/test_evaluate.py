@@ -114,6 +114,8 @@ def test_run_evaluation_and_report(trained_root: Path):
     assert summ["mask"]["excluded"] > 0
     assert "the same pixels are excluded for every method" in summ["mask"]["rule"]
     assert doc["provenance"]["config"]["values"]["spread_exclusion_quantile"] == 0.95
+    assert summ["sample_selection"]["rule"] == "every window kept (no sample filter)"   # the tiny build: 0
+    assert "Samples: every window kept (no sample filter)" in page
     assert any(k.endswith("checkpoint-best.pt") for k in doc["provenance"]["inputs"])
     # the verdict follows from the numbers, and the page says it plainly: a U-Net of 4-8 filters trained
     # for 2 epochs on 8 patches is not ahead of REP and MAR on all four scores
@@ -136,6 +138,21 @@ def test_run_evaluation_and_report(trained_root: Path):
     assert res.summary["scores"]["all"]["MAR"]["MAE"].estimate == pytest.approx(float(np.nanmean(per)))
     assert res.xai is not None and set(res.xai["drop_channel"]) == {"none", "t", "q", "u", "v"}
     assert math.isfinite(res.summary["uncertainty"]["spread_skill_ratio"])
+
+
+def test_sample_selection_says_which_splits_king_et_al_s_filter_chose() -> None:
+    def attrs(**patch):  # type: ignore[no-untyped-def]
+        return {"config": {"values": {"patch": {"echo_block": 10, "min_echo_fraction": 0.0, **patch}}}}
+
+    now = ev.sample_selection(attrs(filter_train=False))
+    assert now["filtered_splits"] == ["val", "test"] and now["rule"].startswith("val/test patches kept only")
+    assert now["rule"].endswith("training on every window") and "10 x 10" in now["rule"]
+    old = ev.sample_selection(attrs())                       # recorded before filter_train existed
+    assert old["filtered_splits"] == ["train", "val", "test"] and "training on every" not in old["rule"]
+    both = ev.sample_selection(attrs(filter_train=True, echo_block=0, min_echo_fraction=0.2))
+    assert both["filtered_splits"] == ["train", "val", "test"] and "echo in at least 0.2" in both["rule"]
+    assert ev.sample_selection(attrs(echo_block=0))["filtered_splits"] == []
+    assert ev.sample_selection({})["rule"] == "not recorded in the dataset"
 
 
 def test_seed_runs_block_bootstrap_and_bright_patch_exclusion(trained_root: Path):

@@ -69,6 +69,7 @@ def render(title: str, verdict: dict[str, Any], summary: dict[str, Any], figures
                  f"{summary['settings'].get('n_bootstrap')} resamples, paired across methods, stratified by "
                  "site; percentile interval expanded for few blocks). "
                  f"{html.escape(str(excl.get('rule', 'No test patch excluded')))}. "
+                 f"Samples: {html.escape(str((summary.get('sample_selection') or {}).get('rule', 'not recorded')))}. "
                  "U-Net MC statistics per pass "
                  "in dBZ (King et al. 2024): mean and spread of the per-pass dBZ, no echo = -60 dBZ.</p>")
     events = summary.get("events_in_truth", {}).get("all")

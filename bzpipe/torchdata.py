@@ -40,7 +40,7 @@ ChannelSet = Literal["3+_1", "3+_5"]
 CHANNEL_SETS: dict[str, tuple[str, ...]] = {"3+_1": CHANNELS[:1], "3+_5": CHANNELS}
 
 #: splits up to this size (bytes, selected channels) are read into memory once by default
-CACHE_LIMIT_BYTES = 256 * 2**20
+CACHE_LIMIT_BYTES = 2**30
 
 
 class PatchDataset(Dataset):
@@ -55,7 +55,7 @@ class PatchDataset(Dataset):
         state_noise: standard deviation (normalized units) of a random error added to every ERA-5
             channel of a sample, constant in time and linear in height (:func:`perturb_state`);
             0: none.  A training augmentation: ERA-5 is not the column over the radar.
-        cache: read the whole split into memory (None: when smaller than 256 MiB).
+        cache: read the whole split into memory (None: when at most 1 GiB).
 
     Attributes: ``uri``, ``channel_names``, ``channel_index``, ``blind_zone_rows``,
     ``normalization``, ``attrs`` (decoded root attrs), ``shape`` (N, C, H, W).

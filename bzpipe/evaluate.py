@@ -41,7 +41,7 @@ import torch
 from bzpipe.baselines import run_baselines
 from bzpipe.checkpoint import check_trained_dataset, load_model
 from bzpipe.config import EvalConfig
-from bzpipe.dataset.reader import build_values, open_dataset
+from bzpipe.dataset.reader import open_dataset, sample_selection
 from bzpipe.distributed import pick_device
 from bzpipe.errors import BzpipeError
 from bzpipe.masking import mask_blind_zone
@@ -271,26 +271,6 @@ def case_curtains(fields: EvalFields, dataset: PatchDataset, positions: np.ndarr
     if len(qs) >= 2:
         out["band"] = (qs[0], qs[-1], fields.quantiles[qs[0]][positions], fields.quantiles[qs[-1]][positions])
     return out
-
-
-def sample_selection(attrs: dict[str, Any]) -> dict[str, Any]:
-    """How the dataset's patches were chosen, from its recorded build config: King et al.'s echo-block
-    filter and the splits it applies to (datasets built before ``filter_train`` existed filtered all)."""
-    patch = build_values(attrs).get("patch")
-    if not isinstance(patch, dict):
-        return {"rule": "not recorded in the dataset"}
-    block = int(patch.get("echo_block", 0) or 0)
-    min_frac = float(patch.get("min_echo_fraction", 0.0) or 0.0)
-    splits = ["val", "test"] if patch.get("filter_train", True) is False else ["train", "val", "test"]
-    if block <= 0 and min_frac <= 0:
-        return {"echo_block": 0, "min_echo_fraction": 0.0, "filtered_splits": [],
-                "rule": "every window kept (no sample filter)"}
-    what = [f"an echo block of {block} x {block} pixels in the observed rows above the blind zone"] \
-        if block > 0 else []
-    what += [f"echo in at least {min_frac:g} of those rows"] if min_frac > 0 else []
-    return {"echo_block": block, "min_echo_fraction": min_frac, "filtered_splits": splits,
-            "rule": f"{'/'.join(splits)} patches kept only with {' and '.join(what)}"
-                    + ("; training on every window" if "train" not in splits else "")}
 
 
 def run_evaluation(cfg: EvalConfig, store: Store | None = None, device: str | None = None,

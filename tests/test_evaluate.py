@@ -14,6 +14,7 @@ from _zarr_fixture import write_tiny_dataset
 from bzpipe import evaluate as ev
 from bzpipe.checkpoint import load_model
 from bzpipe.config import EvalConfig, TrainConfig
+from bzpipe.dataset.reader import sample_selection
 from bzpipe.metrics import mae
 from bzpipe.report import evaluate_and_report
 from bzpipe.schema import norm_to_dbz
@@ -144,15 +145,15 @@ def test_sample_selection_says_which_splits_king_et_al_s_filter_chose() -> None:
     def attrs(**patch):  # type: ignore[no-untyped-def]
         return {"config": {"values": {"patch": {"echo_block": 10, "min_echo_fraction": 0.0, **patch}}}}
 
-    now = ev.sample_selection(attrs(filter_train=False))
+    now = sample_selection(attrs(filter_train=False))
     assert now["filtered_splits"] == ["val", "test"] and now["rule"].startswith("val/test patches kept only")
     assert now["rule"].endswith("training on every window") and "10 x 10" in now["rule"]
-    old = ev.sample_selection(attrs())                       # recorded before filter_train existed
+    old = sample_selection(attrs())                       # recorded before filter_train existed
     assert old["filtered_splits"] == ["train", "val", "test"] and "training on every" not in old["rule"]
-    both = ev.sample_selection(attrs(filter_train=True, echo_block=0, min_echo_fraction=0.2))
+    both = sample_selection(attrs(filter_train=True, echo_block=0, min_echo_fraction=0.2))
     assert both["filtered_splits"] == ["train", "val", "test"] and "echo in at least 0.2" in both["rule"]
-    assert ev.sample_selection(attrs(echo_block=0))["filtered_splits"] == []
-    assert ev.sample_selection({})["rule"] == "not recorded in the dataset"
+    assert sample_selection(attrs(echo_block=0))["filtered_splits"] == []
+    assert sample_selection({})["rule"] == "not recorded in the dataset"
 
 
 def test_seed_runs_block_bootstrap_and_bright_patch_exclusion(trained_root: Path):

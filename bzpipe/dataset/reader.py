@@ -4,7 +4,8 @@
 unless complete, i.e. with a manifest entry) or the full path / ``s3://`` URI of a ``.zarr``, and
 returns a :class:`DatasetZarr`: its address, root group, and root attributes with the JSON ones
 (``normalization``, ``config``, ``provenance``, ...) decoded.  The torch patch dataset, the
-evaluation, training and inference all read datasets through it.  Layout: "Zarr dataset" in
+evaluation, training and inference all read datasets through it; :func:`sample_selection` says, from
+the recorded build config, how its patches were chosen.  Layout: "Zarr dataset" in
 :mod:`bzpipe.schema`.
 """
 
@@ -113,3 +114,23 @@ def build_values(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The build config values a dataset records in its (decoded) root attributes ({} if absent)."""
     rec = attrs.get("config")
     return rec.get("values", {}) if isinstance(rec, dict) else {}
+
+
+def sample_selection(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """How the dataset's patches were chosen, from its recorded build config: King et al.'s echo-block
+    filter and the splits it applies to (datasets built before ``filter_train`` existed filtered all)."""
+    patch = build_values(attrs).get("patch")
+    if not isinstance(patch, dict):
+        return {"rule": "not recorded in the dataset"}
+    block = int(patch.get("echo_block", 0) or 0)
+    min_frac = float(patch.get("min_echo_fraction", 0.0) or 0.0)
+    splits = ["val", "test"] if patch.get("filter_train", True) is False else ["train", "val", "test"]
+    if block <= 0 and min_frac <= 0:
+        return {"echo_block": 0, "min_echo_fraction": 0.0, "filtered_splits": [],
+                "rule": "every window kept (no sample filter)"}
+    what = [f"an echo block of {block} x {block} pixels in the observed rows above the blind zone"] \
+        if block > 0 else []
+    what += [f"echo in at least {min_frac:g} of those rows"] if min_frac > 0 else []
+    return {"echo_block": block, "min_echo_fraction": min_frac, "filtered_splits": splits,
+            "rule": f"{'/'.join(splits)} patches kept only with {' and '.join(what)}"
+                    + ("; training on every window" if "train" not in splits else "")}

@@ -142,15 +142,19 @@ def test_run_evaluation_and_report(trained_root: Path):
 
 
 def test_sample_selection_says_which_splits_king_et_al_s_filter_chose() -> None:
-    def attrs(**patch):  # type: ignore[no-untyped-def]
-        return {"config": {"values": {"patch": {"echo_block": 10, "min_echo_fraction": 0.0, **patch}}}}
+    def attrs(filtered=None, **patch):  # type: ignore[no-untyped-def]
+        a = {"config": {"values": {"patch": {"echo_block": 10, "min_echo_fraction": 0.0, **patch}}}}
+        if filtered is not None:                           # what the build's plan records (counts)
+            a["provenance"] = {"counts": {"filtered_splits": filtered}}
+        return a
 
-    now = sample_selection(attrs(filter_train=False))
+    now = sample_selection(attrs(["val", "test"], filter_train=False))
     assert now["filtered_splits"] == ["val", "test"] and now["rule"].startswith("val/test patches kept only")
     assert now["rule"].endswith("training on every window") and "10 x 10" in now["rule"]
-    old = sample_selection(attrs())                       # recorded before filter_train existed
+    old = sample_selection(attrs())                       # built before the plan recorded the splits
     assert old["filtered_splits"] == ["train", "val", "test"] and "training on every" not in old["rule"]
-    both = sample_selection(attrs(filter_train=True, echo_block=0, min_echo_fraction=0.2))
+    both = sample_selection(attrs(["train", "val", "test"], filter_train=True, echo_block=0,
+                                  min_echo_fraction=0.2))
     assert both["filtered_splits"] == ["train", "val", "test"] and "echo in at least 0.2" in both["rule"]
     assert sample_selection(attrs(echo_block=0))["filtered_splits"] == []
     assert sample_selection({})["rule"] == "not recorded in the dataset"

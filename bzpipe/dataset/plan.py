@@ -328,6 +328,7 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
     # --- patches and the sample filter (observed rows above the blind zone only)
     samples: dict[str, dict[str, list[Any]]] = {k: {"site": [], "col": []} for k in SPLITS}
     dropped = {"no_echo_block": 0, "low_echo": 0}
+    filtered_splits = list(SPLITS if config.patch.filter_train else SPLITS[1:])
     for s in sites:
         ca = np.r_[0.0, np.cumsum(above[s], dtype=np.float64)]
         cb = np.r_[0, np.cumsum(blocks[s], dtype=np.int64)]
@@ -335,7 +336,7 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
             stride = (config.patch.stride or width) if name == "train" else \
                 (config.patch.eval_stride or config.patch.stride or width)
             starts = place_patches(valid[s] & (labels == k), width, stride)
-            filtered = name != "train" or config.patch.filter_train
+            filtered = name in filtered_splits
             if filtered and block > 0 and starts.size:
                 keep = cb[np.minimum(starts + width - block + 1, n)] - cb[starts] > 0
                 dropped["no_echo_block"] += int((~keep).sum())
@@ -350,7 +351,7 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
     counts["dropped_no_echo_block"] = dropped["no_echo_block"]
     counts["dropped_low_echo"] = dropped["low_echo"]
     counts["usable_bins_outside_split_intervals"] = int(sum((valid[s] & (labels < 0)).sum() for s in sites))
-    counts["filtered_splits"] = list(SPLITS if config.patch.filter_train else SPLITS[1:])
+    counts["filtered_splits"] = filtered_splits
     log.info("samples: %s (dropped from %s: %d without a %dx%d echo block above the blind zone, %d for low "
              "echo); gap %.1f h, blocks %.1f days", counts["samples"], "/".join(counts["filtered_splits"]),
              dropped["no_echo_block"], block, block, dropped["low_echo"], gap_s / 3600, block_s / 86400)

@@ -117,14 +117,16 @@ def build_values(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def sample_selection(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """How the dataset's patches were chosen, from its recorded build config: King et al.'s echo-block
-    filter and the splits it applies to (datasets built before ``filter_train`` existed filtered all)."""
+    """How the dataset's patches were chosen: King et al.'s echo-block filter from the recorded build
+    config, and the splits it applied to as the build's plan recorded them (``provenance.counts``;
+    datasets built before the plan recorded them filtered every split)."""
     patch = build_values(attrs).get("patch")
     if not isinstance(patch, dict):
         return {"rule": "not recorded in the dataset"}
     block = int(patch.get("echo_block", 0) or 0)
     min_frac = float(patch.get("min_echo_fraction", 0.0) or 0.0)
-    splits = ["val", "test"] if patch.get("filter_train", True) is False else ["train", "val", "test"]
+    counts = (attrs.get("provenance") or {}).get("counts") or {}
+    splits = list(counts.get("filtered_splits", ["train", "val", "test"]))
     if block <= 0 and min_frac <= 0:
         return {"echo_block": 0, "min_echo_fraction": 0.0, "filtered_splits": [],
                 "rule": "every window kept (no sample filter)"}

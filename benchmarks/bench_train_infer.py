@@ -2,6 +2,8 @@
 
     python benchmarks/bench_train_infer.py                  # CPU, and the GPU when there is one
     python benchmarks/bench_train_infer.py --device cuda --steps 50 --patches 256 --json out.json
+    python benchmarks/bench_train_infer.py --device cpu --cpu-amp --size 64 --filters 8,16,32,64,128 --steps 8
+        # the demo model: CPU training in float32 and with bf16 autocast (train.cpu_amp), side by side
 
 Prints, per device: training samples/s (Adam step, deep supervision, batch 16,
 128 x 128 patches, bf16 autocast + channels_last on GPU) and inference patches/s
@@ -10,6 +12,8 @@ and what evaluation and CloudSat inference use, is the exact band-limited decode
 lowest ``size // 8`` rows, ``--path full`` the whole forward pass), with the machine it ran on.
 Training uses channels_last on CPU too (faster there as well).  Inputs are random: speed does
 not depend on the values.  ``bench_inference.py`` compares the two paths side by side.
+``--cpu-amp`` times the CPU training steps twice in the same run, float32 and bf16 autocast
+(:class:`bzpipe.distributed.Autocast`, ``train.cpu_amp``; native bf16 CPUs only), alternating.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see bzpipe/__init__.py
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -29,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bzpipe.distributed import Autocast, cpu_bf16_native  # noqa: E402
 from bzpipe.masking import mask_blind_zone, supervision_loss  # noqa: E402
 from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_predict  # noqa: E402
 from bzpipe.model.mc_dropout import tensor_safe_batch  # noqa: E402
@@ -46,17 +50,17 @@ def _sync(device: torch.device) -> None:
 def _full_size_model(device: torch.device, a: argparse.Namespace) -> tuple[UNet3Plus, bool]:
     """The paper-size UNet3+ on ``device`` (channels_last on GPU), seeded; and whether it is a GPU."""
     torch.manual_seed(0)
-    model = UNet3Plus(UNet3PlusConfig(in_channels=a.channels + 1)).to(device)
+    model = UNet3Plus(UNet3PlusConfig(in_channels=a.channels + 1, filters=a.filters)).to(device)
     gpu = device.type == "cuda"
     if channels_last_faster(device):
         model = model.to(memory_format=torch.channels_last)
     return model, gpu
 
 
-def bench_train(device: torch.device, a: argparse.Namespace) -> dict:
+def bench_train(device: torch.device, a: argparse.Namespace, cpu_amp: bool = False) -> dict:
     model, gpu = _full_size_model(device, a)
     opt = torch.optim.Adam(model.parameters(), lr=5e-5)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and a.amp else contextlib.nullcontext()
+    precision = Autocast.for_training(a.amp, "bf16", cpu_amp, device)     # as bzpipe.train does
     x = torch.randn(a.batch, a.channels, a.size, a.size, device=device)
     model.train()
 
@@ -65,7 +69,7 @@ def bench_train(device: torch.device, a: argparse.Namespace) -> dict:
         inputs, mask = mask_blind_zone(x, a.size // 8, ramp)
         if channels_last_faster(device):
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with amp:
+        with precision.autocast():
             outs = model(inputs, heads=True)
         loss = supervision_loss(outs, x[:, :1], mask)
         opt.zero_grad(set_to_none=True)
@@ -85,7 +89,7 @@ def bench_train(device: torch.device, a: argparse.Namespace) -> dict:
     dt = time.perf_counter() - t0
     out = {"train_samples_per_s": round(steps * a.batch / dt, 2),
            "train_step_ms": round(1000 * dt / steps, 1),
-           "steps": steps, "batch": a.batch}
+           "steps": steps, "batch": a.batch, "precision": precision.label}
     if gpu:
         out["train_peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return out
@@ -119,6 +123,22 @@ def bench_infer(device: torch.device, a: argparse.Namespace) -> dict:
     return out
 
 
+def compare_cpu_precision(a: argparse.Namespace, results: dict) -> None:
+    """CPU training steps in float32 and bf16 autocast, alternating rounds (the VM is noisy)."""
+    device = torch.device("cpu")
+    if not cpu_bf16_native():
+        print("this CPU has no native bf16 (AMX / AVX512-BF16): train.cpu_amp would train in float32")
+    rounds: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for _ in range(a.rounds):
+        for label, on in (("float32", False), ("bfloat16", True)):
+            rounds[label].append(bench_train(device, a, cpu_amp=on)["train_step_ms"])
+    med = {k: sorted(v)[len(v) // 2] for k, v in rounds.items()}
+    results["cpu_precision"] = {"step_ms": rounds, "median_step_ms": med}
+    print(f"[cpu] training step, batch {a.batch}, median of {a.rounds} rounds of {a.steps or 2} steps: "
+          f"float32 {med['float32']} ms, bf16 autocast {med['bfloat16']} ms "
+          f"(ratio {med['bfloat16'] / med['float32']:.2f}); every round: {rounds}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", action="append",
@@ -133,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=0,
                    help="samples x passes per forward (default 512 GPU, 25 CPU)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 on GPU")
+    p.add_argument("--cpu-amp", action="store_true",
+                   help="CPU: time the training steps in float32 and with bf16 autocast, side by side")
+    p.add_argument("--filters", type=lambda v: tuple(int(x) for x in v.split(",")),
+                   default=(32, 64, 128, 256, 512), help="filters per level (default the paper's)")
     p.add_argument("--path", choices=("band", "full"), default="band", help="MC inference path")
+    p.add_argument("--rounds", type=int, default=3, help="--cpu-amp: alternating rounds per precision")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
@@ -142,18 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     devices = a.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     info = machine_info()
     print("machine:", json.dumps(info, indent=1))
-    params = UNet3Plus(UNet3PlusConfig(in_channels=a.channels + 1)).num_parameters()
-    print(f"model: UNet3+ filters (32, 64, 128, 256, 512), {a.channels}+1 input channels, "
+    params = UNet3Plus(UNet3PlusConfig(in_channels=a.channels + 1, filters=a.filters)).num_parameters()
+    print(f"model: UNet3+ filters {a.filters}, {a.channels}+1 input channels, "
           f"{params:,} parameters, "
           f"{a.size}x{a.size} patches")
     results = {"machine": info, "parameters": params, "size": a.size, "runs": {}}
-    for dev in devices:
+    for dev in ([] if a.cpu_amp else devices):
         device = torch.device(dev)
         r = {**bench_train(device, a), **bench_infer(device, a)}
         results["runs"][dev] = r
         print(f"[{dev}] training: {r['train_samples_per_s']} samples/s ({r['train_step_ms']} ms/step, batch "
               f"{a.batch}); MC inference (N={a.passes}, {a.path} path): {r['infer_patches_per_s']} patches/s "
               f"({r['forward_samples_per_s']} forward samples/s)")
+    if a.cpu_amp:
+        compare_cpu_precision(a, results)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -21,7 +21,9 @@ epochs is what validation, the checkpoints and inference use
 Validation: the d1 output as MC inference computes it (dropout on
 with a fixed seed, ``val_passes`` passes averaged per pass in dBZ; 0 = dropout
 off), the blind zone only (plus ``val_ramp_rows``), the same masked MAE; early
-stopping and the best checkpoint use it.  Learning rate: linear warm-up, then
+stopping and the best checkpoint use it.  Precision (:class:`bzpipe.distributed.Autocast`):
+autocast on GPU (``amp``); with ``cpu_amp``, bf16 training steps on a CPU with native bf16
+(validation stays float32 there).  Learning rate: linear warm-up, then
 cosine (or step) decay, per batch; batch norm with the authors' Keras momentum
 and epsilon, bias-corrected at the start (:mod:`bzpipe.optim`).  Every epoch
 re-seeds torch from (seed, epoch, rank), so a run resumed from
@@ -53,7 +55,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from bzpipe.checkpoint import mark_finished, read_checkpoint, save_checkpoint, write_metrics
 from bzpipe.config import TrainConfig, config_record, load_stage_config
 from bzpipe.dataset.reader import build_values
-from bzpipe.distributed import DistEnv, all_reduce_sum, average_bn_stats, dist_env, pick_device
+from bzpipe.distributed import Autocast, DistEnv, all_reduce_sum, average_bn_stats, dist_env, pick_device
 from bzpipe.errors import BzpipeError, ConfigError
 from bzpipe.masking import mask_blind_zone, masked_abs_error, supervision_loss
 from bzpipe.model.mc_dropout import mc_predict
@@ -111,22 +113,6 @@ class TrainResult:
     seed_runs: list[str] = field(default_factory=list)   # every run trained (this one first)
 
 
-class _Amp:
-    """Autocast + GradScaler on GPU (bf16: no scaler needed; fp16: scaler); a no-op on CPU."""
-
-    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
-        self.enabled = bool(cfg.amp and device.type == "cuda")
-        want_bf16 = cfg.amp_dtype == "bf16" and (not self.enabled or torch.cuda.is_bf16_supported())
-        self.dtype = torch.bfloat16 if want_bf16 else torch.float16
-        self.device_type = device.type
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if not self.enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
-
-
 # --------------------------------------------------------------------------- loop
 
 
@@ -153,7 +139,7 @@ def _loaders(cfg: TrainConfig, env: DistEnv, device: torch.device
 
 @torch.no_grad()
 def validate(model: UNet3Plus, loader: DataLoader, blind_rows: int, ramp_rows: int, device: torch.device,
-             amp: _Amp, channels_last: bool, max_batches: int | None = None, passes: int = 0,
+             amp: Autocast, channels_last: bool, max_batches: int | None = None, passes: int = 0,
              seed: int = 0) -> tuple[float, float]:
     """(sum of mask-weighted |error| of the d1 output, sum of mask weights) over ``loader``.
 
@@ -173,12 +159,12 @@ def validate(model: UNet3Plus, loader: DataLoader, blind_rows: int, ramp_rows: i
         inputs, mask = mask_blind_zone(xb, blind_rows, ramp_rows)      # (B, C+1, H, W), (B, 1, H, W)
         if passes:
             pred = mc_predict(model, inputs, n_passes=passes, quantiles=(), max_batch=max(64, xb.shape[0]),
-                              autocast_dtype=amp.dtype if amp.enabled else None, channels_last=channels_last,
+                              autocast_dtype=amp.eval_dtype, channels_last=channels_last,
                               band_rows=min(xb.shape[-2], blind_rows + ramp_rows))["mean"]  # band path
         else:
             if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with amp.autocast():
+            with amp.autocast(evaluation=True):
                 pred = model(inputs)                                   # (B, 1, H, W)
         err, weight = masked_abs_error(pred, xb[:, :1], mask)          # the d1 output's sums
         num, den = num + float(err), den + float(weight)
@@ -229,7 +215,7 @@ class _Run:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg, steps_per_epoch))  # per batch
         bn_momentum_warmup(self.model, cfg.bn_momentum)
         self.ema = weight_average(self.model, cfg.ema_epochs, steps_per_epoch)   # None: raw weights
-        self.amp = _Amp(cfg, device)
+        self.amp = Autocast.for_training(cfg.amp, cfg.amp_dtype, cfg.cpu_amp, device)
         self.meta = self.run_meta()
         self.history: list[dict[str, Any]] = []
         self.best_val, self.best_epoch, self.bad_epochs, self.start_epoch = float("inf"), 0, 0, 1
@@ -258,7 +244,7 @@ class _Run:
             "build": {k: built[k] for k in ("forward_operator", "cold_threshold_c", "sites") if k in built},
             "dataset": {"uri": train_ds.uri, "sha256": ds_sha, "n_train": n_train, "n_val": n_val},
             "config": config_record(cfg), "world_size": self.env.world_size, "device": self.device.type,
-            "amp": f"{amp.dtype}".removeprefix("torch.") if amp.enabled else "off",
+            "amp": amp.label,
             "provenance": provenance_record(cfg, inputs={train_ds.uri: ds_sha}, stage="train"),
         }
 

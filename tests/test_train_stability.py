@@ -88,12 +88,13 @@ def test_validation_loss_is_the_mc_networks_and_repeatable(tiny_root: Path) -> N
     the same loss, whatever the random state training left behind."""
     from torch.utils.data import DataLoader
 
+    from bzpipe.distributed import Autocast
     from bzpipe.torchdata import PatchDataset
-    from bzpipe.train import _Amp, validate
+    from bzpipe.train import validate
 
     res = train(TrainConfig(store_root=str(tiny_root), epochs=1, dropout=0.5, **TINY))
     dl = DataLoader(PatchDataset(tiny_root, "tiny", "val"), batch_size=4)
-    amp = _Amp(TrainConfig(), torch.device("cpu"))
+    amp = Autocast.for_training(True, "bf16", True, torch.device("cpu"))   # validation is float32 on CPU
     runs = []
     for junk in (1, 2):
         torch.manual_seed(junk)
@@ -103,6 +104,34 @@ def test_validation_loss_is_the_mc_networks_and_repeatable(tiny_root: Path) -> N
     assert plain != runs[0]                                                   # dropout on vs off
     past_top = validate(res.model, dl, 4, 40, torch.device("cpu"), amp, False, passes=2, seed=0)
     assert past_top[1] > runs[0][1]                  # a ramp beyond the 32 rows: every row, no band error
+
+
+def test_cpu_bf16_autocast_trains_the_steps_only_and_is_recorded(tiny_root: Path, monkeypatch, caplog) -> None:
+    """``cpu_amp``: bf16 autocast of the training steps on a CPU with native bf16; validation stays
+    float32 (as evaluation and inference run); a CPU without native bf16 trains in float32 and says so."""
+    from bzpipe import distributed
+    from bzpipe.distributed import Autocast
+
+    cpu = torch.device("cpu")
+    off = Autocast.for_training(True, "bf16", False, cpu)
+    assert (off.enabled, off.label, off.eval_dtype) == (False, "off", None)
+    monkeypatch.setattr(distributed, "cpu_bf16_native", lambda: False)
+    with caplog.at_level("WARNING", logger="bzpipe.distributed"):
+        emulated = Autocast.for_training(True, "bf16", True, cpu)
+    assert not emulated.enabled and "no native bf16" in caplog.text
+    monkeypatch.setattr(distributed, "cpu_bf16_native", lambda: True)
+    on = Autocast.for_training(False, "fp16", True, cpu)          # the GPU settings do not apply on CPU
+    assert (on.enabled, on.dtype, on.label, on.eval_dtype) == (True, torch.bfloat16, "bfloat16", None)
+    assert not on.scaler.is_enabled()
+    with on.autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    with on.autocast(evaluation=True):
+        assert not torch.is_autocast_enabled("cpu")
+    res = train(TrainConfig(store_root=str(tiny_root), epochs=2, run_name="bf", cpu_amp=True, **TINY))
+    assert all(torch.isfinite(torch.tensor([r["train_loss"], r["val_loss"]])).all() for r in res.history)
+    assert all(v.dtype == torch.float32 for v in res.model.state_dict().values() if v.is_floating_point())
+    _, meta = load_model(str(tiny_root), "bf")
+    assert meta["amp"] == "bfloat16"
 
 
 def test_weight_average_is_an_exponential_average_of_weights_and_batch_norm_statistics() -> None:
@@ -123,11 +152,12 @@ def test_validation_checkpoints_and_inference_use_the_weight_average(tiny_root: 
     from torch.utils.data import DataLoader
 
     from bzpipe.checkpoint import read_checkpoint
+    from bzpipe.distributed import Autocast
     from bzpipe.model.unet3plus import channels_last_faster
     from bzpipe.store import Store
     from bzpipe.store.layout import checkpoint_key
     from bzpipe.torchdata import PatchDataset
-    from bzpipe.train import _Amp, validate
+    from bzpipe.train import validate
 
     res = train(TrainConfig(store_root=str(tiny_root), epochs=2, ema_epochs=1.0, **TINY))
     state, _, _ = read_checkpoint(Store(str(tiny_root)), checkpoint_key("unet3p", "last"))
@@ -141,7 +171,8 @@ def test_validation_checkpoints_and_inference_use_the_weight_average(tiny_root: 
         assert torch.equal(v, averaged[k]), k
     dl = DataLoader(PatchDataset(tiny_root, "tiny", "val"), batch_size=4)
     cpu = torch.device("cpu")
-    num, den = validate(res.model, dl, 4, 0, cpu, _Amp(TrainConfig(), cpu), channels_last_faster(cpu),
+    num, den = validate(res.model, dl, 4, 0, cpu, Autocast.for_training(True, "bf16", False, cpu),
+                        channels_last_faster(cpu),
                         passes=1, seed=0)
     assert res.history[-1]["val_loss"] == pytest.approx(num / den, rel=1e-6)  # the average is validated
     plain = train(TrainConfig(store_root=str(tiny_root), epochs=2, ema_epochs=0, run_name="raw", **TINY))

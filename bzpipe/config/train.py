@@ -64,7 +64,10 @@ class TrainConfig(StageConfig):
         "DataLoader worker processes; None: auto (4 per GPU process, 0 on CPU: "
         "bzpipe.torchdata.make_loader)"))
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
-    amp: bool = True
+    amp: bool = Field(True, description="GPU: autocast the training steps and validation (amp_dtype)")
+    cpu_amp: bool = Field(False, description=(
+        "CPU: bf16 autocast of the training steps on a CPU with native bf16 (AMX / AVX512-BF16); "
+        "validation, evaluation and inference stay float32 (bzpipe.distributed.Autocast)"))
     backend: Literal["local", "torchrun", "kubernetes", "slurm"] = "local"
     nproc_per_node: int = Field(1, ge=1)
     nnodes: int = Field(1, ge=1, description="nodes (kubernetes / slurm backends)")

@@ -14,11 +14,8 @@ the Copernicus CDS):
    provenance in the manifest.
 
 A failure anywhere leaves the store as it was: no partial file under the key,
-no manifest entry.  Store layout::
-
-    raw/kazr/<site>/<ARM file name>
-    raw/met/<site>/<ARM file name>
-    raw/era5/<site>/era5_<site>_<YYYYMM>.nc
+no manifest entry.  Store layout: ``raw/<kazr|met>/<site>/<ARM file name>``,
+``raw/era5/<site>/era5_<site>_<YYYYMM>.nc`` (:mod:`bzpipe.store.layout`).
 """
 
 from __future__ import annotations
@@ -70,6 +67,18 @@ class IngestFailedError(BzpipeError):
         self.failed = dict(failed)
         lines = "\n".join(f"  {k}: {m}" for k, m in sorted(self.failed.items()))
         super().__init__(f"{len(self.failed)} of {total} ingest item(s) failed:\n{lines}")
+
+
+class IngestBatchError(BzpipeError):
+    """Items of an :func:`ingest_batch` failed (``failed``: key -> error), ``done`` were stored."""
+
+    def __init__(self, failed: dict[str, str], done: list[dict[str, Any]], retryable: bool) -> None:
+        self.failed, self.done, self.retryable = dict(failed), list(done), bool(retryable)
+        lines = "".join(f"\n  {k}: {m}" for k, m in sorted(self.failed.items()))
+        super().__init__(f"{len(self.failed)} of {len(failed) + len(done)} of the batch failed:{lines}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.failed, self.done, self.retryable)
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,17 @@ def plan_arm_offline(cfg: IngestConfig, kind: str) -> list[IngestItem]:
             items.append(IngestItem(kind=kind, site=site.name, name=name_of(site, d), source="offline",
                                     datastream=ds, day=d.isoformat()))
     return items
+
+
+def offline_batches(items: Iterable[IngestItem]) -> list[list[IngestItem]]:
+    """Offline items by kind, site and month: a flow runs one :func:`ingest_batch` task per group, as a
+    file takes about as long to generate as a task costs (0.12 s on the 2-core VM)."""
+    groups: dict[tuple[str, str, str], list[IngestItem]] = {}
+    for it in items:
+        if it.source != "offline":
+            raise ValueError(f"{it.key}: only offline items are batched, not {it.source!r} ones")
+        groups.setdefault((it.kind, it.site, (it.day or it.month)[:7]), []).append(it)
+    return list(groups.values())
 
 
 def plan_arm_remote(cfg: IngestConfig, site: str, kind: str, creds: ArmCredentials) -> list[IngestItem]:
@@ -399,6 +419,26 @@ def ingest_item(item: IngestItem | dict[str, Any], cfg: IngestConfig, store: Sto
         entry = store.put_file(path, key, producer=producer, sha256=digest)
     log.info("%s: stored (%d bytes, sha256 %s)", key, entry.size, entry.sha256[:12])
     return IngestOutcome(key, item.kind, item.site, item.source, "fetched", entry.sha256, entry.size)
+
+
+def ingest_batch(items: Iterable[IngestItem | dict[str, Any]], cfg: IngestConfig,
+                 store: Store | None = None) -> list[IngestOutcome]:
+    """:func:`ingest_item` for each item (present ones are skipped); a failure does not stop the others,
+    :class:`IngestBatchError` names them all at the end, and a retry redoes only what is missing."""
+    store = store or Store(cfg.store_root)
+    done: list[IngestOutcome] = []
+    errors: dict[str, BaseException] = {}
+    for raw in items:
+        item = IngestItem.from_dict(raw)
+        try:
+            done.append(ingest_item(item, cfg, store))
+        except Exception as e:  # noqa: BLE001 - every item is tried; the batch fails once, naming all
+            errors[item.key] = e
+            log.error("%s failed: %s: %s", item.key, type(e).__name__, e)
+    if errors:
+        raise IngestBatchError({k: f"{type(e).__name__}: {e}" for k, e in errors.items()},
+                               [o.to_dict() for o in done], any(is_retryable(e) for e in errors.values()))
+    return done
 
 
 # --------------------------------------------------------------------------- retry policy

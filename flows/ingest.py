@@ -2,7 +2,8 @@
 
 Each takes a site list and date range as an :class:`~bzpipe.config.IngestConfig`
 (or a config file, plus ``key=value`` overrides) and runs one task per file
-(ARM) or per site-month (ERA-5):
+(ARM) or per site-month (ERA-5), and one per kind, site and month for the
+files the offline generator makes (:func:`bzpipe.ingest.offline_batches`):
 
 * retries with exponential backoff, except for errors that a retry cannot fix
   (rejected credentials or requests, a full or read-only store):
@@ -53,12 +54,15 @@ from bzpipe.credentials import (
 )
 from bzpipe.errors import AuthenticationError
 from bzpipe.ingest import (
+    IngestBatchError,
     IngestFailedError,
     IngestItem,
     arm_datastream,
     arm_kinds,
+    ingest_batch,
     ingest_item,
     is_retryable,
+    offline_batches,
     plan_arm_offline,
     plan_arm_remote,
     plan_era5,
@@ -233,12 +237,39 @@ def ingest_file_task(item: dict[str, str], cfg: IngestConfig,
     return done.to_dict()
 
 
+@task(name="ingest-generated", task_run_name="generate-{label}", cache_policy=NO_CACHE, persist_result=False)
+def ingest_generated_task(items: list[dict[str, str]], cfg: IngestConfig, label: str) -> list[dict[str, Any]]:
+    """Generate + verify + store a batch of offline files (the present ones are skipped); a failed
+    file does not stop the others, and the task fails at the end naming each
+    (:func:`bzpipe.ingest.ingest_batch`), so a retry redoes only what is missing."""
+    logger = get_run_logger()
+    outcomes = ingest_batch(items, cfg, Store(cfg.store_root))
+    for done in outcomes:
+        logger.info("%s: %s (%d bytes)", done.key, done.status, done.size)
+    return [o.to_dict() for o in outcomes]
+
+
 # --------------------------------------------------------------------------- flows
 
 
 def _row(item: IngestItem, status: str, size: int | None = None, sha256: str = "", message: str = "") -> dict:
     return {"key": item.key, "kind": item.kind, "site": item.site, "source": item.source, "status": status,
             "size": size if size is not None else "", "sha256": sha256[:16], "message": message}
+
+
+def _unit_outcomes(unit: list[IngestItem], fut: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The outcomes of a finished file or batch task, by store key, and the error of each failed
+    file that a batch named (a failed file task names none: the task's error is the file's)."""
+    if fut.state.is_completed():
+        res = fut.result()
+        return {d["key"]: d for d in (res if isinstance(res, list) else [res])}, {}
+    try:
+        exc = fut.state.result(raise_on_failure=False)
+    except Exception as e:  # noqa: BLE001
+        exc = e
+    if isinstance(exc, IngestBatchError):
+        return {d["key"]: d for d in exc.done}, {k: redact(v) for k, v in exc.failed.items()}
+    return {}, {}
 
 
 def _error_text(state: Any) -> str:
@@ -289,17 +320,28 @@ def run_ingest(cfg: IngestConfig, kinds: Sequence[str],
     logger.info("ingest plan: %d item(s) for sites %s, %s..%s, at most %d in flight", total,
                 [s.name for s in cfg.site_objects()], cfg.start, cfg.end, cfg.max_in_flight)
     progress = Progress(total, f"ingest of {total} file(s)")
-    fetch = with_retries(ingest_file_task, cfg)
-    for item, fut in bounded(lambda i: fetch.submit(i.to_dict(), cfg, secrets), items, cfg.max_in_flight):
+    fetch, generate = with_retries(ingest_file_task, cfg), with_retries(ingest_generated_task, cfg)
+    units = ([[i] for i in items if i.source != "offline"]
+             + offline_batches(i for i in items if i.source == "offline"))
+
+    def submit(unit: list[IngestItem]) -> Any:
+        if unit[0].source == "offline":
+            label = f"{unit[0].kind}-{unit[0].site}-{(unit[0].day or unit[0].month)[:7]}"
+            return generate.submit([i.to_dict() for i in unit], cfg, label)
+        return fetch.submit(unit[0].to_dict(), cfg, secrets)
+
+    for unit, fut in bounded(submit, units, cfg.max_in_flight):
         fut.wait()
-        if fut.state.is_completed():
-            out = fut.result()
-            rows.append(_row(item, out["status"], out["size"], out["sha256"], out.get("message", "")))
-        else:
-            failed[item.key] = _error_text(fut.state)
-            rows.append(_row(item, "failed", message=failed[item.key]))
-            logger.error("%s failed: %s", item.key, failed[item.key])
-        progress.advance()
+        outs, errors = _unit_outcomes(unit, fut)
+        for item in unit:
+            if item.key in outs:
+                out = outs[item.key]
+                rows.append(_row(item, out["status"], out["size"], out["sha256"], out.get("message", "")))
+            else:
+                failed[item.key] = errors.get(item.key) or _error_text(fut.state)
+                rows.append(_row(item, "failed", message=failed[item.key]))
+                logger.error("%s failed: %s", item.key, failed[item.key])
+        progress.advance(len(unit))
     if total == 0:
         progress.show()
 

@@ -153,6 +153,45 @@ def test_offline_default_fills_the_store_and_reruns_skip_everything(prefect_serv
     assert {r["status"] for r in report_rows(run_record(again))} == {"skipped"}
 
 
+def test_generated_files_run_in_batches_and_a_failed_file_does_not_stop_its_batch(prefect_server, tmp_path,
+                                                                               monkeypatch):
+    """Offline files are generated one task per kind, site and month; within a batch a failure is
+    per file: a transient one is retried alone (the stored files of the batch are not made again), a
+    permanent one is not retried, and the others of its batch are stored."""
+    from bzpipe import ingest as ingest_lib
+    from bzpipe.errors import ConfigError, DownloadError
+    from flows.ingest import ingest
+
+    days = [date(2019, 1, 30), date(2019, 1, 31)]
+    cfg = tiny_cfg(str(tmp_path / "store"), tmp_path, start=days[0], end=days[1])
+    assert [len(b) for b in ingest_lib.offline_batches(ingest_lib.plan(cfg))] == [2, 2, 1]
+    real, calls = ingest_lib.generate_offline, []
+
+    def flaky(kind, dest_dir, site, when, cfg_):
+        calls.append((kind, when))
+        if (kind, when) == ("kazr", days[0].isoformat()) and calls.count((kind, when)) == 1:
+            raise DownloadError("generator process died (planted)")              # transient: retried
+        if (kind, when) == ("met", days[1].isoformat()):
+            raise ConfigError("planted permanent failure")                         # never retried
+        return real(kind, dest_dir, site, when, cfg_)
+
+    monkeypatch.setattr(ingest_lib, "generate_offline", flaky)
+    state = ingest(config=cfg, return_state=True)
+    assert state.is_failed() and "1 of 5 ingest item(s) failed" in state.message
+    met_bad = f"raw/met/nsa/{synthetic.met_file_name('nsa', days[1])}"
+    assert f"{met_bad}: ConfigError: planted permanent failure" in state.message
+    assert calls.count(("kazr", days[0].isoformat())) == 2            # the failed file, again
+    assert calls.count(("kazr", days[1].isoformat())) == 1            # its stored batch mate, once
+    assert calls.count(("met", days[1].isoformat())) == 1 and calls.count(("met", days[0].isoformat())) == 1
+    rows = {r["key"]: r for r in report_rows(run_record(state))}
+    assert rows[met_bad]["status"] == "failed" and "planted permanent" in rows[met_bad]["message"]
+    assert sorted(k for k, r in rows.items() if r["status"] != "failed") == sorted(
+        k for k in Store(cfg.store_root).list("raw"))                                # 4 stored, all verified
+    assert sum(r["status"] == "fetched" for r in rows.values()) == 3 and len(rows) == 5
+    assert sum(r["status"] == "skipped" for r in rows.values()) == 1  # stored by the first try of its batch
+    assert progress_values(run_record(state))[-1] == 100.0
+
+
 def test_against_the_services_same_layout_idempotent_and_no_secret_anywhere(
         prefect_server, tmp_path, services, caplog, capfd):
     from flows.ingest import ARM_LIMIT, CDS_LIMIT, ingest

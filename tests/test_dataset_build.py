@@ -368,6 +368,13 @@ def test_region_writes_on_a_local_cluster_match(colocated, tmp_path: Path) -> No
     with dask_client(n_workers=2, threads_per_worker=1, processes=False) as client:
         write_dataset(str(root), plan_dataset(store, cfg_d, keys, recipe_id="r"), cfg_d)
         assert len(client.scheduler_info()["workers"]) == 2
+        on_client = read_series(store, keys, blind_zone_rows=4, echo_block=5)     # read on the workers
+    alone = read_series(store, keys, blind_zone_rows=4, echo_block=5)            # read in threads
+    assert [r["key"] for r in on_client] == [r["key"] for r in alone] == keys
+    for a, b in zip(on_client, alone):
+        assert all(np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f")
+                   for k in ("time", "n_gates", "echo_above", "block_start"))
+        assert all(np.array_equal(a["era5_low"][v], b["era5_low"][v], equal_nan=True) for v in a["era5_low"])
     assert store.entry("datasets/dask.zarr").sha256 == store.entry("datasets/local.zarr").sha256
     root_attrs = json.loads((Path(root) / "datasets" / "dask.zarr" / "zarr.json").read_text())["attributes"]
     assert json.loads(root_attrs["normalization"])["t"]["computed_on"] == "train"

@@ -32,6 +32,7 @@ All counts are logged (logger ``bzpipe.dataset``) and kept in ``plan.counts``.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -175,35 +176,56 @@ def echo_block_starts(echo: np.ndarray, block: int) -> np.ndarray:
 
 def read_series(store: Store, keys: list[str], blind_zone_rows: int = 0, echo_block: int = 0
                 ) -> list[dict[str, Any]]:
-    """The per-time series and ``n_gates`` of each colocated store (small 1-D arrays).
+    """:func:`read_day_series` of every key, in the order of ``keys``.
+
+    The days are read in parallel: on the default Dask client when there is one (the build's
+    cluster; 302 site-days took 32 s one after another in the demo build), else in a few threads.
+    """
+    from bzpipe.cluster import current_client
+
+    client = current_client()
+    if client is not None and len(keys) > 1:
+        futures = client.map(read_day_series, [store.root] * len(keys), keys, pure=False,
+                             blind_zone_rows=blind_zone_rows, echo_block=echo_block)
+        return client.gather(futures)
+    with ThreadPoolExecutor(max(1, min(SERIES_THREADS, len(keys)))) as pool:
+        return list(pool.map(lambda k: read_day_series(store, k, blind_zone_rows, echo_block), keys))
+
+
+#: threads of :func:`read_series` without a Dask client (zarr decodes outside the GIL)
+SERIES_THREADS = 4
+
+
+def read_day_series(store: Store | str, key: str, blind_zone_rows: int = 0, echo_block: int = 0
+                    ) -> dict[str, Any]:
+    """The per-time series and ``n_gates`` of one colocated store (small 1-D arrays).
 
     Besides the stored series: ``echo_above`` (fraction of the observed rows at or
     above ``blind_zone_rows`` with echo), ``block_start`` (:func:`echo_block_starts`
     on those rows) and ``era5_low`` ({variable: mean below :data:`ERA5_SERIES_TOP_M`}).
+    ``store`` may be its root (a Dask worker opens it).
     """
-    out = []
-    for key in keys:
-        with xr.open_zarr(store.uri(key), consolidated=True, chunks=None,
-                          storage_options=store.storage_options or None) as ds:
-            rec = {"key": key, "site": _site_of(ds, key),
-                   "time": ds["time"].values.astype("datetime64[ns]").astype(np.int64),
-                   "n_gates": ds["n_gates"].values}
-            for v in _SERIES:
-                rec[v] = ds[v].values
-            observed = np.asarray(rec["n_gates"]) > 0
-            observed[:blind_zone_rows] = False
-            refl = ds["reflectivity"].transpose("time", "height").values[:, observed]   # (T, R_obs)
-            echo = np.isfinite(refl)
-            rec["echo_above"] = (echo.mean(axis=1) if echo.shape[1] else np.zeros(echo.shape[0])
-                                 ).astype(np.float32)
-            rec["block_start"] = echo_block_starts(echo, echo_block)
-            low = np.asarray(ds["height"].values) < ERA5_SERIES_TOP_M
-            low[0] = True
-            rec["era5_low"] = {
-                v: ds[v].isel(height=np.flatnonzero(low)).mean("height").values.astype(np.float64)
-                for v in ERA5_VARIABLES if v in ds}
-        out.append(rec)
-    return out
+    store = store if isinstance(store, Store) else Store(store)
+    with xr.open_zarr(store.uri(key), consolidated=True, chunks=None,
+                      storage_options=store.storage_options or None) as ds:
+        rec = {"key": key, "site": _site_of(ds, key),
+               "time": ds["time"].values.astype("datetime64[ns]").astype(np.int64),
+               "n_gates": ds["n_gates"].values}
+        for v in _SERIES:
+            rec[v] = ds[v].values
+        observed = np.asarray(rec["n_gates"]) > 0
+        observed[:blind_zone_rows] = False
+        refl = ds["reflectivity"].transpose("time", "height").values[:, observed]   # (T, R_obs)
+        echo = np.isfinite(refl)
+        rec["echo_above"] = (echo.mean(axis=1) if echo.shape[1] else np.zeros(echo.shape[0])
+                             ).astype(np.float32)
+        rec["block_start"] = echo_block_starts(echo, echo_block)
+        low = np.asarray(ds["height"].values) < ERA5_SERIES_TOP_M
+        low[0] = True
+        rec["era5_low"] = {
+            v: ds[v].isel(height=np.flatnonzero(low)).mean("height").values.astype(np.float64)
+            for v in ERA5_VARIABLES if v in ds}
+    return rec
 
 
 def _split_scales(config: BuildConfig, sites: list[str], echo: dict[str, np.ndarray],

@@ -172,15 +172,15 @@ def plan_arm_offline(cfg: IngestConfig, kind: str) -> list[IngestItem]:
     return items
 
 
-def offline_batches(items: Iterable[IngestItem]) -> list[list[IngestItem]]:
-    """Offline items by kind, site and month: a flow runs one :func:`ingest_batch` task per group, as a
-    file takes about as long to generate as a task costs (0.12 s on the 2-core VM)."""
-    groups: dict[tuple[str, str, str], list[IngestItem]] = {}
+def offline_batches(items: Iterable[IngestItem]) -> dict[str, list[IngestItem]]:
+    """Offline items by ``<kind>-<site>-<YYYY-MM>``: a flow runs one :func:`ingest_batch` task per group,
+    as a file takes about as long to generate as a task costs (0.12 s on the 2-core VM)."""
+    groups: dict[str, list[IngestItem]] = {}
     for it in items:
         if it.source != "offline":
             raise ValueError(f"{it.key}: only offline items are batched, not {it.source!r} ones")
-        groups.setdefault((it.kind, it.site, (it.day or it.month)[:7]), []).append(it)
-    return list(groups.values())
+        groups.setdefault(f"{it.kind}-{it.site}-{(it.day or it.month)[:7]}", []).append(it)
+    return groups
 
 
 def plan_arm_remote(cfg: IngestConfig, site: str, kind: str, creds: ArmCredentials) -> list[IngestItem]:

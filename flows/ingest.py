@@ -263,20 +263,22 @@ def _unit_outcomes(unit: list[IngestItem], fut: Any) -> tuple[dict[str, dict[str
     if fut.state.is_completed():
         res = fut.result()
         return {d["key"]: d for d in (res if isinstance(res, list) else [res])}, {}
-    try:
-        exc = fut.state.result(raise_on_failure=False)
-    except Exception as e:  # noqa: BLE001
-        exc = e
+    exc = _exception(fut.state)
     if isinstance(exc, IngestBatchError):
         return {d["key"]: d for d in exc.done}, {k: redact(v) for k, v in exc.failed.items()}
     return {}, {}
 
 
-def _error_text(state: Any) -> str:
+def _exception(state: Any) -> Any:
+    """What a failed task state holds: its exception (or whatever its result is)."""
     try:
-        exc = state.result(raise_on_failure=False)
+        return state.result(raise_on_failure=False)
     except Exception as e:  # noqa: BLE001
-        exc = e
+        return e
+
+
+def _error_text(state: Any) -> str:
+    exc = _exception(state)
     text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else (state.message or "failed")
     return redact(text)
 
@@ -321,16 +323,17 @@ def run_ingest(cfg: IngestConfig, kinds: Sequence[str],
                 [s.name for s in cfg.site_objects()], cfg.start, cfg.end, cfg.max_in_flight)
     progress = Progress(total, f"ingest of {total} file(s)")
     fetch, generate = with_retries(ingest_file_task, cfg), with_retries(ingest_generated_task, cfg)
-    units = ([[i] for i in items if i.source != "offline"]
-             + offline_batches(i for i in items if i.source == "offline"))
+    # (batch label, items): one file per download task, a labelled batch of generated files per task
+    units: list[tuple[str | None, list[IngestItem]]] = [(None, [i]) for i in items if i.source != "offline"]
+    units += offline_batches(i for i in items if i.source == "offline").items()
 
-    def submit(unit: list[IngestItem]) -> Any:
-        if unit[0].source == "offline":
-            label = f"{unit[0].kind}-{unit[0].site}-{(unit[0].day or unit[0].month)[:7]}"
-            return generate.submit([i.to_dict() for i in unit], cfg, label)
-        return fetch.submit(unit[0].to_dict(), cfg, secrets)
+    def submit(labelled: tuple[str | None, list[IngestItem]]) -> Any:
+        label, unit = labelled
+        if label is None:
+            return fetch.submit(unit[0].to_dict(), cfg, secrets)
+        return generate.submit([i.to_dict() for i in unit], cfg, label)
 
-    for unit, fut in bounded(submit, units, cfg.max_in_flight):
+    for (_, unit), fut in bounded(submit, units, cfg.max_in_flight):
         fut.wait()
         outs, errors = _unit_outcomes(unit, fut)
         for item in unit:

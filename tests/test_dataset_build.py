@@ -369,7 +369,7 @@ def test_region_writes_on_a_local_cluster_match(colocated, tmp_path: Path) -> No
         write_dataset(str(root), plan_dataset(store, cfg_d, keys, recipe_id="r"), cfg_d)
         assert len(client.scheduler_info()["workers"]) == 2
         on_client = read_series(store, keys, blind_zone_rows=4, echo_block=5)     # read on the workers
-    alone = read_series(store, keys, blind_zone_rows=4, echo_block=5)            # read in threads
+    alone = read_series(store, keys, blind_zone_rows=4, echo_block=5)            # read here
     assert [r["key"] for r in on_client] == [r["key"] for r in alone] == keys
     for a, b in zip(on_client, alone):
         assert all(np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f")

@@ -32,7 +32,6 @@ All counts are logged (logger ``bzpipe.dataset``) and kept in ``plan.counts``.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -176,10 +175,10 @@ def echo_block_starts(echo: np.ndarray, block: int) -> np.ndarray:
 
 def read_series(store: Store, keys: list[str], blind_zone_rows: int = 0, echo_block: int = 0
                 ) -> list[dict[str, Any]]:
-    """:func:`read_day_series` of every key, in the order of ``keys``.
-
-    The days are read in parallel: on the default Dask client when there is one (the build's
-    cluster; 302 site-days took 32 s one after another in the demo build), else in a few threads.
+    """:func:`read_day_series` of every key, in the order of ``keys``: on the default Dask client when
+    there is one (the build's cluster; 302 site-days: 30 s one after another, 19-20 s on 2 worker
+    processes), else one after another (4 threads were no faster: 24 s against 25 s, measured
+    while a training run shared the 2 cores).
     """
     from bzpipe.cluster import current_client
 
@@ -188,12 +187,7 @@ def read_series(store: Store, keys: list[str], blind_zone_rows: int = 0, echo_bl
         futures = client.map(read_day_series, [store.root] * len(keys), keys, pure=False,
                              blind_zone_rows=blind_zone_rows, echo_block=echo_block)
         return client.gather(futures)
-    with ThreadPoolExecutor(max(1, min(SERIES_THREADS, len(keys)))) as pool:
-        return list(pool.map(lambda k: read_day_series(store, k, blind_zone_rows, echo_block), keys))
-
-
-#: threads of :func:`read_series` without a Dask client (zarr decodes outside the GIL)
-SERIES_THREADS = 4
+    return [read_day_series(store, k, blind_zone_rows, echo_block) for k in keys]
 
 
 def read_day_series(store: Store | str, key: str, blind_zone_rows: int = 0, echo_block: int = 0

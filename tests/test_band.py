@@ -18,7 +18,15 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bzpipe.masking import mask_blind_zone
-from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_dropout, mc_dropout_mode, mc_predict, unet3plus
+from bzpipe.model import (
+    UNet3Plus,
+    UNet3PlusConfig,
+    dropout,
+    mc_dropout,
+    mc_dropout_mode,
+    mc_predict,
+    unet3plus,
+)
 from bzpipe.model.band import BandDecoder, BandTooNarrowError, band_decoder, plan_band
 from bzpipe.model.dropout import FixedMasks, MCDropout, keep_mask, keep_threshold
 from bzpipe.model.mc_stats import pass_dbz
@@ -366,8 +374,9 @@ def test_mc_predict_band_batches_stay_under_the_tensor_limit(monkeypatch):
 
 
 def test_keep_mask_is_bernoulli_with_the_exact_keep_probability():
-    assert keep_threshold(0.2) == round(0.8 * 2**32) - 2**31
-    assert keep_threshold(0.0) == 2**31                             # every int32 word is kept
+    assert keep_threshold(0.2) == round(0.8 * 2**16) - 2**15       # 16-bit words: P(keep) = 52429 / 65536
+    assert keep_threshold(0.0) == 2**15                             # every int16 word is kept
+    assert keep_threshold(1.0) == -2**15                            # none is
     g = torch.Generator().manual_seed(0)
     m = keep_mask((1000, 1000), 0.2, generator=g)
     assert m.dtype == torch.bool
@@ -376,6 +385,10 @@ def test_keep_mask_is_bernoulli_with_the_exact_keep_probability():
     a, b = m[:, :-1].float(), m[:, 1:].float()
     assert abs(float((a * b).mean()) - 0.64) < 3e-3
     assert keep_mask((3, 4), 0.0).all() and not keep_mask((3, 4), 1.0).any()
+    # p below 2**-17 rounds to "keep every word", which an int16 comparison cannot express: no draw
+    assert keep_mask((3, 4), 1e-6).all()
+    x = torch.ones(5, 7)
+    assert dropout.drop_inplace(x, 1e-6) is x and bool((x == 1).all())
     # reproducible from the torch seed, channels_last layout on request
     torch.manual_seed(3)
     m1 = keep_mask((2, 3, 4, 5), 0.5)
@@ -415,7 +428,6 @@ def test_mc_dropout_module_matches_nn_dropout_in_distribution():
 @pytest.mark.parametrize("grad_channels_last", [False, True])
 @pytest.mark.parametrize("exclusive", [False, True])
 def test_inplace_dropout_gradient_is_the_kept_pattern(channels_last, grad_channels_last, exclusive, monkeypatch):
-    from bzpipe.model import dropout
 
     monkeypatch.setattr(dropout, "DRAW_BLOCK", 1000)                # several blocks, a partial last one
     x = torch.ones(2, 3, 20, 30, requires_grad=True)

@@ -269,6 +269,23 @@ def _unit_outcomes(unit: list[IngestItem], fut: Any) -> tuple[dict[str, dict[str
     return {}, {}
 
 
+def _stored_anyway(unit: list[IngestItem], outs: dict[str, dict[str, Any]], errors: dict[str, str],
+                   cfg: IngestConfig, state: Any) -> dict[str, dict[str, Any]]:
+    """Outcomes for the files of a failed task that it named neither done nor failed (it died
+    outside the per-file handling: killed, out of memory) but that are complete and verified in
+    the store: the task stored them before it failed.  Reported as present, not failed."""
+    store = Store(cfg.store_root)
+    found = {}
+    for item in unit:
+        if item.key in outs or item.key in errors:
+            continue
+        kept = present_outcome(item, store, cfg)
+        if kept is not None:
+            note = f"complete in the store; its task then failed: {_error_text(state)}"
+            found[item.key] = {**kept.to_dict(), "message": note}
+    return found
+
+
 def _exception(state: Any) -> Any:
     """What a failed task state holds: its exception (or whatever its result is)."""
     try:
@@ -336,6 +353,8 @@ def run_ingest(cfg: IngestConfig, kinds: Sequence[str],
     for (_, unit), fut in bounded(submit, units, cfg.max_in_flight):
         fut.wait()
         outs, errors = _unit_outcomes(unit, fut)
+        if not fut.state.is_completed():
+            outs.update(_stored_anyway(unit, outs, errors, cfg, fut.state))
         for item in unit:
             if item.key in outs:
                 out = outs[item.key]

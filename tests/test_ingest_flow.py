@@ -193,6 +193,37 @@ def test_generated_files_run_in_batches_and_a_failed_file_does_not_stop_its_batc
     assert progress_values(run_record(state))[-1] == 100.0
 
 
+def test_a_batch_task_that_dies_reports_the_files_it_stored_as_present(prefect_server, tmp_path, monkeypatch):
+    """A batch task that fails outside its per-file handling (killed, out of memory) names no file;
+    the files it stored before are complete and verified in the store, so the report shows them as
+    present and only the missing ones as failed."""
+    import flows.ingest as flow_ingest
+    from bzpipe import ingest as ingest_lib
+    from flows.ingest import ingest
+
+    days = [date(2019, 1, 30), date(2019, 1, 31)]
+    cfg = tiny_cfg(str(tmp_path / "store"), tmp_path, start=days[0], end=days[1])
+    real = ingest_lib.ingest_batch
+
+    def dies_after_one(items, cfg_, store):
+        items = list(items)
+        real(items[:1], cfg_, store)
+        raise RuntimeError("worker killed (planted)")
+
+    monkeypatch.setattr(flow_ingest, "ingest_batch", dies_after_one)
+    state = ingest(config=cfg, return_state=True)
+    assert state.is_failed() and "2 of 5 ingest item(s) failed" in state.message
+    stored = set(Store(cfg.store_root).list("raw"))
+    assert len(stored) == 3                                # the first file of each of the three batches
+    rows = {r["key"]: r for r in report_rows(run_record(state))}
+    assert len(rows) == 5
+    for key, row in rows.items():
+        assert "worker killed (planted)" in row["message"]
+        assert row["status"] == ("skipped" if key in stored else "failed"), row
+    assert all(key in state.message for key, row in rows.items() if row["status"] == "failed")
+    assert not any(key in state.message for key in stored)
+
+
 def test_against_the_services_same_layout_idempotent_and_no_secret_anywhere(
         prefect_server, tmp_path, services, caplog, capfd):
     from flows.ingest import ARM_LIMIT, CDS_LIMIT, ingest

@@ -257,33 +257,24 @@ def _row(item: IngestItem, status: str, size: int | None = None, sha256: str = "
             "size": size if size is not None else "", "sha256": sha256[:16], "message": message}
 
 
-def _unit_outcomes(unit: list[IngestItem], fut: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+def _unit_outcomes(unit: list[IngestItem], fut: Any, cfg: IngestConfig
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """The outcomes of a finished file or batch task, by store key, and the error of each failed
-    file that a batch named (a failed file task names none: the task's error is the file's)."""
+    file that a batch named (a failed file task names none: the task's error is the file's).
+
+    A task that failed without naming its files (it died outside the per-file handling: killed,
+    out of memory) may have stored some of them first: those complete and verified in the store
+    are reported present, not failed."""
     if fut.state.is_completed():
         res = fut.result()
         return {d["key"]: d for d in (res if isinstance(res, list) else [res])}, {}
     exc = _exception(fut.state)
     if isinstance(exc, IngestBatchError):
         return {d["key"]: d for d in exc.done}, {k: redact(v) for k, v in exc.failed.items()}
-    return {}, {}
-
-
-def _stored_anyway(unit: list[IngestItem], outs: dict[str, dict[str, Any]], errors: dict[str, str],
-                   cfg: IngestConfig, state: Any) -> dict[str, dict[str, Any]]:
-    """Outcomes for the files of a failed task that it named neither done nor failed (it died
-    outside the per-file handling: killed, out of memory) but that are complete and verified in
-    the store: the task stored them before it failed.  Reported as present, not failed."""
     store = Store(cfg.store_root)
-    found = {}
-    for item in unit:
-        if item.key in outs or item.key in errors:
-            continue
-        kept = present_outcome(item, store, cfg)
-        if kept is not None:
-            note = f"complete in the store; its task then failed: {_error_text(state)}"
-            found[item.key] = {**kept.to_dict(), "message": note}
-    return found
+    note = f"complete in the store; its task then failed: {_error_text(fut.state)}"
+    kept = (present_outcome(item, store, cfg) for item in unit)
+    return {k.key: {**k.to_dict(), "message": note} for k in kept if k is not None}, {}
 
 
 def _exception(state: Any) -> Any:
@@ -352,9 +343,7 @@ def run_ingest(cfg: IngestConfig, kinds: Sequence[str],
 
     for (_, unit), fut in bounded(submit, units, cfg.max_in_flight):
         fut.wait()
-        outs, errors = _unit_outcomes(unit, fut)
-        if not fut.state.is_completed():
-            outs.update(_stored_anyway(unit, outs, errors, cfg, fut.state))
+        outs, errors = _unit_outcomes(unit, fut, cfg)
         for item in unit:
             if item.key in outs:
                 out = outs[item.key]

@@ -160,7 +160,7 @@ def drop_inplace(x: Tensor, p: float, generator: torch.Generator | None = None,
     memory order is as good as any.  ``x`` must be a tensor the caller owns (e.g. a fresh pooling /
     upsampling output); as in ``F.dropout``, a dropped NaN stays NaN (activations here are finite).
     """
-    if p <= 0.0 or _keeps_all(p):
+    if _keeps_all(p):                                    # p <= 0 included
         return x
     flat = _flat_view(x) if x.device.type == "cpu" else None
     if flat is None:

@@ -27,6 +27,7 @@ from bzpipe.metrics import bootstrap as bs
 from bzpipe.metrics import contingency as ct
 from bzpipe.metrics import distributions as dist
 from bzpipe.metrics import pointwise as pw
+from bzpipe.metrics import regimes as rg
 from bzpipe.metrics import spectra as sp
 from bzpipe.metrics import uncertainty as uq
 
@@ -141,8 +142,8 @@ def summarize(truth: np.ndarray, preds: dict[str, np.ndarray], row_above: np.nda
     ``methods``, ``n_patches`` {site: n}, ``bootstrap`` {site: {"units": k, ...}},
     ``events_in_truth`` {site: {event: n}}, ``undefined_events`` {site: [event, ...]},
     ``scores`` {site: {method: {score: interval, event: {"table": {...}, score: interval}}}},
-    ``differences`` {site: {other: {score: interval of reference - other}}}, ``psd``,
-    ``cloud_base``, ``mask``, ``uncertainty``.
+    ``differences`` {site: {other: {score: interval of reference - other}}}, ``regimes`` (MAE per
+    class of patch, :func:`_regime_block`), ``psd``, ``cloud_base``, ``mask``, ``uncertainty``.
     """
     n, b, w = truth.shape
     s = settings
@@ -222,11 +223,42 @@ def summarize(truth: np.ndarray, preds: dict[str, np.ndarray], row_above: np.nda
         "mask": {"pixels": int(valid.size), "valid": int(valid.sum()),
                  "excluded": int(valid.size - valid.sum())},
     }
+    regime = rg.classify_patches(truth, row_above, valid, echo_threshold_dbz=s.echo_threshold_dbz)
+    out["regimes"] = {site: _regime_block({m: per[m]["MAE"][ix] for m in methods}, regime[ix], units[ix],
+                                          weights[site], reference, s.confidence)
+                      for site, ix in site_ix.items()}
     out["psd"] = _psd_block(truth, preds, valid, heights, b)
     out["cloud_base"] = _cloud_base_block(truth, preds, valid, heights, base_above, b, s.echo_threshold_dbz)
     if spread is not None and mean_key in preds:
         out["uncertainty"] = _uncertainty_block(preds[mean_key], spread, quantiles or {}, truth,
                                                 valid if uq_valid is None else uq_valid, s.spread_skill_bins)
+    return out
+
+
+def _regime_block(mae: dict[str, np.ndarray], regime: np.ndarray, units: np.ndarray, wts: np.ndarray,
+                  reference: str | None, confidence: float) -> dict[str, Any]:
+    """MAE of every method per class of patch (:mod:`bzpipe.metrics.regimes`), with the paired
+    differences ``reference - other``: the same bootstrap resamples as every other score, each
+    replicate's mean taken over the patches of the class it drew."""
+    out: dict[str, Any] = {}
+    n = regime.size
+    for k, name in enumerate(rg.REGIMES):
+        sub = np.flatnonzero(regime == k)
+        w = wts[:, sub]
+        k_units = bs.n_units(units[sub])
+        est = {m: float(np.nanmean(v[sub])) if sub.size and np.isfinite(v[sub]).any() else float("nan")
+               for m, v in mae.items()}
+        reps = {m: bs.weighted_means(v[sub], w) for m, v in mae.items()}
+        entry: dict[str, Any] = {
+            "label": rg.REGIME_LABELS[name], "n": int(sub.size), "share": sub.size / n if n else float("nan"),
+            "units": k_units,
+            "MAE": {m: bs.from_replicates(est[m], reps[m], confidence, int(sub.size), k_units) for m in mae}}
+        if reference in mae:
+            entry["MAE_difference"] = {
+                m: bs.from_replicates(est[reference] - est[m], reps[reference] - reps[m], confidence,
+                                      int(sub.size), k_units)
+                for m in mae if m != reference}
+        out[name] = entry
     return out
 
 

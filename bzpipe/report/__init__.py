@@ -61,6 +61,9 @@ def markdown_summary(summary: dict[str, Any], verdict_: dict[str, Any], site: st
     lines += ["", f"Scores ({site}, {summary['settings'].get('confidence', 0.9):.0%} block-bootstrap "
                   f"intervals over {boot.get('units', '?')} {boot.get('unit', 'patch')} blocks, "
                   f"{summary['n_patches'].get(site, 0)} patches):", "", tables.to_markdown(header, rows)]
+    if (summary.get("regimes") or {}).get(site):
+        lines += ["", "MAE by what the truth holds just above and inside the blind zone:", "",
+                  tables.to_markdown(*tables.regime_rows(summary, site))]
     if (summary.get("seeds") or {}).get("n", 1) > 1:
         lines += ["", "Across training seeds (mean ± sd):", "",
                   tables.to_markdown(*tables.seed_rows(summary))]

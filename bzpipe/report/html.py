@@ -90,6 +90,12 @@ def render(title: str, verdict: dict[str, Any], summary: dict[str, Any], figures
             parts.append("<p class='note'>Paired differences (negative MAE/RMSE/EMD and positive "
                          "Dice/CSI/HSS favour the U-Net):</p>")
             parts.append(tables.to_html(*tables.difference_rows(summary, site)))
+        if (summary.get("regimes") or {}).get(site):
+            parts.append("<p class='note'>MAE by what the truth holds in the lowest visible row (above) and "
+                         "the lowest four blind-zone rows (below; echo in more than 30 % of a row's "
+                         "pixels): REP is nearly exact in the first and last classes and cannot be right in "
+                         "the middle two.</p>")
+            parts.append(tables.to_html(*tables.regime_rows(summary, site)))
         for ev, label in (("cloud", "blind-zone cloud presence"), ("shallow_snowfall", "shallow snowfall"),
                           ("virga", "virga")):
             parts.append(f"<p class='note'>Contingency table: {label}</p>")

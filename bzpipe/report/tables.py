@@ -6,6 +6,8 @@ import html
 import math
 from typing import Any
 
+from bzpipe.metrics.regimes import REGIMES
+
 #: (column label, summary key)
 MAIN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("MAE (dBZ)", "MAE"), ("RMSE (dBZ)", "RMSE"), ("bias (dBZ)", "bias"), ("EMD (dBZ)", "EMD"),
@@ -60,6 +62,24 @@ def difference_rows(summary: dict[str, Any], site: str) -> tuple[list[str], list
     keys = ["MAE", "RMSE", "EMD", "Dice", "cloud_CSI", "cloud_HSS"]
     header = [f"{ref} minus"] + keys
     rows = [[m] + [fmt_interval(d[k]) if k in d else "" for k in keys] for m, d in diffs.items()]
+    return header, rows
+
+
+def regime_rows(summary: dict[str, Any], site: str) -> tuple[list[str], list[list[str]]]:
+    """MAE per class of patch (:mod:`bzpipe.metrics.regimes`): its share of the patches, every
+    method's MAE and the reference's paired difference to each other method."""
+    block = (summary.get("regimes") or {}).get(site) or {}
+    ref = summary.get("reference")
+    methods = list(summary.get("methods", []))
+    others = [m for m in methods if m != ref]
+    header = (["patches: truth has", "patches (share)"] + [f"{m} MAE (dBZ)" for m in methods]
+              + [f"{ref} minus {m}" for m in others])
+    rows = []
+    for e in (block[k] for k in REGIMES if k in block):        # report order, also from a key-sorted JSON
+        share = e.get("share")
+        rows.append([e["label"], f"{e['n']} ({_num(share):.0%})"]
+                    + [fmt_interval(e["MAE"][m]) if m in e["MAE"] else "" for m in methods]
+                    + [fmt_interval(e.get("MAE_difference", {}).get(m, {})) for m in others])
     return header, rows
 
 

@@ -118,6 +118,10 @@ def test_run_evaluation_and_report(trained_root: Path):
     assert summ["sample_selection"]["rule"] == "every window kept (no sample filter)"   # the tiny build: 0
     assert "Samples: every window kept (no sample filter)" in page
     assert any(k.endswith("checkpoint-best.pt") for k in doc["provenance"]["inputs"])
+    # every patch in exactly one class of the MAE-by-class table, and the page shows it
+    reg = summ["regimes"]["all"]
+    assert sum(e["n"] for e in reg.values()) == summ["n_patches"]["all"]
+    assert set(reg["neither"]["MAE"]) == set(summ["methods"]) and "virga-like" in page
     # the verdict follows from the numbers, and the page says it plainly: a U-Net of 4-8 filters trained
     # for 2 epochs on 8 patches is not ahead of REP and MAR on all four scores
     sc = summ["scores"]["all"]

@@ -40,14 +40,6 @@ MIN_FRACTION = 0.3
 LOW_ROWS = 4
 
 
-def _echo_share(dbz: np.ndarray, valid: np.ndarray, threshold_dbz: float) -> np.ndarray:
-    """Share of the counted pixels with echo per patch (over all axes but the first); 0 where none count."""
-    echo = pw.has_echo(dbz, threshold_dbz) & valid
-    axes = tuple(range(1, dbz.ndim))
-    n = valid.sum(axis=axes)
-    return np.where(n > 0, echo.sum(axis=axes) / np.maximum(n, 1), 0.0)
-
-
 def classify_patches(truth: np.ndarray, row_above: np.ndarray, valid: np.ndarray, *,
                      echo_threshold_dbz: float = pw.ECHO_THRESHOLD_DBZ, min_fraction: float = MIN_FRACTION,
                      low_rows: int = LOW_ROWS) -> np.ndarray:
@@ -66,8 +58,9 @@ def classify_patches(truth: np.ndarray, row_above: np.ndarray, valid: np.ndarray
     if low_rows < 1:
         raise ValueError(f"low_rows must be >= 1, got {low_rows}")
     k = min(low_rows, truth.shape[1])
-    below = _echo_share(truth[:, :k], valid[:, :k], echo_threshold_dbz) > min_fraction
-    above = _echo_share(np.asarray(row_above, dtype=np.float64), valid.any(axis=1),
-                        echo_threshold_dbz) > min_fraction
+    # share of the counted pixels with echo (NaN where none count, which is not "more than")
+    below = pw.masked_mean(pw.has_echo(truth[:, :k], echo_threshold_dbz), valid[:, :k]) > min_fraction
+    above = pw.masked_mean(pw.has_echo(row_above, echo_threshold_dbz), valid.any(axis=1),
+                           axis=-1) > min_fraction
     return np.select([above & below, above & ~below, ~above & below],
                      [0, 1, 2], default=3).astype(np.int8)

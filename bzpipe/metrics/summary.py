@@ -246,8 +246,7 @@ def _regime_block(mae: dict[str, np.ndarray], regime: np.ndarray, units: np.ndar
         sub = np.flatnonzero(regime == k)
         w = wts[:, sub]
         k_units = bs.n_units(units[sub])
-        est = {m: float(np.nanmean(v[sub])) if sub.size and np.isfinite(v[sub]).any() else float("nan")
-               for m, v in mae.items()}
+        est = {m: float(bs.weighted_means(v[sub], np.ones((1, sub.size)))[0]) for m, v in mae.items()}
         reps = {m: bs.weighted_means(v[sub], w) for m, v in mae.items()}
         entry: dict[str, Any] = {
             "label": rg.REGIME_LABELS[name], "n": int(sub.size), "share": sub.size / n if n else float("nan"),

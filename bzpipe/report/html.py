@@ -7,6 +7,7 @@ import html
 import json
 from typing import Any
 
+from bzpipe.metrics import regimes
 from bzpipe.report import tables
 
 CSS = """
@@ -92,9 +93,9 @@ def render(title: str, verdict: dict[str, Any], summary: dict[str, Any], figures
             parts.append(tables.to_html(*tables.difference_rows(summary, site)))
         if (summary.get("regimes") or {}).get(site):
             parts.append("<p class='note'>MAE by what the truth holds in the lowest visible row (above) and "
-                         "the lowest four blind-zone rows (below; echo in more than 30 % of a row's "
-                         "pixels): REP is nearly exact in the first and last classes and cannot be right in "
-                         "the middle two.</p>")
+                         f"the lowest {regimes.LOW_ROWS} blind-zone rows (below; echo in more than "
+                         f"{regimes.MIN_FRACTION:.0%} of their pixels): REP is nearly exact in the first and "
+                         "last classes and cannot be right in the middle two.</p>")
             parts.append(tables.to_html(*tables.regime_rows(summary, site)))
         for ev, label in (("cloud", "blind-zone cloud presence"), ("shallow_snowfall", "shallow snowfall"),
                           ("virga", "virga")):

@@ -111,7 +111,7 @@ def check_trained_dataset(store: Store, meta: dict[str, Any], dataset: str, *,
         return out
     note = (f"{e_uri} (sha256 {e_sha[:12]}) is not the dataset the model was trained on ({t_uri}, sha256 "
             f"{t_sha[:12]}): rebuilt or another version, so its evaluation patches may have been "
-            "training patches and its normalization may differ")
+            "training patches (a different ERA-5 normalization is mapped into the model's)")
     if not allow_mismatch:
         raise DatasetMismatchError(f"{note}. Evaluate on the dataset the model was trained on, retrain on "
                                    "this one, or set allow_dataset_mismatch=true to evaluate anyway (the "

@@ -283,7 +283,11 @@ def run_evaluation(cfg: EvalConfig, store: Store | None = None, device: str | No
     if dataset_check["status"] != "match":
         log.warning("%s", dataset_check["note"])
     channels = list(meta.get("channels") or ["reflectivity"])
-    dataset = PatchDataset(store, cfg.dataset, cfg.split, channels=channels)
+    dataset = PatchDataset(store, cfg.dataset, cfg.split, channels=channels,
+                           normalization=meta.get("normalization") or None)
+    if dataset.renormalized:
+        log.info("%s: ERA-5 channels mapped from the dataset's normalization into the model's", dataset.uri)
+        dataset_check["renormalized"] = True
     if meta.get("blind_zone_rows") not in (None, dataset.blind_zone_rows):
         log.warning("model trained with blind_zone_rows=%s, dataset has %s; evaluating on the dataset's",
                     meta.get("blind_zone_rows"), dataset.blind_zone_rows)

@@ -56,14 +56,20 @@ class PatchDataset(Dataset):
             channel of a sample, constant in time and linear in height (:func:`perturb_state`);
             0: none.  A training augmentation: ERA-5 is not the column over the radar.
         cache: read the whole split into memory (None: when at most 1 GiB).
+        normalization: a model's ``normalization`` (its checkpoint meta): the patches are returned
+            in it, mapped from the dataset's own (:func:`bzpipe.dataset.normalization.renormalization`;
+            a model trained on another dataset version or winter sees these patches as its training
+            data were normalized).  None: the dataset's own.
 
     Attributes: ``uri``, ``channel_names``, ``channel_index``, ``blind_zone_rows``,
-    ``normalization``, ``attrs`` (decoded root attrs), ``shape`` (N, C, H, W).
+    ``normalization`` (the dataset's own), ``renormalized`` (whether patches are mapped to another),
+    ``attrs`` (decoded root attrs), ``shape`` (N, C, H, W).
     """
 
     def __init__(self, store_root_or_uri: str | Store, version_or_uri: str, split: str,
                  channels: ChannelSet | list[str] | tuple[str, ...] = "3+_5", augment: bool = False,
-                 cache: bool | None = None, require_complete: bool = True, state_noise: float = 0.0) -> None:
+                 cache: bool | None = None, require_complete: bool = True, state_noise: float = 0.0,
+                 normalization: dict[str, Any] | None = None) -> None:
         opened = open_dataset(store_root_or_uri, version_or_uri, require_complete=require_complete)
         self.uri, self.storage_options = opened.uri, opened.storage_options
         self.split = split
@@ -88,6 +94,15 @@ class PatchDataset(Dataset):
         self.shape = (int(n), len(wanted), int(h), int(w))
         self.blind_zone_rows = int(self.attrs.get("blind_zone_rows", 0))
         self.normalization = self.attrs.get("normalization", {})
+        self._affine: tuple[np.ndarray, np.ndarray] | None = None
+        if normalization is not None:
+            from bzpipe.dataset.normalization import renormalization
+
+            m = renormalization(self.normalization, normalization, self.channel_names, where=self.uri)
+            if m is not None:
+                self._affine = (m[0].astype(np.float32)[None, :, None, None],
+                                m[1].astype(np.float32)[None, :, None, None])
+        self.renormalized = self._affine is not None
         nbytes = int(np.prod(self.shape)) * 4
         self._cache_on = cache if cache is not None else nbytes <= CACHE_LIMIT_BYTES
         self.samples_per_chunk = int(arr.chunks[0])      # inner chunks of a sharded array: 1
@@ -128,8 +143,12 @@ class PatchDataset(Dataset):
 
     def _select(self, a: np.ndarray) -> np.ndarray:
         if self.channel_index == list(range(a.shape[1])):
-            return np.asarray(a, dtype=np.float32)
-        return np.asarray(a[:, self.channel_index], dtype=np.float32)
+            out = np.asarray(a, dtype=np.float32)
+        else:
+            out = np.asarray(a[:, self.channel_index], dtype=np.float32)
+        if self._affine is not None:
+            out = out * self._affine[0] + self._affine[1]
+        return out
 
     def _finish(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a))          # (b, C, H, W)

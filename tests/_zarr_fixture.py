@@ -97,3 +97,38 @@ def write_tiny_dataset(root: str | Path, *, version: str = "tiny", n: int | dict
     store.record(key, sha256=sha256_json({"counts": counts, "seed": seed, "rows": rows, "cols": cols}),
                  size=sum(counts.values()), producer={"test": "write_tiny_dataset"})
     return uri
+
+
+def write_restandardized_copy(root: str | Path, version: str, copy: str, mean: dict[str, float],
+                              std: dict[str, float]) -> str:
+    """A copy of dataset ``version`` as ``copy`` whose ERA-5 channels hold the same physical values
+    standardized with other statistics (as another build's training split would give): the copy's
+    channel ``c`` is ``(value - mean[c]) / std[c]`` where ``value`` is the original's physical value.
+    Returns the copy's store URI."""
+    store = Store(root)
+    src = zarr.open_group(store.uri(dataset_key(version)), mode="r")
+    norm = json.loads(src.attrs["normalization"])
+    uri = store.uri(dataset_key(copy))
+    first = True
+    for split in SPLITS:
+        if split not in src:
+            continue
+        ds = xr.open_zarr(store.uri(dataset_key(version)), group=split, consolidated=False).load()
+        x = ds["x"].values.copy()
+        for k, c in enumerate(CHANNELS):
+            if c in mean:
+                value = x[:, k] * norm[c]["std"] + norm[c]["mean"]
+                x[:, k] = (value - mean[c]) / std[c]
+        ds["x"] = (ds["x"].dims, x.astype(np.float32))
+        for v in ds.variables.values():
+            v.encoding.pop("chunks", None)
+            v.encoding.pop("preferred_chunks", None)
+        ds.to_zarr(uri, group=split, mode="w" if first else "a", consolidated=False)
+        first = False
+    norm.update({c: {**norm[c], "mean": float(mean[c]), "std": float(std[c])} for c in mean})
+    attrs = dict(src.attrs)
+    attrs["normalization"] = json.dumps(norm)
+    zarr.open_group(uri, mode="r+").attrs.update(attrs)
+    store.record(dataset_key(copy), sha256=sha256_json({"copy_of": version, "mean": mean, "std": std}),
+                 size=1, producer={"test": "write_restandardized_copy"})
+    return uri

@@ -192,6 +192,29 @@ def test_seed_runs_block_bootstrap_and_bright_patch_exclusion(trained_root: Path
     assert "training seeds (mean ± sd)" in out["markdown"]
 
 
+def test_a_model_is_scored_on_another_build_in_its_own_normalization(trained_root: Path):
+    """Another build of the data (another winter, a rebuild) standardizes ERA-5 with its own training
+    statistics: the evaluation refuses it unless allowed, and then feeds the model the patches in the
+    model's normalization, so the same physical data give the same fill."""
+    from _zarr_fixture import write_restandardized_copy
+
+    from bzpipe.errors import DatasetMismatchError
+
+    write_restandardized_copy(trained_root, "tiny", "tiny_other", {"t": 2.0, "q": -1.0, "u": 0.5, "v": 0.0},
+                              {"t": 3.0, "q": 0.5, "u": 2.0, "v": 4.0})
+    store = Store(trained_root)
+    cfg = EvalConfig(store_root=str(trained_root), **{**FAST, "xai": False, "n_cases": 0})
+    own = ev.run_evaluation(cfg, store)
+    with pytest.raises(DatasetMismatchError, match="allow_dataset_mismatch"):
+        ev.run_evaluation(cfg.model_copy(update={"dataset": "tiny_other"}), store)
+    other = ev.run_evaluation(cfg.model_copy(update={"dataset": "tiny_other", "allow_dataset_mismatch": True}),
+                              store)
+    assert other.summary["dataset_check"]["renormalized"] is True
+    assert "renormalized" not in own.summary["dataset_check"]
+    u_own, u_other = (np.nan_to_num(r.fields.preds["UNET"], nan=-60.0) for r in (own, other))
+    np.testing.assert_allclose(u_other, u_own, atol=0.05)
+
+
 @pytest.mark.prefect
 def test_evaluate_flow_writes_report_and_artifacts(prefect_server, trained_root: Path):
     from prefect.client.orchestration import get_client

@@ -123,3 +123,49 @@ def test_loader_workers_exit_cleanly_in_a_process_that_ran_a_flow(prefect_server
     for w in workers:
         w.join(timeout=30)
     assert [w.exitcode for w in workers] == [0]
+
+
+def test_a_dataset_is_read_in_a_models_normalization(tmp_path):
+    """Another build (another winter, a rebuilt version) standardizes ERA-5 with its own training
+    statistics; given the model's normalization, the patches come back as the model's own data were
+    normalized (the same physical values -> the same numbers), and refusals name the channel."""
+    from _zarr_fixture import write_restandardized_copy, write_tiny_dataset
+
+    from bzpipe.dataset.normalization import renormalization
+    from bzpipe.errors import DatasetMismatchError
+
+    write_tiny_dataset(tmp_path, version="a", n=6, rows=16, cols=16)
+    mean = {"t": 250.0, "q": -0.5, "u": 3.0, "v": 0.25}
+    std = {"t": 8.0, "q": 0.4, "u": 5.0, "v": 2.0}
+    write_restandardized_copy(tmp_path, "a", "b", mean, std)
+    a = PatchDataset(tmp_path, "a", "test", cache=True)
+    b_own = PatchDataset(tmp_path, "b", "test", cache=True)
+    b = PatchDataset(tmp_path, "b", "test", cache=True, normalization=a.normalization)
+    idx = list(range(6))
+    xa = torch.stack(a.__getitems__(idx)).numpy()
+    assert b.renormalized and not b_own.renormalized
+    assert not PatchDataset(tmp_path, "a", "test", normalization=a.normalization).renormalized
+    assert np.abs(torch.stack(b_own.__getitems__(idx)).numpy()[:, 1:] - xa[:, 1:]).max() > 1.0
+    np.testing.assert_allclose(torch.stack(b.__getitems__(idx)).numpy(), xa, atol=2e-5)
+    # the uncached reader maps the same way
+    b_lazy = PatchDataset(tmp_path, "b", "test", cache=False, normalization=a.normalization)
+    np.testing.assert_allclose(torch.stack(b_lazy.__getitems__([4, 1])).numpy(), xa[[4, 1]], atol=2e-5)
+    # refusals: a different humidity transform, a different reflectivity mapping, a missing channel
+    other = json_copy(a.normalization)
+    other["q"]["transform"] = "relative_humidity_ice_below_0C"
+    with pytest.raises(DatasetMismatchError, match="'q' has transform"):
+        renormalization(b.normalization, other, b.channel_names, where="b")
+    other = json_copy(a.normalization)
+    other["reflectivity"]["dbz_min"] = -70.0
+    with pytest.raises(DatasetMismatchError, match="reflectivity mapping differs.*dbz_min"):
+        PatchDataset(tmp_path, "b", "test", normalization=other)
+    other = json_copy(a.normalization)
+    del other["u"]
+    with pytest.raises(DatasetMismatchError, match="'u' has no normalization in the model"):
+        PatchDataset(tmp_path, "b", "test", normalization=other)
+
+
+def json_copy(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d))

@@ -100,3 +100,49 @@ def era5_normalization(store_root: str, plan: BuildPlan, region_samples: int,
             "ERA-5 q and t at the ICAO standard pressure of the row's height above mean sea level "
             "(bzpipe.thermo), then standardized")})
     return norm
+
+
+#: reflectivity mapping fields that must agree for two datasets' reflectivity channels to be the same numbers
+_REFLECTIVITY_KEYS = ("dbz_min", "dbz_max", "lo", "hi", "no_echo")
+
+
+def renormalization(source: dict[str, Any], target: dict[str, Any], channels: list[str] | tuple[str, ...],
+                    where: str = "") -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-channel ``(scale, offset)`` that maps values normalized with ``source`` to ``target``:
+    ``x_target = x_source * scale + offset`` (exact for standardized channels), or None when the
+    two agree on every channel (nothing to do).
+
+    A model trained on one dataset sees another dataset's patches (another winter, a rebuilt
+    version) in its own normalization this way.  Raises :class:`~bzpipe.errors.DatasetMismatchError`
+    naming the channel where the mapping cannot be linear: a different reflectivity mapping, method,
+    transform (e.g. specific against relative humidity) or units, or a channel missing from either.
+    """
+    from bzpipe.errors import DatasetMismatchError
+
+    scale, offset = np.ones(len(channels)), np.zeros(len(channels))
+    for k, c in enumerate(channels):
+        src, dst = source.get(c), target.get(c)
+        if src is None or dst is None:
+            raise DatasetMismatchError(f"{where}: channel {c!r} has no normalization in the "
+                                       f"{'dataset' if src is None else 'model'}")
+        if src == dst:
+            continue
+        if c == "reflectivity":
+            diff = [key for key in _REFLECTIVITY_KEYS
+                    if not np.isclose(src.get(key, np.nan), dst.get(key, np.nan))]
+            if diff:
+                raise DatasetMismatchError(f"{where}: the reflectivity mapping differs from the model's in "
+                                           f"{', '.join(diff)}")
+            continue
+        for key in ("method", "transform", "units"):
+            if src.get(key) != dst.get(key):
+                raise DatasetMismatchError(f"{where}: channel {c!r} has {key} {src.get(key)!r}, the model "
+                                           f"{dst.get(key)!r}: no linear map between them")
+        if src.get("method", "standardize") != "standardize" or not {"mean", "std"} <= set(src) & set(dst):
+            raise DatasetMismatchError(f"{where}: channel {c!r}: normalization {src.get('method')!r} is not "
+                                       "a standardization with a mean and a std")
+        scale[k] = float(src["std"]) / float(dst["std"])
+        offset[k] = (float(src["mean"]) - float(dst["mean"])) / float(dst["std"])
+    if np.allclose(scale, 1.0, rtol=0, atol=1e-12) and np.allclose(offset, 0.0, rtol=0, atol=1e-12):
+        return None
+    return scale, offset

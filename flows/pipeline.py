@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from bzpipe.config import PipelineConfig
 from bzpipe.provenance import provenance_record
 from bzpipe.store import Store
+from bzpipe.store.layout import checkpoint_key
 from flows.build_dataset import build_dataset
 from flows.common import NO_CACHE, cli_parser, resolve_pipeline, retry_if_transient
 from flows.evaluate import evaluate
@@ -88,7 +89,10 @@ def pipeline(config: PipelineConfig | None = None, config_path: str | None = Non
     out: dict[str, Any] = {}
     out["ingest"] = ingest(config=cfg.ingest, settings=settings)
     out["dataset"] = build_dataset(config=cfg.build)
-    out["checkpoint"] = train(config=cfg.train, settings=settings)
+    best = train(config=cfg.train, settings=settings)
+    # the checkpoint the evaluation scores and the CloudSat fill applies (the best or the last epoch's)
+    out["checkpoint"] = best if cfg.evaluate.checkpoint == "best" else Store(cfg.train.store_root).uri(
+        checkpoint_key(cfg.evaluate.run_name, cfg.evaluate.checkpoint))
     out["report"] = evaluate(config=cfg.evaluate)
     source = cloudsat_source(cfg)
     if sample_granule and source == "offline":

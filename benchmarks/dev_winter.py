@@ -45,7 +45,7 @@ def dev_config(store: str, tiny: bool) -> Any:
 
     start, end = ("2018-01-01", "2018-01-21") if tiny else ("2017-11-01", "2018-03-31")
     over = [f"store_root={store}", f"start={start}", f"end={end}", f"build.version={VERSION}",
-            "build.overwrite=false", "build.split.fractions=[0.02,0.03,0.95]"]
+            "build.overwrite=true", "build.split.fractions=[0.02,0.03,0.95]"]
     if tiny:
         over += ["build.split.min_block_days=1", "evaluate.mc_passes=2", "evaluate.n_bootstrap=50"]
     return load_pipeline_config(str(DEMO), over)
@@ -53,7 +53,7 @@ def dev_config(store: str, tiny: bool) -> Any:
 
 def ensure_dev_dataset(cfg: Any) -> str:
     """Ingest the winter (files already present are skipped) and build version ``dev`` (skipped when
-    built with the same recipe); returns its URI."""
+    built with the same recipe, rebuilt when code or config changed, as the demo); returns its URI."""
     from bzpipe import ingest
     from bzpipe.dataset.build import build_dataset
 
@@ -73,7 +73,7 @@ def score_run(cfg: Any, store: str, spec: str, every: int = 1) -> dict[str, Any]
     import torch
 
     from bzpipe.checkpoint import load_model
-    from bzpipe.evaluate import build_mask, predict_fields, score_fields
+    from bzpipe.evaluate import build_mask, exclude_bright_patches, predict_fields, score_fields
     from bzpipe.metrics.summary import to_json
     from bzpipe.store import Store
     from bzpipe.torchdata import PatchDataset
@@ -86,6 +86,7 @@ def score_run(cfg: Any, store: str, spec: str, every: int = 1) -> dict[str, Any]
                       normalization=meta.get("normalization") or None)
     torch.manual_seed(ev.seed)
     fields = predict_fields(model, ds, ev, "cpu", indices=np.arange(0, len(ds), every))
+    fields, _ = exclude_bright_patches(fields, ev.max_truth_dbz)
     valid, base, _ = build_mask(fields, ev.spread_exclusion_quantile)
     return to_json(score_fields(fields, valid, base, ev))
 

@@ -89,10 +89,10 @@ def pipeline(config: PipelineConfig | None = None, config_path: str | None = Non
     out: dict[str, Any] = {}
     out["ingest"] = ingest(config=cfg.ingest, settings=settings)
     out["dataset"] = build_dataset(config=cfg.build)
-    best = train(config=cfg.train, settings=settings)
+    train(config=cfg.train, settings=settings)
     # the checkpoint the evaluation scores and the CloudSat fill applies (the best or the last epoch's)
-    out["checkpoint"] = best if cfg.evaluate.checkpoint == "best" else Store(cfg.train.store_root).uri(
-        checkpoint_key(cfg.evaluate.run_name, cfg.evaluate.checkpoint))
+    out["checkpoint"] = Store(cfg.train.store_root).uri(checkpoint_key(cfg.evaluate.run_name,
+                                                                       cfg.evaluate.checkpoint))
     out["report"] = evaluate(config=cfg.evaluate)
     source = cloudsat_source(cfg)
     if sample_granule and source == "offline":

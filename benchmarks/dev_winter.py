@@ -68,27 +68,22 @@ def ensure_dev_dataset(cfg: Any) -> str:
 
 
 def score_run(cfg: Any, store: str, spec: str, every: int = 1) -> dict[str, Any]:
-    """One run's summary on every ``every``-th patch of the dev winter's test split (the evaluation
-    stage's scoring; 2: the windows that do not overlap, half the time)."""
-    import torch
-
-    from bzpipe.checkpoint import load_model
-    from bzpipe.evaluate import build_mask, exclude_bright_patches, predict_fields, score_fields
+    """One run's summary on every ``every``-th patch of the dev winter's test split: the evaluation
+    stage itself (:func:`bzpipe.evaluate.run_evaluation`: the model's own ERA-5 normalization, the
+    bright-patch exclusion, mask and scores) with the model read from its own store; 2: the windows
+    that do not overlap, half the time."""
+    from bzpipe.evaluate import run_evaluation
     from bzpipe.metrics.summary import to_json
     from bzpipe.store import Store
     from bzpipe.torchdata import PatchDataset
 
     model_store, run = spec.rsplit(":", 1) if ":" in spec else (store, spec)
     ev = cfg.evaluate.model_copy(update={"run_name": run, "dataset": VERSION, "split": "test", "xai": False,
-                                         "n_cases": 0})
-    model, meta = load_model(Store(model_store), run, which=ev.checkpoint, device="cpu")
-    ds = PatchDataset(Store(store), VERSION, "test", channels=list(meta["channels"]),
-                      normalization=meta.get("normalization") or None)
-    torch.manual_seed(ev.seed)
-    fields = predict_fields(model, ds, ev, "cpu", indices=np.arange(0, len(ds), every))
-    fields, _ = exclude_bright_patches(fields, ev.max_truth_dbz)
-    valid, base, _ = build_mask(fields, ev.spread_exclusion_quantile)
-    return to_json(score_fields(fields, valid, base, ev))
+                                         "n_cases": 0, "seed_runs": [], "allow_dataset_mismatch": True,
+                                         "device": "cpu"})
+    n = len(PatchDataset(Store(store), VERSION, "test"))
+    res = run_evaluation(ev, Store(store), model_store=Store(model_store), indices=np.arange(0, n, every))
+    return to_json(res.summary)
 
 
 def fmt(v: dict[str, Any]) -> str:

@@ -274,11 +274,17 @@ def case_curtains(fields: EvalFields, dataset: PatchDataset, positions: np.ndarr
 
 
 def run_evaluation(cfg: EvalConfig, store: Store | None = None, device: str | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> EvaluationResult:
-    """Everything but the report: load, predict, mask, score, explain."""
+                   progress: Callable[[int, int], None] | None = None, model_store: Store | None = None,
+                   indices: np.ndarray | None = None) -> EvaluationResult:
+    """Everything but the report: load, predict, mask, score, explain.
+
+    ``model_store``: where the models are (default: ``store``, which holds the dataset), e.g. to
+    score a demo model on another winter's build; ``indices``: the patches of the split to score
+    (default: all, or ``cfg.max_patches`` spread evenly)."""
     store = store or Store(cfg.store_root)
+    model_store = model_store or store
     dev = pick_device(device or cfg.device)
-    model, meta = load_model(store, cfg.run_name, which=cfg.checkpoint, device=str(dev))
+    model, meta = load_model(model_store, cfg.run_name, which=cfg.checkpoint, device=str(dev))
     dataset_check = check_trained_dataset(store, meta, cfg.dataset, allow_mismatch=cfg.allow_dataset_mismatch)
     if dataset_check["status"] != "match":
         log.warning("%s", dataset_check["note"])
@@ -291,7 +297,7 @@ def run_evaluation(cfg: EvalConfig, store: Store | None = None, device: str | No
     if meta.get("blind_zone_rows") not in (None, dataset.blind_zone_rows):
         log.warning("model trained with blind_zone_rows=%s, dataset has %s; evaluating on the dataset's",
                     meta.get("blind_zone_rows"), dataset.blind_zone_rows)
-    idx = _select_indices(len(dataset), cfg.max_patches)
+    idx = _select_indices(len(dataset), cfg.max_patches) if indices is None else np.asarray(indices)
     torch.manual_seed(cfg.seed)
     fields = predict_fields(model, dataset, cfg, dev, idx, progress)
     fields, exclusion = exclude_bright_patches(fields, cfg.max_truth_dbz)
@@ -301,7 +307,7 @@ def run_evaluation(cfg: EvalConfig, store: Store | None = None, device: str | No
     summary["patch_exclusion"] = exclusion
     summary["sample_selection"] = sample_selection(dataset.attrs)
     summary["dataset_check"] = dataset_check
-    summary["seeds"] = score_seed_runs(cfg, store, dev, dataset, fields, valid, base, summary)
+    summary["seeds"] = score_seed_runs(cfg, model_store, dev, dataset, fields, valid, base, summary)
     cases = case_curtains(fields, dataset, select_cases(fields, cfg.n_cases))
     xai_out = None
     if cfg.xai:

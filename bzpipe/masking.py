@@ -11,6 +11,15 @@ reflectivity set to 0, the neutral value) and predicted; the merge blends the
 prediction into the observation with that weight, so the filled profile joins
 the observed one smoothly and pixels with weight 0 are returned bit-identical.
 The training and validation losses are taken under the same weight (:func:`masked_mae`).
+
+Two deviations from King et al. (2024), whose preprocessing hides only where the mask is 1
+(``floor(mask)``: the blind zone) and blanks every channel there, ERA-5 included (README, Skill):
+
+* the ramp is hidden too: a training ramp of ``r`` rows is a hole ``blind_rows + r`` rows tall
+  (theirs only blends and weights the loss over observed rows), which teaches the model blind zones
+  taller than the dataset's (a CloudSat column's clutter depth varies with the surface);
+* the ERA-5 channels stay visible in the blind zone: the state there (ice supersaturation, dry
+  subcloud air) is what sets the processes the fill has to infer, and ERA-5 reports it everywhere.
 """
 
 from __future__ import annotations

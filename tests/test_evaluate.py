@@ -15,6 +15,7 @@ from bzpipe import evaluate as ev
 from bzpipe.checkpoint import load_model
 from bzpipe.config import EvalConfig, TrainConfig
 from bzpipe.dataset.reader import sample_selection
+from bzpipe.errors import StoreError
 from bzpipe.metrics import mae
 from bzpipe.report import evaluate_and_report
 from bzpipe.schema import norm_to_dbz
@@ -213,6 +214,25 @@ def test_a_model_is_scored_on_another_build_in_its_own_normalization(trained_roo
     assert "renormalized" not in own.summary["dataset_check"]
     u_own, u_other = (np.nan_to_num(r.fields.preds["UNET"], nan=-60.0) for r in (own, other))
     np.testing.assert_allclose(u_other, u_own, atol=0.05)
+
+
+def test_a_model_from_another_store_is_scored_on_chosen_patches(trained_root: Path, tmp_path: Path):
+    """run_evaluation reads the model from ``model_store`` and the data from ``store`` (how
+    benchmarks/dev_winter.py scores a demo model on another winter's build), on the ``indices`` given:
+    the same data in another store give the fill of the model's own store, patch for patch."""
+    data_root = tmp_path / "data"
+    write_tiny_dataset(data_root, n={"train": 8, "val": 4, "test": 8}, rows=32, cols=32, blind_zone_rows=4)
+    cfg = EvalConfig(store_root=str(trained_root), **{**FAST, "xai": False, "n_cases": 0})
+    idx = np.array([0, 3, 6])
+    own = ev.run_evaluation(cfg, Store(trained_root), indices=idx)
+    with pytest.raises(StoreError, match="no checkpoint here"):    # the data's store holds no model
+        ev.run_evaluation(cfg.model_copy(update={"store_root": str(data_root)}), Store(data_root), indices=idx)
+    other = ev.run_evaluation(cfg.model_copy(update={"store_root": str(data_root), "allow_dataset_mismatch": True}),
+                              Store(data_root), model_store=Store(trained_root), indices=idx)
+    assert other.summary["n_patches"]["all"] == own.summary["n_patches"]["all"] == 3
+    np.testing.assert_array_equal(other.fields.indices, idx)
+    for m in ("UNET", "REP"):
+        np.testing.assert_array_equal(other.fields.preds[m], own.fields.preds[m])
 
 
 @pytest.mark.prefect

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from bzpipe.metrics.pointwise import ECHO_THRESHOLD_DBZ, Axis, broadcast_valid, has_echo
+from bzpipe.metrics.pointwise import ECHO_THRESHOLD_DBZ, Axis, broadcast_valid, has_echo, masked_mean
 
 PRECIP_THRESHOLD_DBZ = -20.0
 CLOUD_FRACTION = 0.05
@@ -42,12 +42,9 @@ def cloud_presence(dbz: np.ndarray, valid: np.ndarray | None = None, *,
                    axis: Axis = (-2, -1)) -> np.ndarray:
     """Event (a): fraction of valid pixels with echo >= ``min_fraction``; dBZ ``(..., row, col)``."""
     echo = has_echo(dbz, echo_threshold_dbz)
-    w = broadcast_valid(valid, echo.shape)
-    n = np.sum(w, axis=axis)
-    k = np.sum(echo & w, axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = k / np.where(n > 0, n, 1)
-    return np.where(n > 0, (frac >= min_fraction).astype(np.float64), np.nan)
+    frac = np.asarray(masked_mean(echo.astype(np.float64), broadcast_valid(valid, echo.shape), axis))
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(frac), np.nan, (frac >= min_fraction).astype(np.float64))
 
 
 def _row_max(row: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

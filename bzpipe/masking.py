@@ -19,7 +19,9 @@ Two deviations from King et al. (2024), whose preprocessing hides only where the
   (theirs only blends and weights the loss over observed rows), which teaches the model blind zones
   taller than the dataset's (a CloudSat column's clutter depth varies with the surface);
 * the ERA-5 channels stay visible in the blind zone: the state there (ice supersaturation, dry
-  subcloud air) is what sets the processes the fill has to infer, and ERA-5 reports it everywhere.
+  subcloud air) is what sets the processes the fill has to infer, and ERA-5 reports it everywhere
+  (``train.blank_state`` blanks them as theirs do, inside the model:
+  :func:`bzpipe.model.unet3plus.network_inputs`).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def model_config_for(cfg: TrainConfig) -> UNet3PlusConfig:
     return UNet3PlusConfig(in_channels=len(CHANNEL_SETS[cfg.channels]) + 1, out_channels=1,
                            filters=tuple(cfg.filters), dropout=cfg.dropout,
                            deep_supervision=cfg.deep_supervision, rep_prior=cfg.rep_prior,
-                           bn_momentum=cfg.bn_momentum, bn_eps=cfg.bn_eps)
+                           blank_state=cfg.blank_state, bn_momentum=cfg.bn_momentum, bn_eps=cfg.bn_eps)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:

@@ -103,6 +103,27 @@ def test_band_equals_full_pass_with_random_weights(size, rows, rep):
     assert float(full.std()) > 1e-3                                 # a real signal, not a constant
 
 
+@pytest.mark.parametrize("rep", [False, True])
+def test_band_equals_full_pass_with_the_state_blanked_in_the_hole(rep):
+    """King et al.'s blanking (blank_state): both paths see the ERA-5 state only above the hole, so
+    neither changes when the state under it does."""
+    torch.manual_seed(3)
+    model = random_bn(UNet3Plus(UNet3PlusConfig(in_channels=6, filters=TINY, rep_prior=rep, blank_state=True)))
+    x = torch.rand(2, 5, 64, 64) * 1.5 - 0.5
+    depth = torch.randint(4, 9, (2, 64))
+    inputs, mask = mask_blind_zone(x, depth, 0)
+    other = inputs.clone()
+    other[:, 1:-1] = torch.where(mask > 0, torch.randn_like(other[:, 1:-1]) * 3, other[:, 1:-1])
+    full, band = full_and_band(model, inputs, 8)
+    full2, band2 = full_and_band(model, other, 8)
+    assert float((full - band).abs().max()) <= TOL
+    assert float((full - full2).abs().max()) <= TOL and float((band - band2).abs().max()) <= TOL
+    seen = random_bn(UNet3Plus(UNet3PlusConfig(in_channels=6, filters=TINY, rep_prior=rep)))
+    a, _ = full_and_band(seen, inputs, 8)
+    b, _ = full_and_band(seen, other, 8)
+    assert float((a - b).abs().max()) > 1e-3                        # bzpipe's default sees the state there
+
+
 def test_band_equals_full_pass_for_the_paper_size_model():
     torch.manual_seed(0)
     model = random_bn(UNet3Plus(UNet3PlusConfig(in_channels=6)))

@@ -277,3 +277,23 @@ def test_mc_predict_in_channels_last_gives_the_same_fill():
     nhwc = mc_predict(model.to(memory_format=torch.channels_last), inputs, n_passes=2, deterministic=True,
                       channels_last=True)
     torch.testing.assert_close(nhwc["mean"], plain["mean"], rtol=1e-4, atol=1e-5)
+
+
+def test_the_state_blanking_of_king_et_al_is_a_recorded_model_setting():
+    """train.blank_state reaches the model's config, survives the checkpoint's dict round trip, and an
+    old checkpoint's dict without the field rebuilds bzpipe's default (the state stays visible)."""
+    from bzpipe.config import TrainConfig
+    from bzpipe.train import model_config_for
+
+    cfg = model_config_for(TrainConfig(blank_state=True, filters=(4, 8, 8, 8, 8)))
+    assert cfg.blank_state and UNet3PlusConfig(**cfg.to_dict()).blank_state
+    old = {k: v for k, v in cfg.to_dict().items() if k != "blank_state"}
+    assert UNet3PlusConfig(**old).blank_state is False
+    torch.manual_seed(0)
+    net = UNet3Plus(cfg).eval()
+    x = torch.rand(2, 5, 32, 32)
+    inputs, mask = mask_blind_zone(x, 4, 2)
+    other = inputs.clone()
+    other[:, 1:-1] = torch.where(mask > 0, -inputs[:, 1:-1], inputs[:, 1:-1])  # another state in the hole
+    with torch.no_grad():
+        assert torch.equal(net(inputs), net(other))

@@ -23,6 +23,9 @@ class TrainConfig(StageConfig):
     deep_supervision: bool = True
     rep_prior: bool = Field(False, description="start from the REP fill and predict a correction "
                             "(see bzpipe.model.UNet3PlusConfig); off in the paper's model")
+    blank_state: bool = Field(False, description=(
+        "blank the ERA-5 channels wherever the reflectivity is hidden, as King et al.; off (bzpipe): the "
+        "ERA-5 state of the blind zone is an input (README, Skill)"))
     seeds: list[int] | None = Field(None, description=(
         "train one run per seed (run_name for the first, <run_name>.seed<k> for the others); "
         "None: the single seed `seed`"))

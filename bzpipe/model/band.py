@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from bzpipe.model.dropout import drop_inplace
 from bzpipe.model.fused import conv3x3, fold_conv_bn, weights_key
-from bzpipe.model.unet3plus import DEPTH, UNet3Plus, rep_fill
+from bzpipe.model.unet3plus import DEPTH, UNet3Plus, network_inputs
 
 
 class BandTooNarrowError(ValueError):
@@ -180,11 +180,8 @@ class BandDecoder:
         if (H, W) != (self.plan.height, self.plan.width):
             raise ValueError(f"decoder built for {self.plan.height}x{self.plan.width}, got {H}x{W}")
         self.check_hidden(inputs)
-        x = inputs
-        base = None
-        if self.model.config.rep_prior:
-            base = rep_fill(x[:, :1], x[:, -1:])
-            x = torch.cat([base, x[:, 1:]], dim=1)
+        x, base = network_inputs(inputs, self.model.config)
+        if base is not None:
             base = base[:, :, :self.plan.rows].float()                          # (B, 1, rows, W)
         x = x.to(self.dtype).contiguous(memory_format=self.fmt)
         e0 = self.enc[0][1](self.enc[0][0](x))                                 # (B, f0, H, W)

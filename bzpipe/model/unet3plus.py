@@ -69,6 +69,10 @@ class UNet3PlusConfig:
     # fill (heads start at 0). The untrained model is exactly REP, so a short CPU run starts from the
     # strongest simple baseline instead of from "no echo". Needs the mask as the last input channel.
     rep_prior: bool = False
+    # King et al. blank every input channel where the reflectivity is hidden, ERA-5 included; bzpipe's
+    # default keeps the ERA-5 state of the blind zone as an input (README, Skill). True: blanked to 0,
+    # the standardized mean (the mask channel says where). Needs the mask as the last input channel.
+    blank_state: bool = False
     # batch norm (PyTorch convention: running = (1 - momentum) running + momentum batch); Keras' momentum
     # 0.99 is 0.01 here. Defaults are PyTorch's, so checkpoints without these fields rebuild unchanged.
     bn_momentum: float = 0.1
@@ -97,6 +101,21 @@ def rep_fill(refl: Tensor, mask: Tensor) -> Tensor:
     hidden = mask > 0
     top = hidden.sum(dim=2, keepdim=True).clamp(max=refl.shape[2] - 1)   # (B, 1, 1, W) first visible row
     return torch.where(hidden, torch.gather(refl, 2, top).expand_as(refl), refl)
+
+
+def network_inputs(x: Tensor, config: UNet3PlusConfig) -> tuple[Tensor, Tensor | None]:
+    """What the encoder sees of masked inputs x: Tensor[B, Cin, H, W] (mask last): the ERA-5 channels
+    blanked where the reflectivity is hidden (``blank_state``) and the hidden reflectivity pre-filled
+    with REP (``rep_prior``); returns (inputs, the REP fill Tensor[B, 1, H, W] or None)."""
+    if config.blank_state and x.shape[1] > 2:
+        hidden = x[:, -1:] > 0
+        state = torch.where(hidden, torch.zeros((), dtype=x.dtype, device=x.device), x[:, 1:-1])
+        x = torch.cat([x[:, :1], state, x[:, -1:]], dim=1)
+    base = None
+    if config.rep_prior:
+        base = rep_fill(x[:, :1], x[:, -1:])      # (B, 1, H, W): observed above, REP below
+        x = torch.cat([base, x[:, 1:]], dim=1)
+    return x, base
 
 
 def channels_last_faster(device: torch.device | str) -> bool:
@@ -190,10 +209,7 @@ class UNet3Plus(nn.Module):
         B, C, H, W = x.shape
         if H % 2 ** (DEPTH - 1) or W % 2 ** (DEPTH - 1):
             raise ValueError(f"rows and cols must be divisible by {2 ** (DEPTH - 1)}, got {H}x{W}")
-        base = None
-        if self.config.rep_prior:
-            base = rep_fill(x[:, :1], x[:, -1:])      # (B, 1, H, W): observed above, REP below
-            x = torch.cat([base, x[:, 1:]], dim=1)
+        x, base = network_inputs(x, self.config)      # base: the REP fill (rep_prior) or None
         # ---- encoder: e[i] is (B, f[i], H / 2^i, W / 2^i)
         e: list[Tensor] = []
         for i, block in enumerate(self.encoder):

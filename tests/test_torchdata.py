@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -151,21 +152,15 @@ def test_a_dataset_is_read_in_a_models_normalization(tmp_path):
     b_lazy = PatchDataset(tmp_path, "b", "test", cache=False, normalization=a.normalization)
     np.testing.assert_allclose(torch.stack(b_lazy.__getitems__([4, 1])).numpy(), xa[[4, 1]], atol=2e-5)
     # refusals: a different humidity transform, a different reflectivity mapping, a missing channel
-    other = json_copy(a.normalization)
+    other = copy.deepcopy(a.normalization)
     other["q"]["transform"] = "relative_humidity_ice_below_0C"
     with pytest.raises(DatasetMismatchError, match="'q' has transform"):
         renormalization(b.normalization, other, b.channel_names, where="b")
-    other = json_copy(a.normalization)
+    other = copy.deepcopy(a.normalization)
     other["reflectivity"]["dbz_min"] = -70.0
     with pytest.raises(DatasetMismatchError, match="reflectivity mapping differs.*dbz_min"):
         PatchDataset(tmp_path, "b", "test", normalization=other)
-    other = json_copy(a.normalization)
+    other = copy.deepcopy(a.normalization)
     del other["u"]
     with pytest.raises(DatasetMismatchError, match="'u' has no normalization in the model"):
         PatchDataset(tmp_path, "b", "test", normalization=other)
-
-
-def json_copy(d: dict) -> dict:
-    import json
-
-    return json.loads(json.dumps(d))

@@ -43,8 +43,7 @@ def cloud_presence(dbz: np.ndarray, valid: np.ndarray | None = None, *,
     """Event (a): fraction of valid pixels with echo >= ``min_fraction``; dBZ ``(..., row, col)``."""
     echo = has_echo(dbz, echo_threshold_dbz)
     frac = np.asarray(masked_mean(echo.astype(np.float64), broadcast_valid(valid, echo.shape), axis))
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isnan(frac), np.nan, (frac >= min_fraction).astype(np.float64))
+    return np.where(np.isnan(frac), np.nan, (frac >= min_fraction).astype(np.float64))
 
 
 def _row_max(row: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

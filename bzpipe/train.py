@@ -12,8 +12,8 @@ reads its DistributedSampler shard; only rank 0 writes checkpoints and the
 metrics file (:mod:`bzpipe.checkpoint`).
 
 Per batch: random time flips (dataset; ``time_flip``, as King et al.), a random ramp of 0..ramp_max_rows rows
-above the blind zone (per sample), the blind zone + ramp hidden
-(:func:`bzpipe.masking.mask_blind_zone`), and the loss = the mean over the
+above the blind zone (per sample; in the first ``ramp_epochs`` epochs only, when set), the blind zone +
+ramp hidden (:func:`bzpipe.masking.mask_blind_zone`), and the loss = the mean over the
 deep-supervision heads (e5, d4, d3, d2, d1) of the mask-weighted MAE on
 reflectivity.  An exponential moving average of the weights over ~``ema_epochs``
 epochs is what validation, the checkpoints and inference use
@@ -284,13 +284,14 @@ class _Run:
         cfg, device, amp = self.cfg, self.device, self.amp
         torch.manual_seed(epoch_seed(cfg.seed, epoch, self.env.rank))   # dropout, flips, ramps
         self.sampler.set_epoch(epoch)
+        ramp_max = cfg.ramp_max_rows if cfg.ramp_epochs is None or epoch <= cfg.ramp_epochs else 0
         net.train()
         loss_sum = n_seen = 0.0
         for step, xb in enumerate(self.train_dl):
             if cfg.max_batches_per_epoch is not None and step >= cfg.max_batches_per_epoch:
                 break
             xb = xb.to(device, non_blocking=True)                                   # (B, C, H, W)
-            ramp = torch.randint(0, cfg.ramp_max_rows + 1, (xb.shape[0],), device=device)
+            ramp = torch.randint(0, ramp_max + 1, (xb.shape[0],), device=device)
             inputs, mask = mask_blind_zone(xb, self.blind, ramp)                     # (B, C+1, H, W)
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)

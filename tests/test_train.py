@@ -93,6 +93,35 @@ def test_time_flips_only_when_asked(tiny_root: Path, monkeypatch, flip: bool):
     assert made == {"train": (flip, 0.25 if flip else 0.0), "val": (False, 0.0)}
 
 
+
+@pytest.mark.parametrize("ramp_epochs", [None, 2])
+def test_the_ramp_is_drawn_in_the_first_ramp_epochs_only(tiny_root: Path, monkeypatch, ramp_epochs):
+    """``train.ramp_epochs``: the training holes are blind zone + a random ramp in epochs 1..N and the
+    blind zone alone after them; None (the default): a ramp in every epoch.  Validation never ramps."""
+    import bzpipe.train as train_mod
+
+    ramps: list[torch.Tensor] = []            # the training batches' per-sample ramps, in order
+    real = train_mod.mask_blind_zone
+
+    def spy(x, blind, ramp=0):  # type: ignore[no-untyped-def]
+        if isinstance(ramp, torch.Tensor):    # training draws one ramp per sample; validation passes an int
+            ramps.append(ramp.clone())
+        else:
+            assert ramp == 0
+        return real(x, blind, ramp)
+
+    monkeypatch.setattr(train_mod, "mask_blind_zone", spy)
+    ends: list[int] = []
+    assert TrainConfig().ramp_epochs is None
+    train(cfg_for(tiny_root, epochs=4, max_batches_per_epoch=4, ramp_max_rows=6, ramp_epochs=ramp_epochs,
+                  run_name=f"ramp{ramp_epochs}"), on_epoch_end=lambda row: ends.append(len(ramps)))
+    assert ends == [4, 8, 12, 16]
+    tallest = [int(torch.cat(ramps[i - 4:i]).max()) for i in ends]   # per epoch, over its 16 samples
+    drawn = [t > 0 for t in tallest]          # 16 draws of 0..6 are all 0 with probability 7**-16
+    assert drawn == ([True] * 4 if ramp_epochs is None else [True, True, False, False])
+    assert max(tallest) <= 6
+
+
 def test_train_writes_checkpoints_metrics_and_loads(tiny_root: Path):
     res = train(cfg_for(tiny_root, epochs=2))
     store = Store(tiny_root)

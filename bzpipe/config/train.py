@@ -53,6 +53,10 @@ class TrainConfig(StageConfig):
         "averaged per pass in dBZ; 0: dropout off (deterministic network)"))
     patience: int = Field(8, ge=1, description="early stopping on the validation split")
     ramp_max_rows: int = Field(8, ge=0, description="random ramp above the blind zone, rows")
+    ramp_epochs: int | None = Field(None, ge=0, description=(
+        "draw the ramp in the first this many epochs only; the later ones hide the blind zone alone, "
+        "the hole the model fills (a fine-tune on it); None: every epoch.  On the development winter "
+        "10 of the demo's 14 kept none of the ramp's virga gain and gave up its MAE (README, Skill)"))
     time_flip: bool = Field(True, description=(
         "augment training patches with random time flips (probability 1/2), as King et al.  A flip "
         "reverses the fall-streak slant the wind shear sets; off, the validation loss was no better "

@@ -63,7 +63,7 @@ def save_model(store_root: str, filters: tuple[int, ...], channels: int, n_heigh
             "grid": {"n_heights": n_heights, "top_m": top_m}, "patch": {"width": width},
             # trained on CPR-resolution patches at the NSA / OLI sites (what inference checks before filling)
             "build": {"forward_operator": {"enabled": True}, "cold_threshold_c": None, "sites": ["nsa", "oli"]}}
-    save_checkpoint(Store(store_root), checkpoint_key("bench", "best"),
+    save_checkpoint(Store(store_root), checkpoint_key("bench", "last"),
                     {"model": UNet3Plus(mc).state_dict(), "epoch": 0, "val_loss": 0.0}, meta)
 
 

@@ -51,10 +51,11 @@ def save_tiny_model(store_root: str | Path, run_name: str = "tiny", *, channels:
             "config": config_record(TrainConfig(store_root=str(store_root), run_name=run_name,
                                                 filters=(4, 8, 8, 8, 8), channels=meta_channels(channels)))}
     store = Store(store_root)
-    save_checkpoint(store, checkpoint_key(run_name, "best"),
-                    {"model": model.state_dict(), "epoch": 1, "val_loss": 0.1}, meta)
+    for which in ("last", "best"):   # a finished one-epoch run: its last epoch is its best
+        save_checkpoint(store, checkpoint_key(run_name, which),
+                        {"model": model.state_dict(), "epoch": 1, "val_loss": 0.1}, meta)
     mark_finished(store, run_name, stopped="test")
-    return load_model(store, run_name, "best")[1]["model_id"]
+    return load_model(store, run_name, "last")[1]["model_id"]
 
 
 def meta_channels(channels: int) -> str:

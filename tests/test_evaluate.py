@@ -118,7 +118,7 @@ def test_run_evaluation_and_report(trained_root: Path):
     assert doc["provenance"]["config"]["values"]["spread_exclusion_quantile"] == 0.95
     assert summ["sample_selection"]["rule"] == "every window kept (no sample filter)"   # the tiny build: 0
     assert "Samples: every window kept (no sample filter)" in page
-    assert any(k.endswith("checkpoint-best.pt") for k in doc["provenance"]["inputs"])
+    assert any(k.endswith("checkpoint-last.pt") for k in doc["provenance"]["inputs"])   # the default
     # every patch in exactly one class of the MAE-by-class table, and the page shows it
     reg = summ["regimes"]["all"]
     assert sum(e["n"] for e in reg.values()) == summ["n_patches"]["all"]

@@ -481,12 +481,12 @@ def test_only_finished_models_are_applied(tmp_path: Path) -> None:
 
     store = Store(tmp_path)
     cfg = InferConfig(store_root=str(tmp_path), run_name="tiny")
-    with pytest.raises(UnfinishedModelError, match="no best checkpoint"):
+    with pytest.raises(UnfinishedModelError, match="no last checkpoint"):   # the default: the final epoch
         resolve_model.fn(cfg)
     mid = save_tiny_model(tmp_path, "tiny", width=64)
     assert resolve_model.fn(cfg) == mid
     model, meta = load_model(store, "tiny")
-    save_checkpoint(store, checkpoint_key("tiny", "best"), {"model": model.state_dict(), "epoch": 2,
+    save_checkpoint(store, checkpoint_key("tiny", "last"), {"model": model.state_dict(), "epoch": 2,
                                                              "val_loss": 0.05}, meta)   # a resumed run
     with pytest.raises(UnfinishedModelError, match="changed after run 'tiny' finished") as ei:
         resolve_model.fn(cfg)

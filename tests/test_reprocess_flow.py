@@ -153,10 +153,7 @@ def test_granule_event_triggers_reprocessing_once(prefect_server, store_root, tm
     cfg = _cfg(store_root)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1",
            "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    # which=best: the served config is the demo's (which applies the last epoch's weights), and the tiny
-    # model here has only a best checkpoint
-    sets = [f"store_root={store_root}", "run_name=tiny", "mc_passes=2", "window_overlap=16", "batch_size=32",
-            "which=best"]
+    sets = [f"store_root={store_root}", "run_name=tiny", "mc_passes=2", "window_overlap=16", "batch_size=32"]
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "flows.reprocess", "serve", "--no-scan",
                              *[a for s in sets for a in ("--set", s)]],

@@ -54,7 +54,9 @@ class InferConfig(StageConfig):
     dask_address: str | None = None
     n_workers: int = Field(2, ge=1)
     expected_release: str | None = Field("R05", description="granules of another release are quarantined")
-    which: str = Field("best", description="checkpoint of the run to apply (best, last)")
+    which: Literal["best", "last"] = Field("last", description=(
+        "checkpoint of the run to apply: last (the final epoch's, as the evaluation's default "
+        "evaluate.checkpoint and King et al.) or best (the best validation epoch's)"))
     cloud_mask_min: int | None = Field(20, ge=0, le=40, description="CPR cloud mask for echo; None: all")
     max_profiles: int | None = Field(None, ge=1, description="only the first N profiles (tests, benchmarks)")
     threads_per_worker: int = Field(1, ge=1)

@@ -18,6 +18,8 @@ Two deviations from King et al. (2024), whose preprocessing hides only where the
 * the ramp is hidden too: a training ramp of ``r`` rows is a hole ``blind_rows + r`` rows tall
   (theirs only blends and weights the loss over observed rows), which teaches the model blind zones
   taller than the dataset's (a CloudSat column's clutter depth varies with the surface);
+  ``train.ramp_hidden: false`` trains with theirs (the hole is the blind zone, the mask channel marks
+  it alone, where theirs also carries the ramp's weights; the loss weighs the ramp either way);
 * the ERA-5 channels stay visible in the blind zone: the state there (ice supersaturation, dry
   subcloud air) is what sets the processes the fill has to infer, and ERA-5 reports it everywhere
   (``train.blank_state`` blanks them as theirs do, inside the model:

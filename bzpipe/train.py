@@ -13,7 +13,8 @@ metrics file (:mod:`bzpipe.checkpoint`).
 
 Per batch: random time flips (dataset; ``time_flip``, as King et al.), a random ramp of 0..ramp_max_rows rows
 above the blind zone (per sample; in the first ``ramp_epochs`` epochs only, when set), the blind zone +
-ramp hidden (:func:`bzpipe.masking.mask_blind_zone`), and the loss = the mean over the
+ramp hidden (:func:`bzpipe.masking.mask_blind_zone`; with ``ramp_hidden`` off the blind zone only, as King
+et al.), and the loss = the mean over the
 deep-supervision heads (e5, d4, d3, d2, d1) of the mask-weighted MAE on
 reflectivity.  An exponential moving average of the weights over ~``ema_epochs``
 epochs is what validation, the checkpoints and inference use
@@ -293,6 +294,8 @@ class _Run:
             xb = xb.to(device, non_blocking=True)                                   # (B, C, H, W)
             ramp = torch.randint(0, ramp_max + 1, (xb.shape[0],), device=device)
             inputs, mask = mask_blind_zone(xb, self.blind, ramp)                     # (B, C+1, H, W)
+            if not cfg.ramp_hidden:      # King et al.: the ramp rows stay visible, the loss weighs them
+                inputs, _ = mask_blind_zone(xb, self.blind)
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with amp.autocast():

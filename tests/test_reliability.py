@@ -918,6 +918,17 @@ def test_bzpipe_config_refuses_impossible_settings(setting: str, why: str, capsy
     assert err.startswith("bzpipe: error:") and re.search(why, err), err
 
 
+def test_a_visible_training_ramp_trains_no_taller_hole(capsys) -> None:  # type: ignore[no-untyped-def]
+    """With King et al.'s visible ramp (``train.ramp_hidden: false``) the model never fills more than the
+    blind zone, so a CloudSat blind zone one row taller is refused; the hidden ramp's 8 rows allow it."""
+    from bzpipe.cli import main
+
+    assert main(["config", "--set", "infer.blind_zone_m=1300"]) == 0                # 17 rows of 78.125 m
+    capsys.readouterr()
+    assert main(["config", "--set", "infer.blind_zone_m=1300", "--set", "train.ramp_hidden=false"]) == 2
+    assert re.search("trained to fill at most 16 \\+ 0", capsys.readouterr().err)
+
+
 def test_inspect_warns_about_era5_without_q(shared_data: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     from bzpipe.cli import main
 

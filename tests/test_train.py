@@ -122,6 +122,46 @@ def test_the_ramp_is_drawn_in_the_first_ramp_epochs_only(tiny_root: Path, monkey
     assert max(tallest) <= 6
 
 
+@pytest.mark.parametrize("hidden", [True, False])
+def test_the_ramp_is_hidden_or_visible_and_always_weighed(tiny_root: Path, monkeypatch, hidden: bool):
+    """``train.ramp_hidden`` (on by default): the network sees a hole of blind zone + ramp rows; off (King
+    et al.), it sees the ramp's observed rows and only the blind zone is hidden.  The loss weighs the ramp
+    either way."""
+    import bzpipe.train as train_mod
+    from bzpipe.model.unet3plus import UNet3Plus
+
+    seen: list[torch.Tensor] = []             # what the network gets in the training steps
+    weighed: list[torch.Tensor] = []          # the loss weights of the same steps
+    real_forward, real_loss = UNet3Plus.forward, train_mod.supervision_loss
+
+    def forward(self, x, *a, **k):  # type: ignore[no-untyped-def]
+        if torch.is_grad_enabled():           # training steps (validation runs without autograd)
+            seen.append(x.detach().clone())
+        return real_forward(self, x, *a, **k)
+
+    def loss(outs, target, mask):  # type: ignore[no-untyped-def]
+        weighed.append(mask.detach().clone())
+        return real_loss(outs, target, mask)
+
+    monkeypatch.setattr(UNet3Plus, "forward", forward)
+    monkeypatch.setattr(train_mod, "supervision_loss", loss)
+    assert TrainConfig().ramp_hidden is True
+    train(cfg_for(tiny_root, epochs=1, max_batches_per_epoch=4, ramp_max_rows=6, ramp_hidden=hidden,
+                  run_name=f"visible{hidden}"))
+    assert len(seen) == len(weighed) == 4
+    for x, w in zip(seen, weighed):
+        hole = (x[:, -1, :, 0] > 0).sum(1)                     # hidden rows per sample (the mask channel)
+        weights = (w[:, 0, :, 0] > 0).sum(1)                   # rows the loss weighs per sample
+        ramp_rows = (w[:, 0, :, 0] > 0) & (w[:, 0, :, 0] < 1)  # (B, H): the ramp
+        assert int(weights.min()) >= 4 and int(hole.min()) >= 4
+        refl_in_ramp = x[:, 0][ramp_rows]                      # the reflectivity the network gets there
+        if hidden:
+            assert torch.equal(hole, weights) and bool((refl_in_ramp == 0).all())
+        else:
+            assert bool((hole == 4).all()) and not bool((refl_in_ramp == 0).all())
+    assert int(torch.cat(weighed)[:, 0, :, 0].gt(0).sum(1).max()) > 4   # some ramp was drawn
+
+
 def test_train_writes_checkpoints_metrics_and_loads(tiny_root: Path):
     res = train(cfg_for(tiny_root, epochs=2))
     store = Store(tiny_root)

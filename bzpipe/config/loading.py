@@ -42,7 +42,7 @@ class PipelineConfig(BaseModel):
                 raise ValueError(f"{where}={extra}: the blind zone ({rows} rows) plus {extra} ramp rows "
                                  f"hides all {g.n_heights} rows of the grid")
         check_blind_zone(self.infer.blind_zone_m, g.n_heights, g.top_m, trained_rows=rows,
-                         ramp_rows=t.ramp_max_rows)
+                         ramp_rows=t.ramp_max_rows if t.ramp_hidden else 0)   # a visible ramp hides no row
         return self
 
 

@@ -53,6 +53,10 @@ class TrainConfig(StageConfig):
         "averaged per pass in dBZ; 0: dropout off (deterministic network)"))
     patience: int = Field(8, ge=1, description="early stopping on the validation split")
     ramp_max_rows: int = Field(8, ge=0, description="random ramp above the blind zone, rows")
+    ramp_hidden: bool = Field(True, description=(
+        "hide the training ramp's rows from the network too (a hole blind zone + ramp rows tall); False: "
+        "King et al.'s ramp, whose observed rows stay visible while the loss still weighs them "
+        "(bzpipe.masking)"))
     ramp_epochs: int | None = Field(None, ge=0, description=(
         "draw the ramp in the first this many epochs only; the later ones hide the blind zone alone, "
         "the hole the model fills (a fine-tune on it); None: every epoch.  On the development winter "

@@ -18,8 +18,9 @@ Two deviations from King et al. (2024), whose preprocessing hides only where the
 * the ramp is hidden too: a training ramp of ``r`` rows is a hole ``blind_rows + r`` rows tall
   (theirs only blends and weights the loss over observed rows), which teaches the model blind zones
   taller than the dataset's (a CloudSat column's clutter depth varies with the surface);
-  ``train.ramp_hidden: false`` trains with theirs (the hole is the blind zone, the mask channel marks
-  it alone, where theirs also carries the ramp's weights; the loss weighs the ramp either way);
+  ``train.ramp_hidden: false`` trains with theirs (``hide_ramp=False``: the hole is the blind zone,
+  the mask channel marks it alone, where theirs also carries the ramp's weights; the loss weighs the
+  ramp either way);
 * the ERA-5 channels stay visible in the blind zone: the state there (ice supersaturation, dry
   subcloud air) is what sets the processes the fill has to infer, and ERA-5 reports it everywhere
   (``train.blank_state`` blanks them as theirs do, inside the model:
@@ -75,25 +76,29 @@ def blind_zone_weight(shape: tuple[int, int, int, int], blind_rows: int | Tensor
     return wgt.expand(b, 1, h, w).contiguous()                  # (B, 1, H, W)
 
 
-def mask_blind_zone(x: Tensor, blind_rows: int | Tensor,
-                    ramp_rows: int | Tensor = 0) -> tuple[Tensor, Tensor]:
+def mask_blind_zone(x: Tensor, blind_rows: int | Tensor, ramp_rows: int | Tensor = 0,
+                    hide_ramp: bool = True) -> tuple[Tensor, Tensor]:
     """Hide the blind zone (plus a ramp above it) from the model.
 
     Args:
         x: Tensor[B, C, H, W], normalized, channel 0 = reflectivity, row 0 = surface.
         blind_rows: rows of the blind zone (int, Tensor[B] or Tensor[B, W]).
         ramp_rows: rows of the blend ramp above it (int, Tensor[B] or Tensor[B, W]).
+        hide_ramp: hide the ramp's rows too (bzpipe's default); False: King et al.'s ramp, whose rows
+            stay visible (only the blind zone is hidden and marked in the mask channel) while the
+            returned weight still covers them.
 
     Returns:
-        inputs: Tensor[B, C + 1, H, W]: ``x`` with reflectivity set to 0 where the
-            mask is > 0, and the mask appended as the last channel.
-        mask: Tensor[B, 1, H, W] in [0, 1], 1 = to predict.
+        inputs: Tensor[B, C + 1, H, W]: ``x`` with reflectivity set to 0 where it is
+            hidden, and the mask of the hidden pixels appended as the last channel.
+        mask: Tensor[B, 1, H, W] in [0, 1], 1 = to predict (the loss and merge weight, ramp included).
     """
     if x.ndim != 4:
         raise ValueError(f"expected (batch, channel, row, col), got shape {tuple(x.shape)}")
     mask = blind_zone_weight(tuple(x.shape), blind_rows, ramp_rows, device=x.device).to(x.dtype)
-    refl = torch.where(mask > 0, torch.full_like(x[:, :1], HIDDEN_VALUE), x[:, :1])   # (B, 1, H, W)
-    inputs = torch.cat([refl, x[:, 1:], mask], dim=1)                                # (B, C + 1, H, W)
+    shown = mask if hide_ramp else torch.floor(mask)                                 # the mask channel
+    refl = torch.where(shown > 0, torch.full_like(x[:, :1], HIDDEN_VALUE), x[:, :1])  # (B, 1, H, W)
+    inputs = torch.cat([refl, x[:, 1:], shown], dim=1)                               # (B, C + 1, H, W)
     return inputs, mask
 
 

@@ -293,9 +293,7 @@ class _Run:
                 break
             xb = xb.to(device, non_blocking=True)                                   # (B, C, H, W)
             ramp = torch.randint(0, ramp_max + 1, (xb.shape[0],), device=device)
-            inputs, mask = mask_blind_zone(xb, self.blind, ramp)                     # (B, C+1, H, W)
-            if not cfg.ramp_hidden:      # King et al.: the ramp rows stay visible, the loss weighs them
-                inputs, _ = mask_blind_zone(xb, self.blind)
+            inputs, mask = mask_blind_zone(xb, self.blind, ramp, cfg.ramp_hidden)    # (B, C+1, H, W)
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with amp.autocast():

@@ -119,6 +119,17 @@ def test_mask_blind_zone_hides_only_reflectivity():
     assert (inputs[1, 0, :6] == 0).all() and torch.equal(inputs[1, 0, 6:], x[1, 0, 6:])
 
 
+def test_mask_blind_zone_with_a_visible_ramp_hides_the_blind_zone_only():
+    """``hide_ramp=False`` (King et al.'s ramp): the reflectivity and the mask channel are the blind zone's
+    alone, the returned weight is the same as with the ramp hidden."""
+    x = torch.randn(2, 5, 16, 8)
+    ramp = torch.tensor([0, 3])
+    inputs, mask = mask_blind_zone(x, 4, ramp, hide_ramp=False)
+    zone_only, _ = mask_blind_zone(x, 4)
+    assert torch.equal(inputs, zone_only)
+    assert torch.equal(mask, mask_blind_zone(x, 4, ramp)[1]) and bool((mask[1, 0, 4:7] > 0).all())
+
+
 def test_merge_keeps_unmasked_pixels_bit_identical():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 5, 16, 8, generator=g) * 1e3

@@ -93,7 +93,6 @@ def test_time_flips_only_when_asked(tiny_root: Path, monkeypatch, flip: bool):
     assert made == {"train": (flip, 0.25 if flip else 0.0), "val": (False, 0.0)}
 
 
-
 @pytest.mark.parametrize("ramp_epochs", [None, 2])
 def test_the_ramp_is_drawn_in_the_first_ramp_epochs_only(tiny_root: Path, monkeypatch, ramp_epochs):
     """``train.ramp_epochs``: the training holes are blind zone + a random ramp in epochs 1..N and the
@@ -103,12 +102,12 @@ def test_the_ramp_is_drawn_in_the_first_ramp_epochs_only(tiny_root: Path, monkey
     ramps: list[torch.Tensor] = []            # the training batches' per-sample ramps, in order
     real = train_mod.mask_blind_zone
 
-    def spy(x, blind, ramp=0):  # type: ignore[no-untyped-def]
+    def spy(x, blind, ramp=0, *rest):  # type: ignore[no-untyped-def]
         if isinstance(ramp, torch.Tensor):    # training draws one ramp per sample; validation passes an int
             ramps.append(ramp.clone())
         else:
             assert ramp == 0
-        return real(x, blind, ramp)
+        return real(x, blind, ramp, *rest)
 
     monkeypatch.setattr(train_mod, "mask_blind_zone", spy)
     ends: list[int] = []

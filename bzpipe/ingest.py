@@ -184,14 +184,14 @@ def offline_batches(items: Iterable[IngestItem]) -> dict[str, list[IngestItem]]:
 
 
 def plan_arm_remote(cfg: IngestConfig, site: str, kind: str, creds: ArmCredentials) -> list[IngestItem]:
-    """Ask ARM Live which files of the site's ``kind`` datastream exist in the date range."""
+    """Ask ARM Live which files of the site's ``kind`` datastream exist in the date range (its months)."""
     from bzpipe.sources.arm.download import list_arm_files, parse_arm_name
 
-    ds = arm_datastream(cfg, site, kind)
+    ds, days = arm_datastream(cfg, site, kind), set(cfg.days())
     names = list_arm_files(creds, ds, cfg.start, cfg.end, base_url=cfg.arm_live_url,
                            timeout_s=cfg.request_timeout_s)
     return [IngestItem(kind=kind, site=resolve_site(site).name, name=n, source="arm", datastream=ds,
-                       day=parse_arm_name(n).day.isoformat()) for n in names]
+                       day=d.isoformat()) for n in names if (d := parse_arm_name(n).day) in days]
 
 
 def plan(cfg: IngestConfig, kinds: Iterable[str] = KINDS, *,

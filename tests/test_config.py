@@ -113,3 +113,38 @@ def test_inference_fetches_era5_as_the_ingest_stage_requests_it():
         InferConfig(era5_ingest={"kazr_source": "arm"})
     with pytest.raises(ValueError, match="era5_box_deg"):
         InferConfig(era5_ingest={"era5_box_deg": 50})
+
+
+def test_months_keep_the_cold_seasons_of_several_years(tmp_path):
+    from bzpipe import ingest
+
+    f = tmp_path / "run.yaml"
+    f.write_text("start: 2018-11-01\nend: 2020-03-31\nmonths: [11, 12, 1, 2, 3]\n"
+                 "ingest: {kazr_source: offline, era5_source: offline}\n")
+    cfg = load_pipeline_config(f)
+    days = cfg.ingest.days()
+    assert cfg.build.months == [11, 12, 1, 2, 3]                     # handed down like start and end
+    assert len(days) == 151 + 152 and {d.month for d in days} == {11, 12, 1, 2, 3}   # 2020 is a leap year
+    assert days[150] == date(2019, 3, 31) and days[151] == date(2019, 11, 1)
+    assert cfg.build.days() == days
+    items = ingest.plan(cfg.ingest, ("kazr", "era5"))
+    assert {it.day for it in items if it.kind == "kazr"} == {d.isoformat() for d in days}
+    assert sorted({it.month for it in items if it.kind == "era5"})[4:6] == ["2019-03", "2019-11"]
+    # a build's recipe names the months when set; without them it is the recipe of the builds before
+    from bzpipe.dataset.inputs import recipe_config
+
+    assert recipe_config(cfg.build)["months"] == [11, 12, 1, 2, 3]
+    assert "months" not in recipe_config(cfg.build.model_copy(update={"months": None}))
+    # the split check counts the days in the months, not the summer between them
+    one = BuildConfig(start=date(2019, 3, 30), end=date(2019, 11, 1), months=[3, 11])
+    with pytest.raises(ConfigError, match=r"months \[3, 11\]\) spans 3.0 days"):
+        one.check_split_blocks()
+
+
+@pytest.mark.parametrize("months, message", [([0], "months must be distinct calendar months"),
+                                             ([1, 1], "months must be distinct"),
+                                             ([], "months must be distinct"),
+                                             ([7], "no day of 2019-01-01..2019-01-02 is in months")])
+def test_months_must_be_calendar_months_of_the_period(months, message):
+    with pytest.raises(ValueError, match=message):
+        IngestConfig(start=date(2019, 1, 1), end=date(2019, 1, 2), months=months)

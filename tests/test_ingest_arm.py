@@ -70,6 +70,14 @@ def kazr_item(cfg: IngestConfig, creds: ArmCredentials, day: date) -> IngestItem
     return next(i for i in plan(cfg, ("kazr",), arm=creds) if i.day == day.isoformat())
 
 
+def test_months_drop_the_listed_files_of_other_months(tmp_path, armlive, creds):
+    """ARM Live lists start..end; only the days in ``months`` are planned (the double serves January)."""
+    span = {"start": date(2018, 12, 31), "end": DAYS[-1]}
+    january = plan(make_cfg(tmp_path, armlive, months=[1], **span), ("kazr",), arm=creds)
+    assert sorted(i.day for i in january) == [d.isoformat() for d in DAYS]
+    assert plan(make_cfg(tmp_path, armlive, months=[12], **span), ("kazr",), arm=creds) == []
+
+
 # --------------------------------------------------------------------------- the happy path
 
 

@@ -5,9 +5,10 @@ command line (``--set train.epochs=3``) or from Prefect flow parameters (the
 flows take the same models as typed parameters, so the Prefect UI shows their
 schema).  Every output records ``config.model_dump(mode="json")``.
 
-A pipeline file has top-level ``store_root``, ``sites``, ``start``, ``end`` and
-``seed``; they are handed down to every stage section that does not set them
-itself, so one file describes a whole run::
+A pipeline file has top-level ``store_root``, ``sites``, ``start``, ``end``,
+``months`` (optional: the calendar months of start..end to use) and ``seed``; they
+are handed down to every stage section that does not set them itself, so one file
+describes a whole run::
 
     store_root: s3://my-bucket/bzpipe
     sites: [nsa, oli]

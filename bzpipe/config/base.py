@@ -64,11 +64,14 @@ MAX_IN_FLIGHT_DEFAULT = 16
 
 
 class SitesAndTimes(StageConfig):
-    """The sites and the days (``start`` .. ``end``, inclusive) a stage works on."""
+    """The sites and the days (``start`` .. ``end``, inclusive, in ``months``) a stage works on."""
 
     sites: list[str | Site] = Field(default_factory=lambda: ["nsa", "oli"])
     start: date = date(2019, 1, 1)
     end: date = Field(date(2019, 1, 2), description="last day, inclusive")
+    months: list[int] | None = Field(None, description=(
+        "calendar months (1-12) of start..end to use, e.g. [11, 12, 1, 2, 3] for the cold seasons of "
+        "several years (King et al. keep cold months only); None: every day of start..end"))
     max_in_flight: int = Field(MAX_IN_FLIGHT_DEFAULT, ge=1, description=(
         "most tasks of one fan-out (files, site-days) submitted and unfinished at once; the rest wait"))
 
@@ -81,18 +84,31 @@ class SitesAndTimes(StageConfig):
             resolve_site(s)
         return v
 
+    @field_validator("months")
+    @classmethod
+    def _months_valid(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v or any(not 1 <= m <= 12 for m in v) or len(set(v)) != len(v):
+            raise ValueError(f"months must be distinct calendar months 1-12, got {v}")
+        return v
+
     @model_validator(mode="after")
     def _ordered(self) -> SitesAndTimes:
         if self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}")
+        if not self.days():
+            raise ValueError(f"no day of {self.start}..{self.end} is in months {self.months}")
         return self
 
     def site_objects(self) -> list[Site]:
         return [resolve_site(s) for s in self.sites]
 
     def days(self) -> list[date]:
+        """The days of ``start`` .. ``end`` (inclusive) in ``months``."""
         n = (self.end - self.start).days + 1
-        return [date.fromordinal(self.start.toordinal() + i) for i in range(n)]
+        days = (date.fromordinal(self.start.toordinal() + i) for i in range(n))
+        return [d for d in days if self.months is None or d.month in self.months]
 
     def start_datetime(self) -> datetime:
         return datetime.combine(self.start, time(0), tzinfo=UTC)

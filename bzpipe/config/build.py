@@ -155,14 +155,15 @@ class BuildConfig(SitesAndTimes):
         at least ``split.min_block_days`` (or ``split.block_hours``); the plan checks
         again with the actual block length and the days that hold data.
         """
-        span_s = ((self.end - self.start).days + 1) * 86400.0
+        span_s = len(self.days()) * 86400.0                  # the days of start..end in months
         block_s = self.split.min_block_s()
         n_blocks = int(math.ceil(span_s / block_s - 1e-9))
         need = sum(f > 0 for f in self.split.fractions)
+        months = "" if self.months is None else f", months {self.months}"
         if n_blocks < need:
             raise ConfigError(
-                f"build: start..end ({self.start}..{self.end}) spans {span_s / 86400:.1f} days: at most "
-                f"{n_blocks} split block(s) of {block_s / 86400:.2f} days, but the {need} splits with "
-                f"fractions {self.split.fractions} need at least one block each "
+                f"build: start..end ({self.start}..{self.end}{months}) spans {span_s / 86400:.1f} days: "
+                f"at most {n_blocks} split block(s) of {block_s / 86400:.2f} days, but the {need} splits "
+                f"with fractions {self.split.fractions} need at least one block each "
                 f"(>= {need * block_s / 86400:.1f} days); "
                 "extend the period or lower split.min_block_days / split.block_hours")

@@ -46,7 +46,7 @@ class PipelineConfig(BaseModel):
         return self
 
 
-_SHARED_KEYS = ("store_root", "sites", "start", "end", "seed")
+_SHARED_KEYS = ("store_root", "sites", "start", "end", "months", "seed")
 _STAGES = ("ingest", "build", "train", "evaluate", "infer")
 
 C = TypeVar("C", bound=BaseModel)

@@ -128,6 +128,8 @@ def recipe_config(config: BuildConfig) -> dict[str, Any]:
     d = config.model_dump(mode="json")
     for k in _RUNTIME_FIELDS:
         d.pop(k, None)
+    if d.get("months") is None:    # every day of start..end: the recipe of the builds before `months`
+        d.pop("months", None)
     return d
 
 

@@ -15,9 +15,10 @@ units are whole blocks of ``block_days`` consecutive days of one site, the split
 3. repeat ``n_sims`` times: the share of samples in which each difference, and all of them, exclude
    zero on the U-Net's side is the power.
 
-Use a set that no setting was chosen on for the population if the figures are to stand for the
-test split (``benchmarks/verdict_power.py`` uses the development winter, whose 190 site-days hold
-five times the demo test split's).
+To guide a test design, take the population from outside the test split:
+``benchmarks/verdict_power.py`` uses the development winter, whose 190 site-days are five times the
+demo test split's (the demo's settings were chosen there among a few candidates, so its skill may
+be a little optimistic).
 """
 
 from __future__ import annotations

@@ -61,7 +61,13 @@ ACF_GAP_THRESHOLD = 0.1
 
 
 def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
-    """Autocorrelation of ``x`` (NaN = gap) at lags ``0..max_lag`` (steps), from valid pairs only."""
+    """Autocorrelation of ``x`` (NaN = gap) at lags ``0..max_lag`` (steps), from valid pairs only.
+
+    The lagged sums run over the stretches of data that gaps longer than ``max_lag`` separate (no
+    pair within ``max_lag`` spans such a gap), each by its own FFT; the mean and variance are the
+    whole series'.  The same numbers as one FFT over the whole span, at the cost of the data: the
+    cold seasons of several years (``months``) do not pay for the summers between them.
+    """
     x = np.asarray(x, dtype=np.float64)
     ok = np.isfinite(x)
     n = x.size
@@ -73,11 +79,17 @@ def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
     var = float(np.mean(xc[ok] ** 2))
     if var <= 0:
         return acf
-    nfft = 1 << int(np.ceil(np.log2(2 * n)))
-    fx = np.fft.rfft(xc, nfft)
-    fm = np.fft.rfft(ok.astype(np.float64), nfft)
-    num = np.fft.irfft(fx * np.conj(fx), nfft)[: max_lag + 1]
-    cnt = np.rint(np.fft.irfft(fm * np.conj(fm), nfft)[: max_lag + 1])
+    num, cnt = np.zeros(max_lag + 1), np.zeros(max_lag + 1)
+    valid = np.flatnonzero(ok)
+    cuts = np.flatnonzero(np.diff(valid) > max_lag)
+    for a, b in zip(valid[np.r_[0, cuts + 1]], valid[np.r_[cuts, valid.size - 1]] + 1, strict=True):
+        m = int(b - a)
+        nfft = 1 << int(np.ceil(np.log2(2 * m)))
+        fx = np.fft.rfft(xc[a:b], nfft)
+        fm = np.fft.rfft(ok[a:b].astype(np.float64), nfft)
+        k = min(max_lag, m - 1) + 1
+        num[:k] += np.fft.irfft(fx * np.conj(fx), nfft)[:k]
+        cnt[:k] += np.rint(np.fft.irfft(fm * np.conj(fm), nfft)[:k])
     with np.errstate(divide="ignore", invalid="ignore"):
         acf = np.where(cnt > 0, num / np.maximum(cnt, 1) / var, np.nan)
     acf[0] = 1.0

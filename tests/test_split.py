@@ -218,3 +218,20 @@ def test_no_patch_of_one_split_comes_near_another_split(tl) -> None:  # type: ig
         if f == 0:
             assert not patches[k]
     assert set(plan.info["blocks_per_split"]) == set(SPLITS)
+
+
+def test_autocorrelation_over_separate_seasons_is_the_pairwise_one():
+    """Stretches of data far apart (two seasons, each with short gaps) get the lagged sums of every
+    valid pair within max_lag, as a direct loop over the pairs computes them."""
+    rng = np.random.default_rng(3)
+    x = np.cumsum(rng.normal(size=4000)) * 0.1 + rng.normal(size=4000)
+    x[1200:2900] = np.nan                                 # the summer between two seasons (> max_lag)
+    x[rng.random(4000) < 0.2] = np.nan                    # and short gaps within each
+    x[300:340] = np.nan
+    max_lag = 60
+    ok = np.isfinite(x)
+    xc = np.where(ok, x - x[ok].mean(), 0.0)
+    var = np.mean(xc[ok] ** 2)
+    direct = [1.0] + [np.sum((xc[:-k] * xc[k:])[ok[:-k] & ok[k:]]) / np.sum(ok[:-k] & ok[k:]) / var
+                      for k in range(1, max_lag + 1)]
+    np.testing.assert_allclose(autocorrelation(x, max_lag), direct, rtol=1e-9, atol=1e-12)

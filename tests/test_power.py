@@ -74,3 +74,16 @@ def test_ahead_follows_the_direction_of_each_score():
     assert d["REP"]["virga_CSI"].low > 0 and a["REP"]["virga_CSI"]
     with pytest.raises(ValueError, match="n_units >= 3"):
         verdict_power(PatchScores.score(truth, preds, above, valid, sites, times, st), 2)
+
+
+def test_a_sample_without_an_event_has_no_score_for_it():
+    truth, preds, above, valid, sites, times = _population(20, 1.0)
+    for p in preds.values():
+        p[:, 0] = np.nan               # every fill clear at the surface: virga wherever echo is above
+    st = ScoreSettings(n_bootstrap=50)
+    scores = PatchScores.score(truth, preds, above, valid, sites, times, st)
+    no_virga = scores.take(np.flatnonzero(scores.tables["REP"]["virga"][:, :2].sum(1) == 0))
+    assert no_virga.tables["UNET"]["virga"][:, 2].sum() > 0 < no_virga.tables["REP"]["virga"][:, 2].sum()
+    d = headline_differences(no_virga, settings=st)       # false alarms only: CSI 0 - 0, but no event
+    assert np.isnan(d["REP"]["virga_CSI"].estimate) and not ahead(d)["REP"]["virga_CSI"]
+    assert np.isfinite(d["REP"]["MAE"].estimate)

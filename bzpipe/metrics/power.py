@@ -97,6 +97,8 @@ def headline_differences(s: PatchScores, reference: str = "UNET", baselines: tup
                 cr, cb = s.tables[reference][e], s.tables[b][e]
                 est = float(ct.scores_from_counts(cr.sum(0))["CSI"] - ct.scores_from_counts(cb.sum(0))["CSI"])
                 rep = ct.scores_from_counts(w @ cr)["CSI"] - ct.scores_from_counts(w @ cb)["CSI"]
+                if cr[:, :2].sum() == 0:                 # no event in the truth: no score, as the report
+                    est, rep = float("nan"), np.full_like(rep, np.nan)
             out[b][key] = bs.from_replicates(est, rep, st.confidence, n, k)
     return out
 

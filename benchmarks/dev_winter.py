@@ -45,7 +45,7 @@ def dev_config(store: str, tiny: bool) -> Any:
 
     start, end = ("2018-01-01", "2018-01-21") if tiny else ("2017-11-01", "2018-03-31")
     over = [f"store_root={store}", f"start={start}", f"end={end}", f"build.version={VERSION}",
-            "build.overwrite=true", "build.split.fractions=[0.02,0.03,0.95]"]
+            "build.overwrite=true", "build.split.fractions=[0.02,0.03,0.95]", "build.split.test_from=null"]
     if tiny:
         over += ["build.split.min_block_days=1", "evaluate.mc_passes=2", "evaluate.n_bootstrap=50"]
     return load_pipeline_config(str(DEMO), over)

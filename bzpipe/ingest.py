@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from bzpipe import errors
 from bzpipe.checksums import sha256_file
-from bzpipe.config import IngestConfig, Site, config_record, resolve_site
+from bzpipe.config import IngestConfig, Site, SyntheticConfig, resolve_site
 from bzpipe.credentials import ArmCredentials, CdsCredentials
 from bzpipe.errors import (
     AuthenticationError,
@@ -367,12 +367,17 @@ def drop_offline_pool() -> None:
             _POOL = None
 
 
-def _generated_with(entry_producer: dict[str, Any], cfg: IngestConfig) -> bool:
-    """Whether a stored offline file was generated with ``cfg``'s seed and synthetic settings (its
-    content is a function of them; its name is not: 16 h and 6 h of a day share a file name)."""
+def _generated_with(entry_producer: dict[str, Any], cfg: IngestConfig, day: str = "") -> bool:
+    """Whether a stored offline file was generated with ``cfg``'s seed and synthetic settings for its
+    ``day`` (its content is a function of them; its name is not: 16 h and 6 h of a day share a name)."""
     old = (entry_producer.get("config") or {}).get("values") or {}
-    now = config_record(cfg)["values"]
-    return all(old.get(k) == now.get(k) for k in ("seed", "synthetic"))
+    if old.get("seed") != cfg.seed or "synthetic" not in old:
+        return False
+    try:
+        was = SyntheticConfig.model_validate(old["synthetic"])
+    except ValueError:  # settings of another code version: generate again
+        return False
+    return was.file_settings(day) == cfg.synthetic.file_settings(day)
 
 
 def present_outcome(item: IngestItem, store: Store, cfg: IngestConfig | None = None) -> IngestOutcome | None:
@@ -385,7 +390,7 @@ def present_outcome(item: IngestItem, store: Store, cfg: IngestConfig | None = N
         return None
     e = store.entry(item.key)
     assert e is not None
-    if item.source == "offline" and cfg is not None and not _generated_with(e.producer or {}, cfg):
+    if item.source == "offline" and cfg is not None and not _generated_with(e.producer or {}, cfg, item.day):
         log.info("%s: generated with other synthetic settings; generating it again", item.key)
         return None
     log.info("%s: already present (sha256 %s), skipped", item.key, e.sha256[:12])

@@ -30,6 +30,11 @@ identical samples in training and test.  Here:
    split, so no patch of one split comes closer than ``gap`` to any time used
    by another.
 
+A held-out test period (``test_from_ns`` of :func:`make_split`, ``build.split.test_from``) replaces
+step 3's draw for the test split: every block from its start on is test (its start is a block
+edge), the blocks before it are shared between train and val as above, and step 4 keeps the gap
+at the boundary.  The test is then a later season as a whole, e.g. a winter the model never saw.
+
 Times are int64 nanoseconds since 1970-01-01 (UTC) throughout.
 """
 
@@ -151,10 +156,11 @@ def _season_boundaries(t0_ns: int, t1_ns: int) -> list[int]:
     return [int(m.astype("datetime64[ns]").astype(np.int64)) for m in starts]
 
 
-def make_blocks(t0_ns: int, t1_ns: int, block_ns: int) -> np.ndarray:
+def make_blocks(t0_ns: int, t1_ns: int, block_ns: int, extra_edges: tuple[int, ...] = ()) -> np.ndarray:
     """Blocks ``(n, 2)`` int64 ``[start, end)`` covering ``[t0, t1)``.
 
-    Edges at multiples of ``block_ns`` since the epoch and at season starts.
+    Edges at multiples of ``block_ns`` since the epoch, at season starts and at ``extra_edges``
+    (e.g. the start of a held-out test period).
     """
     if t1_ns <= t0_ns:
         return np.zeros((0, 2), dtype=np.int64)
@@ -162,6 +168,7 @@ def make_blocks(t0_ns: int, t1_ns: int, block_ns: int) -> np.ndarray:
     first = (int(t0_ns) // block_ns) * block_ns
     edges = set(range(first + block_ns, int(t1_ns), block_ns))
     edges.update(b for b in _season_boundaries(t0_ns, t1_ns) if t0_ns < b < t1_ns)
+    edges.update(int(b) for b in extra_edges if t0_ns < b < t1_ns)
     e = np.array(sorted({int(t0_ns), int(t1_ns), *edges}), dtype=np.int64)
     return np.stack([e[:-1], e[1:]], axis=1)
 
@@ -345,17 +352,24 @@ def check_blocks(n_blocks: int, fractions: tuple[float, float, float], *, block_
 
 def make_split(valid: dict[str, np.ndarray], t0_ns: int, step_s: float, *,
                fractions: tuple[float, float, float], gap_s: float, block_s: float,
-               seed: int = 0, decorrelation_s: float | None = None) -> SplitPlan:
+               seed: int = 0, decorrelation_s: float | None = None,
+               test_from_ns: int | None = None) -> SplitPlan:
     """Split plan for sites whose usable columns are ``valid[site]`` on one grid from ``t0_ns``.
 
-    All masks have the same length ``n`` (columns ``t0 + j step``).
+    All masks have the same length ``n`` (columns ``t0 + j step``).  With ``test_from_ns`` (a held-out
+    test period) every block from that time on is test, and ``fractions`` (test fraction 0) share the
+    blocks before it between train and val; :func:`usable_intervals` keeps the gap at the boundary
+    as at any other.
     """
     step_ns = int(round(step_s * NS))
     n = max((len(v) for v in valid.values()), default=0)
     t1_ns = t0_ns + n * step_ns
     block_ns = max(int(round(block_s * NS)), step_ns)
     gap_ns = int(round(gap_s * NS))
-    blocks = make_blocks(t0_ns, t1_ns, block_ns)
+    if test_from_ns is not None and fractions[2] != 0:
+        raise ConfigError(f"split: a held-out test period takes every block from its start; the fractions "
+                          f"share the blocks before it, so their test fraction must be 0, got {fractions}")
+    blocks = make_blocks(t0_ns, t1_ns, block_ns, () if test_from_ns is None else (int(test_from_ns),))
     sites = sorted(valid)
     amounts = np.zeros((len(blocks), len(sites)))
     if len(blocks):
@@ -365,12 +379,20 @@ def make_split(valid: dict[str, np.ndarray], t0_ns: int, step_s: float, *,
             j = np.clip(np.stack([j0, np.r_[j0[1:], n]], 1), 0, len(valid[s]))
             amounts[:, k] = c[j[:, 1]] - c[j[:, 0]]
     has_data = amounts.sum(axis=1) > 0
-    check_blocks(int(has_data.sum()), fractions, block_s=block_ns / NS, span_s=(t1_ns - t0_ns) / NS,
+    held = (blocks[:, 0] >= test_from_ns if test_from_ns is not None and len(blocks)
+            else np.zeros(len(blocks), dtype=bool))
+    check_blocks(int((has_data & ~held).sum()), fractions, block_s=block_ns / NS,
+                 span_s=((t1_ns if test_from_ns is None else min(t1_ns, test_from_ns)) - t0_ns) / NS,
                  where="split")
+    if test_from_ns is not None and not (has_data & held).any():
+        raise ConfigError(f"split: the held-out test period from {np.datetime64(int(test_from_ns), 'ns')} "
+                          f"holds no usable data (the timeline ends {np.datetime64(int(t1_ns), 'ns')})")
     strata = season_of(blocks[:, 0]) if len(blocks) else np.array([], dtype=str)
-    labels = assign_blocks(amounts, strata, fractions, seed)
+    labels = np.full(len(blocks), 2, dtype=np.int64)
+    labels[~held] = assign_blocks(amounts[~held], strata[~held], fractions, seed)
     intervals = usable_intervals(blocks, labels, gap_ns)
     info = {"n_blocks": int(len(blocks)), "blocks_with_data": int(has_data.sum()),
+            "test_from_ns": None if test_from_ns is None else int(test_from_ns),
             "blocks_per_split": {SPLITS[k]: int(np.sum((labels == k) & has_data)) for k in range(3)},
             "amount_per_split": {SPLITS[k]: float(amounts[labels == k].sum()) for k in range(3)}}
     log.info("split: %d blocks of %.2f h, gap %.0f s -> %s", len(blocks), block_ns / NS / 3600,

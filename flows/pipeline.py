@@ -50,7 +50,8 @@ def stage_sample_granule(cfg: PipelineConfig) -> str:
 
     store = Store(cfg.infer.store_root)
     site = (cfg.infer.overpass.sites or cfg.infer.sites)[0]
-    when = cfg.ingest.end_datetime() + timedelta(hours=cfg.ingest.synthetic.hours_per_day / 2)
+    after = cfg.ingest.end_datetime()
+    when = after + timedelta(hours=cfg.ingest.synthetic.hours_on(after.date()) / 2)
     landing = cfg.infer.landing.strip("/")
     with tempfile.TemporaryDirectory(prefix="bzpipe-granule-") as d:
         path = generate_overpass(d, site, when, cfg.ingest.synthetic.cloudsat_profiles, cfg.ingest.seed,

@@ -148,3 +148,37 @@ def test_months_keep_the_cold_seasons_of_several_years(tmp_path):
 def test_months_must_be_calendar_months_of_the_period(months, message):
     with pytest.raises(ValueError, match=message):
         IngestConfig(start=date(2019, 1, 1), end=date(2019, 1, 2), months=months)
+
+
+def test_a_held_out_test_winter_and_its_short_days(tmp_path):
+    """``split.test_from`` (the test is a later winter as a whole) and ``synthetic.hours_per_day_from``
+    (the offline generator's short days from a date on), as the demo uses them."""
+    from bzpipe.dataset.inputs import recipe_config
+    from bzpipe.sources.synthetic import kazr_day_arrays
+
+    f = tmp_path / "run.yaml"
+    f.write_text("start: 2018-11-01\nend: 2020-03-31\nmonths: [11, 12, 1, 2, 3]\n"
+                 "ingest: {synthetic: {hours_per_day: 6, hours_per_day_from: {2019-11-01: 1}, "
+                 "time_step_s: 60}}\n"
+                 "build: {split: {fractions: [0.8, 0.2, 0.0], test_from: 2019-11-01}}\n")
+    cfg = load_pipeline_config(f)
+    syn = cfg.ingest.synthetic
+    assert [syn.hours_on(d) for d in (date(2018, 11, 1), date(2019, 10, 31), date(2019, 11, 1),
+                                      date(2020, 3, 31))] == [6, 6, 1, 1]
+    assert kazr_day_arrays("nsa", date(2019, 3, 31), syn, 7)["time"].size == 360       # 6 h of 1-min profiles
+    assert kazr_day_arrays("nsa", date(2019, 11, 1), syn, 7)["time"].size == 60
+    cfg.build.check_split_blocks()                                     # 151 days before, 152 from it on
+    assert recipe_config(cfg.build)["split"]["test_from"] == "2019-11-01"
+    plain = cfg.build.model_copy(update={"split": cfg.build.split.model_copy(update={"test_from": None})})
+    assert "test_from" not in recipe_config(plain)["split"]            # the recipe of the builds before it
+    # refused before any work, naming the numbers: no day from test_from on, or too few before it
+    late = cfg.build.model_copy(update={"end": date(2019, 10, 31)})
+    with pytest.raises(ConfigError, match=r"test_from 2019-11-01 leaves 151 day\(s\) .* and 0 from it on"):
+        late.check_split_blocks()
+    early = cfg.build.model_copy(update={"start": date(2019, 3, 28)})
+    with pytest.raises(ConfigError, match=r"leaves 4 day\(s\) .* before it .* \(>= 6 days\)"):
+        early.check_split_blocks()
+    with pytest.raises(ValueError, match="their test fraction must be 0"):
+        BuildConfig(split={"fractions": [0.6, 0.2, 0.2], "test_from": date(2019, 11, 1)})
+    with pytest.raises(ValueError, match=r"hours must be in \(0, 24\]"):
+        IngestConfig(synthetic={"hours_per_day_from": {date(2019, 11, 1): 25}})

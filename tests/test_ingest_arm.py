@@ -397,6 +397,16 @@ def test_offline_files_are_made_again_when_the_synthetic_settings_change(tmp_pat
     assert store.entry(item.key).sha256 != first
     assert ingest_item(item, cfg(3.0), store).status == "skipped"
     assert ingest_item(item, cfg(3.0, seed=8), store).status == "fetched"     # another seed: made again
+    # a schedule of hours (synthetic.hours_per_day_from) counts by the file's day: a change after
+    # 2019-01-01 leaves its file as it is, a change that reaches it makes it again
+    later = cfg(3.0, seed=8).model_copy(update={"synthetic": SyntheticConfig(
+        hours_per_day=3.0, hours_per_day_from={date(2019, 1, 2): 1.0})})
+    assert ingest_item(item, later, store).status == "skipped"
+    sooner = cfg(3.0, seed=8).model_copy(update={"synthetic": SyntheticConfig(
+        hours_per_day=3.0, hours_per_day_from={date(2019, 1, 1): 1.0})})
+    assert ingest_item(item, sooner, store).status == "fetched"
+    same = cfg(1.0, seed=8)                              # 1 h on that day either way: kept
+    assert ingest_item(item, same, store).status == "skipped"
 
 
 def test_offline_worker_processes_write_the_same_files_and_survive_a_dead_worker(tmp_path):

@@ -55,7 +55,13 @@ def test_power_rises_with_the_number_of_site_days_and_vanishes_without_skill():
     scores = PatchScores.score(truth, preds, above, valid, sites, times, st)
     small = verdict_power(scores, 6, n_sims=40, settings=st)
     large = verdict_power(scores, 60, n_sims=40, settings=st)
-    assert large["n_units"] >= 60 and small["n_units"] >= 6
+    assert large["n_site_days"] >= 60 and small["n_site_days"] >= 6
+    assert large["n_units"] == pytest.approx(large["n_site_days"])          # site-day units
+    # with the split's 3-day blocks as the bootstrap's units the size is still counted in site-days
+    st72 = ScoreSettings(n_bootstrap=200, bootstrap_unit_hours=72.0)
+    r72 = verdict_power(PatchScores.score(truth, preds, above, valid, sites, times, st72), 60, n_sims=10,
+                        settings=st72)
+    assert r72["n_site_days"] >= 60 and r72["n_units"] <= r72["n_site_days"] / 2 and r72["unit_hours"] == 72
     assert large["ahead"]["REP"]["MAE"] > small["ahead"]["REP"]["MAE"] + 0.2
     assert large["all_ahead"] > small["all_ahead"] + 0.2
     # a U-Net that is REP plus noise is never significantly ahead of REP on the events
@@ -72,7 +78,7 @@ def test_ahead_follows_the_direction_of_each_score():
     a = ahead(d)
     assert d["REP"]["MAE"].high < 0 and a["REP"]["MAE"]          # lower MAE is better
     assert d["REP"]["virga_CSI"].low > 0 and a["REP"]["virga_CSI"]
-    with pytest.raises(ValueError, match="n_units >= 3"):
+    with pytest.raises(ValueError, match="n_site_days >= 3"):
         verdict_power(PatchScores.score(truth, preds, above, valid, sites, times, st), 2)
 
 

@@ -175,6 +175,12 @@ def test_no_patch_of_one_split_comes_near_another_split(tl) -> None:  # type: ig
         return
     plan = make_split(valid, tl["t0"], tl["step_s"], fractions=tl["fractions"], gap_s=gap_s,
                       block_s=block_s, seed=tl["seed"])
+    _check_no_leak(plan, valid, tl, gap_s)
+
+
+def _check_no_leak(plan, valid, tl, gap_s):  # type: ignore[no-untyped-def]
+    """The split's properties: a block for every split, a gap between splits, patches far from others."""
+    n, step_ns = tl["n"], int(tl["step_s"] * NS)
     labels = plan.labels(n)
     # every split with a fraction > 0 holds at least one block with data
     for k, f in enumerate(tl["fractions"]):
@@ -218,6 +224,53 @@ def test_no_patch_of_one_split_comes_near_another_split(tl) -> None:  # type: ig
         if f == 0:
             assert not patches[k]
     assert set(plan.info["blocks_per_split"]) == set(SPLITS)
+    return patches
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(timelines(), st.floats(0.2, 0.9))
+def test_a_held_out_test_period_is_all_test_and_apart(tl, where) -> None:  # type: ignore[no-untyped-def]
+    """``test_from``: every patch from it on is test, none before it is, and the gap holds there too."""
+    n, step_ns = tl["n"], int(tl["step_s"] * NS)
+    valid = {f"s{k}": np.ones(n, bool) for k in range(tl["n_sites"])}  # every block has data
+    f = np.array(tl["fractions"][:2]) + 0.1
+    tl = {**tl, "fractions": (f[0] / f.sum(), f[1] / f.sum(), 0.0)}
+    test_from = tl["t0"] + int(where * n) * step_ns
+    gap_s, block_s = tl["gap_steps"] * tl["step_s"], tl["block_steps"] * tl["step_s"]
+    blocks = make_blocks(tl["t0"], tl["t0"] + n * step_ns, int(block_s * NS), (test_from,))
+    assert test_from in blocks[:, 0]                                  # the period starts a block
+    if np.sum(blocks[:, 0] < test_from) < 2:                          # train and val need a block each
+        with pytest.raises(ConfigError, match="need at least one block each"):
+            make_split(valid, tl["t0"], tl["step_s"], fractions=tl["fractions"], gap_s=gap_s,
+                       block_s=block_s, seed=tl["seed"], test_from_ns=test_from)
+        return
+    plan = make_split(valid, tl["t0"], tl["step_s"], fractions=tl["fractions"], gap_s=gap_s,
+                      block_s=block_s, seed=tl["seed"], test_from_ns=test_from)
+    assert np.all((plan.block_labels == 2) == (plan.blocks[:, 0] >= test_from))
+    patches = _check_no_leak(plan, valid, {**tl, "fractions": (0.5, 0.5, 0.5)}, gap_s)
+    assert all(p0 >= test_from for p0, _ in patches[2])
+    assert all(p1 <= test_from - plan.gap_ns // 2 for k in (0, 1) for _, p1 in patches[k])
+
+
+def test_a_held_out_test_period_needs_a_zero_test_fraction_and_data() -> None:
+    valid = {"a": np.ones(20 * 24, bool)}                               # 20 days of hours
+    t0 = ns("2019-01-01")
+    with pytest.raises(ConfigError, match="test fraction must be 0"):
+        make_split(valid, t0, 3600.0, fractions=(0.6, 0.2, 0.2), gap_s=3600.0, block_s=DAY_S,
+                   test_from_ns=ns("2019-01-15"))
+    valid["a"][14 * 24:] = False                                        # nothing usable from day 15 on
+    with pytest.raises(ConfigError, match="holds no usable data"):
+        make_split(valid, t0, 3600.0, fractions=(0.8, 0.2, 0.0), gap_s=3600.0, block_s=DAY_S,
+                   test_from_ns=ns("2019-01-15"))
+    valid["a"][:] = True
+    plan = make_split(valid, t0, 3600.0, fractions=(0.8, 0.2, 0.0), gap_s=7200.0, block_s=3 * DAY_S,
+                      test_from_ns=ns("2019-01-15"))
+    # edges every 3 days since 1970 (2019-01-17, -20) and at test_from: days 15-16, 17-19 and 20
+    assert plan.info["blocks_per_split"]["test"] == 3
+    assert plan.intervals[plan.intervals[:, 2] == 2][0, 0] == ns("2019-01-15T01:00")  # half the gap
+    # without test_from the same call draws test blocks among the others, as before
+    plain = make_split(valid, t0, 3600.0, fractions=(0.6, 0.2, 0.2), gap_s=7200.0, block_s=3 * DAY_S)
+    assert plain.info["test_from_ns"] is None and plain.info["blocks_per_split"]["test"] >= 1
 
 
 def test_autocorrelation_over_separate_seasons_is_the_pairwise_one():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import date
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -66,6 +67,12 @@ class SplitConfig(BaseModel):
     acf_threshold: float = Field(0.1, gt=0, lt=1, description="autocorrelation that sets the default gap")
     max_lag_s: float = Field(10 * 86400.0, gt=0, description=(
         "longest lag used for the autocorrelation (a series still correlated there counts as this)"))
+    test_from: date | None = Field(None, description=(
+        "a held-out test period: every block from this day on (00 UTC) is test, and fractions share the "
+        "blocks before it between train and val (its test fraction must be 0); the split gap is still "
+        "kept between the two periods.  E.g. the first day of a later winter (with months): the test is "
+        "a season the model never saw, as a whole, the strongest separation a time series allows; "
+        "None: test blocks are drawn among the others by fractions"))
 
     def min_block_s(self) -> float:
         """The shortest block this config allows (known before any data is read)."""
@@ -79,6 +86,14 @@ class SplitConfig(BaseModel):
         if v[0] <= 0 or v[1] <= 0:
             raise ValueError(f"the train and validation fractions must be > 0 (training needs both), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _test_period(self) -> SplitConfig:
+        if self.test_from is not None and self.fractions[2] != 0:
+            raise ValueError(f"split.test_from ({self.test_from}) makes every block from that day on the "
+                             f"test split: the fractions share the blocks before it between train and val, "
+                             f"so their test fraction must be 0, got {self.fractions}")
+        return self
 
 
 class CprOperatorConfig(BaseModel):
@@ -155,11 +170,25 @@ class BuildConfig(SitesAndTimes):
         at least ``split.min_block_days`` (or ``split.block_hours``); the plan checks
         again with the actual block length and the days that hold data.
         """
-        span_s = len(self.days()) * 86400.0                  # the days of start..end in months
+        days = self.days()
+        months = "" if self.months is None else f", months {self.months}"
         block_s = self.split.min_block_s()
+        test_from = self.split.test_from
+        if test_from is not None:
+            n_test = sum(d >= test_from for d in days)
+            n_before = len(days) - n_test
+            need_before = int(math.ceil(2 * block_s / 86400 - 1e-9))
+            if n_test == 0 or n_before < need_before:
+                raise ConfigError(
+                    f"build: split.test_from {test_from} leaves {n_before} day(s) of start..end "
+                    f"({self.start}..{self.end}{months}) before it and {n_test} from it on; train and val "
+                    f"need at least one block of {block_s / 86400:.2f} days each before it "
+                    f"(>= {need_before} days) and the test at least one day from it on; move test_from or "
+                    "extend the period")
+            days = [d for d in days if d < test_from]
+        span_s = len(days) * 86400.0                         # the days of start..end in months
         n_blocks = int(math.ceil(span_s / block_s - 1e-9))
         need = sum(f > 0 for f in self.split.fractions)
-        months = "" if self.months is None else f", months {self.months}"
         if n_blocks < need:
             raise ConfigError(
                 f"build: start..end ({self.start}..{self.end}{months}) spans {span_s / 86400:.1f} days: "

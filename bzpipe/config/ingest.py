@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -16,10 +17,40 @@ class SyntheticConfig(BaseModel):
 
     time_step_s: float = Field(4.0, gt=0, description="KaZR profile interval")
     hours_per_day: float = Field(24.0, gt=0, le=24, description="hours written per day file")
+    hours_per_day_from: dict[date, float] = Field(default_factory=dict, description=(
+        "from each of these days on (inclusive, the latest one that is not after the day), this many "
+        "hours per day file instead of hours_per_day: e.g. {2019-11-01: 1} writes 1-h days from then on. "
+        "A CPU-budget device of the offline demo (real KaZR days have 24 h): a held-out test winter "
+        "(build.split.test_from) of many short days costs a little ingest, colocation and evaluation"))
     n_gates: int = Field(400, ge=32, description="KaZR range gates")
     gate_spacing_m: float = Field(30.0, gt=0)
     first_gate_m: float = Field(160.0, ge=0)
     cloudsat_profiles: int = Field(4000, ge=64, description="profiles per synthetic CloudSat granule")
+
+    @field_validator("hours_per_day_from")
+    @classmethod
+    def _hours_valid(cls, v: dict[date, float]) -> dict[date, float]:
+        bad = {str(d): h for d, h in v.items() if not 0 < h <= 24}
+        if bad:
+            raise ValueError(f"hours_per_day_from: hours must be in (0, 24], got {bad}")
+        return dict(sorted(v.items()))
+
+    def file_settings(self, day: str | date = "") -> dict[str, object]:
+        """What the content of the file of ``day`` (ISO; "" for a month's ERA-5) depends on: the
+        settings with the schedule resolved to that day's hours."""
+        out = self.model_dump(mode="json", exclude={"hours_per_day_from"})
+        if day:
+            out["hours_per_day"] = self.hours_on(date.fromisoformat(str(day)))
+        return out
+
+    def hours_on(self, day: date) -> float:
+        """The hours written for ``day``: the latest ``hours_per_day_from`` entry not after it, or
+        ``hours_per_day``."""
+        hours = self.hours_per_day
+        for d, h in self.hours_per_day_from.items():   # sorted by day
+            if d <= day:
+                hours = h
+        return hours
 
 
 class IngestConfig(SitesAndTimes):

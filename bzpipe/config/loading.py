@@ -90,9 +90,18 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def _str_keys(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {(k if isinstance(k, str) else str(k)): _str_keys(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_str_keys(v) for v in x]
+    return x
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
-    """Return a copy of ``data`` with dotted-key overrides applied."""
-    out = json.loads(json.dumps(data, default=str))
+    """Return a copy of ``data`` with dotted-key overrides applied (YAML's date keys, e.g. of
+    ``hours_per_day_from``, become ISO strings, which the config fields parse back)."""
+    out = json.loads(json.dumps(_str_keys(data), default=str))
     if not overrides:
         return out
     items = ([parse_override(o) for o in overrides] if isinstance(overrides, list)

@@ -337,8 +337,10 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
     # --- decorrelation, gap, blocks, split
     scales = _split_scales(config, sites, echo, era5, step_s)
     gap_s, block_s = scales["gap_s"], scales["block_s"]
+    held = config.split.test_from
     split = make_split(valid, t0, step_s, fractions=tuple(config.split.fractions), gap_s=gap_s,
-                       block_s=block_s, seed=config.seed, decorrelation_s=scales["decorrelation_s"])
+                       block_s=block_s, seed=config.seed, decorrelation_s=scales["decorrelation_s"],
+                       test_from_ns=None if held is None else int(np.datetime64(held, "ns").astype(np.int64)))
     labels = split.labels(n)
 
     # --- patches and the sample filter (observed rows above the blind zone only)

@@ -8,8 +8,9 @@ the test split holds.  :func:`verdict_power` answers that for a scored set of pa
 population, as a bootstrap power analysis does (Efron & Tibshirani 1993, ch. 25; the resampled
 units are whole blocks of ``block_days`` consecutive days of one site, the split's block shape):
 
-1. draw blocks with replacement until the sample holds ``n_units`` site-days (a block drawn twice
-   counts as two units);
+1. draw blocks with replacement until the sample holds ``n_site_days`` site-days with patches (a
+   block drawn twice counts twice); the bootstrap's units may be site-days or longer (e.g. the
+   split's 3-day blocks: ``ScoreSettings.bootstrap_unit_hours``), so the size is counted in days;
 2. score the sample as the evaluation does (:func:`headline_differences`: the same per-patch
    scores, resampling, Hesterberg expansion and confidence as :func:`bzpipe.metrics.summary.summarize`);
 3. repeat ``n_sims`` times: the share of samples in which each difference, and all of them, exclude
@@ -106,30 +107,31 @@ def ahead(diffs: dict[str, dict[str, bs.Interval]]) -> dict[str, dict[str, bool]
             for b, d in diffs.items()}
 
 
-def verdict_power(s: PatchScores, n_units: int, *, n_sims: int = 200, block_days: int = 3, seed: int = 0,
+def verdict_power(s: PatchScores, n_site_days: int, *, n_sims: int = 200, block_days: int = 3, seed: int = 0,
                   reference: str = "UNET", baselines: tuple[str, ...] = ("REP", "MAR"),
                   settings: ScoreSettings | None = None) -> dict[str, Any]:
     """The share of ``n_sims`` resampled test splits of ``n_units`` site-days in which each headline
     difference, and all of them together, is significantly on the reference's side.
 
-    Returns ``{"n_units": mean units drawn, "n_sims", "all_ahead": share, "ahead": {baseline: {score:
-    share}}, "estimate_mean" / "estimate_sd": {baseline: {score: over the samples}}}``.
+    Returns ``{"n_site_days": mean site-days drawn, "n_units": mean bootstrap units drawn, "n_sims",
+    "all_ahead": share, "ahead": {baseline: {score: share}}, "estimate_mean" / "estimate_sd":
+    {baseline: {score: over the samples}}}``.
     """
-    if n_units < 3 or n_sims < 1:
-        raise ValueError(f"need n_units >= 3 and n_sims >= 1, got {n_units}, {n_sims}")
+    if n_site_days < 3 or n_sims < 1:
+        raise ValueError(f"need n_site_days >= 3 and n_sims >= 1, got {n_site_days}, {n_sims}")
     st = settings or ScoreSettings()
     block = np.array([f"{site}/{d // block_days}" for site, d in zip(s.sites, s.days, strict=True)],
                      dtype=object)
     names, inv = np.unique(block.astype(str), return_inverse=True)
     members = [np.flatnonzero(inv == j) for j in range(names.size)]
-    units_in = np.array([bs.n_units(s.units[ix]) for ix in members])
+    days_in = np.array([np.unique(s.days[ix]).size for ix in members])
     rng = np.random.default_rng(seed)
     hits = {b: {k: 0 for k, _ in HEADLINE} for b in baselines}
     ests = {b: {k: [] for k, _ in HEADLINE} for b in baselines}
-    all_hits, drawn = 0, []
+    all_hits, drawn, drawn_days = 0, [], []
     for sim in range(n_sims):
         picks: list[int] = []
-        while units_in[picks].sum() < n_units:
+        while days_in[picks].sum() < n_site_days:
             picks.append(int(rng.integers(names.size)))
         idx = np.concatenate([members[j] for j in picks])
         relabel = np.concatenate([s.units[members[j]].astype(str) + f"#{i}" for i, j in enumerate(picks)])
@@ -138,11 +140,13 @@ def verdict_power(s: PatchScores, n_units: int, *, n_sims: int = 200, block_days
         a = ahead(d)
         all_hits += all(v for row in a.values() for v in row.values())
         drawn.append(bs.n_units(sample.units))
+        drawn_days.append(int(days_in[picks].sum()))
         for b in baselines:
             for k, _ in HEADLINE:
                 hits[b][k] += a[b][k]
                 ests[b][k].append(d[b][k].estimate)
-    return {"n_units": float(np.mean(drawn)), "n_sims": n_sims, "block_days": block_days,
+    return {"n_site_days": float(np.mean(drawn_days)), "n_units": float(np.mean(drawn)), "n_sims": n_sims,
+            "block_days": block_days, "unit_hours": st.bootstrap_unit_hours,
             "all_ahead": all_hits / n_sims,
             "ahead": {b: {k: v / n_sims for k, v in r.items()} for b, r in hits.items()},
             "estimate_mean": {b: {k: float(np.nanmean(v)) for k, v in r.items()} for b, r in ests.items()},

@@ -113,7 +113,7 @@ def kazr_day_arrays(site: str | Site, day: date | datetime, cfg: SyntheticConfig
     site = resolve_site(site)
     day = _day(day)
     t_mid = _midnight(day)
-    n_t = int(round(cfg.hours_per_day * 3600.0 / cfg.time_step_s))
+    n_t = int(round(cfg.hours_on(day) * 3600.0 / cfg.time_step_s))
     toff = np.arange(n_t, dtype=np.float64) * cfg.time_step_s
     t_abs = t_mid + toff
     heights = kazr_heights(cfg)

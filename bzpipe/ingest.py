@@ -135,8 +135,7 @@ def site_for(cfg: IngestConfig, site: str | Site) -> Site:
 
 def arm_datastream(cfg: IngestConfig, site: str | Site, kind: str) -> str:
     """Full ARM datastream of ``kind`` (kazr, met) at ``site``, e.g. ``nsaarsclkazr1kolliasC1.c0``."""
-    s = site_for(cfg, site)
-    return s.datastream("kazr") if kind == "kazr" else s.datastream("met")
+    return site_for(cfg, site).datastream("kazr" if kind == "kazr" else "met")
 
 
 def months(cfg: IngestConfig) -> list[tuple[int, int]]:
@@ -162,14 +161,10 @@ def plan_arm_offline(cfg: IngestConfig, kind: str) -> list[IngestItem]:
     from bzpipe.sources import synthetic
 
     name_of = synthetic.kazr_file_name if kind == "kazr" else synthetic.met_file_name
-    items = []
-    for s in cfg.site_objects():
-        site = site_for(cfg, s)
-        ds = arm_datastream(cfg, site, kind)
-        for d in cfg.days():
-            items.append(IngestItem(kind=kind, site=site.name, name=name_of(site, d), source="offline",
-                                    datastream=ds, day=d.isoformat()))
-    return items
+    sites = [site_for(cfg, s) for s in cfg.site_objects()]
+    return [IngestItem(kind=kind, site=site.name, name=name_of(site, d), source="offline",
+                       datastream=arm_datastream(cfg, site, kind), day=d.isoformat())
+            for site in sites for d in cfg.days()]
 
 
 def offline_batches(items: Iterable[IngestItem]) -> dict[str, list[IngestItem]]:
@@ -371,13 +366,11 @@ def _generated_with(entry_producer: dict[str, Any], cfg: IngestConfig, day: str 
     """Whether a stored offline file was generated with ``cfg``'s seed and synthetic settings for its
     ``day`` (its content is a function of them; its name is not: 16 h and 6 h of a day share a name)."""
     old = (entry_producer.get("config") or {}).get("values") or {}
-    if old.get("seed") != cfg.seed or "synthetic" not in old:
-        return False
-    try:
+    try:                # none recorded, or settings of another code version: generate again
         was = SyntheticConfig.model_validate(old["synthetic"])
-    except ValueError:  # settings of another code version: generate again
+    except (KeyError, TypeError, ValueError):
         return False
-    return was.file_settings(day) == cfg.synthetic.file_settings(day)
+    return old.get("seed") == cfg.seed and was.file_settings(day) == cfg.synthetic.file_settings(day)
 
 
 def present_outcome(item: IngestItem, store: Store, cfg: IngestConfig | None = None) -> IngestOutcome | None:

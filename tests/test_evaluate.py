@@ -163,6 +163,12 @@ def test_sample_selection_says_which_splits_king_et_al_s_filter_chose() -> None:
     assert both["filtered_splits"] == ["train", "val", "test"] and "echo in at least 0.2" in both["rule"]
     assert sample_selection(attrs(echo_block=0))["filtered_splits"] == []
     assert sample_selection({})["rule"] == "not recorded in the dataset"
+    # where the test split came from: a held-out period, or blocks drawn among the others
+    held = {"config": {"values": {"split": {"fractions": [0.8, 0.2, 0.0], "test_from": "2019-11-01"}}}}
+    assert sample_selection(held)["split_rule"] == ("test: every split block from 2019-11-01 on (a held-out "
+                                                    "period); train/val: 0.8/0.2 of the blocks before it")
+    drawn = {"config": {"values": {"split": {"fractions": [0.6, 0.15, 0.25]}}}}
+    assert sample_selection(drawn)["split_rule"] == "train/val/test: 0.6/0.15/0.25 of the split blocks, drawn among them"
 
 
 def test_seed_runs_block_bootstrap_and_bright_patch_exclusion(trained_root: Path):

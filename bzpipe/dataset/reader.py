@@ -122,17 +122,32 @@ def sample_selection(attrs: Mapping[str, Any]) -> dict[str, Any]:
     datasets built before the plan recorded them filtered every split)."""
     patch = build_values(attrs).get("patch")
     if not isinstance(patch, dict):
-        return {"rule": "not recorded in the dataset"}
+        return {"rule": "not recorded in the dataset", "split_rule": split_rule(attrs)}
     block = int(patch.get("echo_block", 0) or 0)
     min_frac = float(patch.get("min_echo_fraction", 0.0) or 0.0)
     counts = (attrs.get("provenance") or {}).get("counts") or {}
     splits = list(counts.get("filtered_splits", ["train", "val", "test"]))
     if block <= 0 and min_frac <= 0:
         return {"echo_block": 0, "min_echo_fraction": 0.0, "filtered_splits": [],
-                "rule": "every window kept (no sample filter)"}
+                "rule": "every window kept (no sample filter)", "split_rule": split_rule(attrs)}
     what = [f"an echo block of {block} x {block} pixels in the observed rows above the blind zone"] \
         if block > 0 else []
     what += [f"echo in at least {min_frac:g} of those rows"] if min_frac > 0 else []
     return {"echo_block": block, "min_echo_fraction": min_frac, "filtered_splits": splits,
             "rule": f"{'/'.join(splits)} patches kept only with {' and '.join(what)}"
-                    + ("; training on every window" if "train" not in splits else "")}
+                    + ("; training on every window" if "train" not in splits else ""),
+            "split_rule": split_rule(attrs)}
+
+
+def split_rule(attrs: Mapping[str, Any]) -> str:
+    """Where the test split came from, in words, from the recorded build config: a held-out period
+    (``split.test_from``) or blocks drawn among the others by the split fractions."""
+    sp = build_values(attrs).get("split")
+    if not isinstance(sp, dict):
+        return "not recorded in the dataset"
+    f = [float(x) for x in sp.get("fractions", ())]
+    shares = "/".join(f"{x:g}" for x in f)
+    if sp.get("test_from"):
+        return (f"test: every split block from {sp['test_from']} on (a held-out period); train/val: "
+                f"{shares[:shares.rfind('/')]} of the blocks before it")
+    return f"train/val/test: {shares} of the split blocks, drawn among them"

@@ -61,6 +61,7 @@ def render(title: str, verdict: dict[str, Any], summary: dict[str, Any], figures
     boot = (summary.get("bootstrap") or {}).get("all", {})
     excl = summary.get("patch_exclusion") or {}
     chosen = (summary.get("sample_selection") or {}).get("rule", "not recorded")
+    split = (summary.get("sample_selection") or {}).get("split_rule", "not recorded")
     parts.append(f"<p class='note'>Evaluation mask (the same for every method): "
                  f"{html.escape(str(mask.get('rule', 'blind zone')))}; {mask.get('valid', '?')} of "
                  f"{mask.get('pixels', '?')} blind-zone pixels scored. Patches: "
@@ -71,7 +72,7 @@ def render(title: str, verdict: dict[str, Any], summary: dict[str, Any], figures
                  f"{summary['settings'].get('n_bootstrap')} resamples, paired across methods, stratified by "
                  "site; percentile interval expanded for few blocks). "
                  f"{html.escape(str(excl.get('rule', 'No test patch excluded')))}. "
-                 f"Samples: {html.escape(str(chosen))}. "
+                 f"Samples: {html.escape(str(chosen))}. Split: {html.escape(str(split))}. "
                  "U-Net MC statistics per pass "
                  "in dBZ (King et al. 2024): mean and spread of the per-pass dBZ, no echo = -60 dBZ.</p>")
     events = summary.get("events_in_truth", {}).get("all")

@@ -239,7 +239,9 @@ def test_a_held_out_test_period_is_all_test_and_apart(tl, where) -> None:  # typ
     gap_s, block_s = tl["gap_steps"] * tl["step_s"], tl["block_steps"] * tl["step_s"]
     blocks = make_blocks(tl["t0"], tl["t0"] + n * step_ns, int(block_s * NS), (test_from,))
     assert test_from in blocks[:, 0]                                  # the period starts a block
-    if np.sum(blocks[:, 0] < test_from) < 2:                          # train and val need a block each
+    j = np.clip((blocks - tl["t0"]) // step_ns, 0, n)                 # a block holds data if it holds a column
+    before = int(np.sum((blocks[:, 0] < test_from) & (j[:, 0] < np.r_[j[1:, 0], n])))
+    if before < 2:                                                    # train and val need a block each
         with pytest.raises(ConfigError, match="need at least one block each"):
             make_split(valid, tl["t0"], tl["step_s"], fractions=tl["fractions"], gap_s=gap_s,
                        block_s=block_s, seed=tl["seed"], test_from_ns=test_from)

@@ -610,3 +610,61 @@ def test_bad_radar_file_is_named(synthetic_store: Path, tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match=name):
         colocate_day(store.root, day, cfg)
     assert not store.exists("work/colocated/nsa/2019-01-01.zarr")
+
+
+def test_the_flow_colocates_a_site_month_per_task_and_names_every_failed_day(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """One Prefect task per site and month: a bad input file fails its day only (not retried), a
+    transient error is retried for its day alone, and the step fails once naming each failed day."""
+    from concurrent.futures import Future
+
+    import flows.build_dataset as fb
+    from bzpipe.dataset.inputs import DayInputs
+    from bzpipe.errors import InputFileError
+
+    calls: dict[str, int] = {}
+
+    def fake_colocate_day(store_root, inputs, config):  # type: ignore[no-untyped-def]
+        key = f"{inputs['site']} {inputs['day']}"
+        calls[key] = calls.get(key, 0) + 1
+        if key == "nsa 2019-01-31":
+            raise InputFileError("raw/kazr/nsa/x.nc", "not a netCDF file")
+        if key == "nsa 2019-02-01" and calls[key] == 1:
+            raise ConnectionError("worker lost")
+        return {"key": f"work/colocated/{inputs['site']}/{inputs['day']}.zarr", "skipped": False, "profiles": 1,
+                "bins": 2, "valid_bins": 2}
+
+    run_task = fb.colocate_task.fn                     # the task's body, run in place of a task run
+
+    class Stub:
+        submitted: list[tuple[str, int]] = []
+
+        def submit(self, store_root, label, inputs, config):  # type: ignore[no-untyped-def]
+            self.submitted.append((label, len(inputs)))
+            f: Future = Future()
+            f.set_result(run_task(store_root, label, inputs, config))
+            return f
+
+    class NoArtifact:
+        def __init__(self, *a, **k): ...  # type: ignore[no-untyped-def]
+        def advance(self, n: int = 1) -> None: ...
+
+    monkeypatch.setattr(fb, "colocate_day", fake_colocate_day)
+    monkeypatch.setattr(fb, "current_client", lambda: None)
+    monkeypatch.setattr(fb, "get_run_logger", lambda: logging.getLogger("test"))
+    monkeypatch.setattr(fb, "DAY_RETRY_DELAY_S", 0.0)
+    monkeypatch.setattr(fb, "Progress", NoArtifact)
+    stub = Stub()
+    monkeypatch.setattr(fb, "colocate_task", stub)
+    days = [DayInputs("nsa", date(2019, 1, 30)), DayInputs("nsa", date(2019, 1, 31)),
+            DayInputs("nsa", date(2019, 2, 1)), DayInputs("oli", date(2019, 1, 31))]
+    cfg = BuildConfig(sites=["nsa", "oli"], start="2019-01-30", end="2019-02-01")
+    with pytest.raises(RuntimeError, match=r"1 of 4 site-days failed to colocate") as err:
+        fb.colocate_site_days("/nowhere", cfg, days)
+    assert "nsa 2019-01-31: InputFileError" in str(err.value) and "not a netCDF file" in str(err.value)
+    assert sorted(stub.submitted) == [("nsa-2019-01", 2), ("nsa-2019-02", 1), ("oli-2019-01", 1)]
+    assert calls == {"nsa 2019-01-30": 1, "nsa 2019-01-31": 1, "nsa 2019-02-01": 2, "oli 2019-01-31": 1}
+    # without the bad file every day comes back, in the order of the inputs
+    calls.clear()
+    ok = fb.colocate_site_days("/nowhere", cfg, [days[0], days[2], days[3]])
+    assert [r["key"] for r in ok] == ["work/colocated/nsa/2019-01-30.zarr", "work/colocated/nsa/2019-02-01.zarr",
+                                      "work/colocated/oli/2019-01-31.zarr"]

@@ -3,12 +3,10 @@
 The build is the library's one orchestrator, :func:`bzpipe.dataset.build.run_build`; this flow
 hands it :data:`FLOW_STEPS`, which run its steps as Prefect tasks:
 
-* one task per site and month colocates radar, met and ERA-5 of each of its days into
-  ``work/colocated/<site>/<YYYY-MM-DD>.zarr`` (each day a task on the dask cluster, retried on its
-  own when the error is transient; skipped when already complete with the same recipe), at most
-  ``max_in_flight`` of them submitted at once, with a progress artifact per site-day.  A site-day
-  takes about as long to colocate as a Prefect task run costs, so a task per site-day made the two
-  winters of the demo 606 task runs whose bookkeeping competed with the colocation for the CPU;
+* one task per site and day colocates radar, met and ERA-5 into
+  ``work/colocated/<site>/<YYYY-MM-DD>.zarr`` (run as a task on the dask
+  cluster; retried; skipped when already complete with the same recipe), at
+  most ``max_in_flight`` of them submitted at once, with a progress artifact;
 * one task plans the split and the patches (cold filter, decorrelation time);
 * one task writes the dataset (ERA-5 statistics on the training split, region
   writes on the dask cluster, resumable after an interruption).
@@ -24,7 +22,6 @@ Run: ``python -m flows.build_dataset [--config FILE] [--set key=value ...] [--da
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -34,51 +31,26 @@ from bzpipe.cluster import current_client
 from bzpipe.config import BuildConfig
 from bzpipe.dataset.build import BuildSteps, load_plan, plan_step, run_build, write_step
 from bzpipe.dataset.inputs import DayInputs, colocate_day
-from bzpipe.errors import is_retryable
 from bzpipe.store import Store
-from flows.common import NO_CACHE, artifact_slug, cli_parser, resolve_config
+from flows.common import NO_CACHE, artifact_slug, cli_parser, resolve_config, retry_if_transient
 from flows.fanout import Progress, bounded
 
-#: a site-day's transient failures (a lost worker, a dropped store connection) are retried this often
-DAY_RETRIES, DAY_RETRY_DELAY_S = 2, 5.0
 
-
-def _colocate_one(store_root: str, inputs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """One site-day on the dask cluster (in-process without one), retried when a retry can help."""
-    client = current_client()
-    for attempt in range(DAY_RETRIES + 1):
-        try:
-            if client is None:
-                return colocate_day(store_root, inputs, config)
-            return client.submit(colocate_day, store_root, inputs, config, pure=False).result()
-        except Exception as e:
-            if attempt == DAY_RETRIES or not is_retryable(e):
-                raise
-            get_run_logger().warning("%s %s: %s: %s; retrying in %.0f s", inputs["site"], inputs["day"],
-                                     type(e).__name__, e, DAY_RETRY_DELAY_S)
-            time.sleep(DAY_RETRY_DELAY_S)
-    raise AssertionError("unreachable")
-
-
-@task(name="colocate-site-month", task_run_name="colocate-{label}", cache_policy=NO_CACHE,
+@task(name="colocate-site-day", task_run_name="colocate-{inputs[site]}-{inputs[day]}", retries=2,
+      retry_delay_seconds=5, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE,
       persist_result=False)
-def colocate_task(store_root: str, label: str, inputs: list[dict[str, Any]], config: dict[str, Any]
-                  ) -> list[dict[str, Any]]:
-    """Colocate the site-days of one site and month; per day its intermediate's URI and counts, or
-    ``{"error": ...}`` (a failed day does not stop the others; the step names them all)."""
-    out: list[dict[str, Any]] = []
-    for d in inputs:
-        try:
-            res = _colocate_one(store_root, d, config)
-        except Exception as e:  # noqa: BLE001 - every day is tried; the step fails once, naming all
-            out.append({"error": f"{type(e).__name__}: {e}"})
-            continue
-        uri = Store(store_root).uri(res["key"])
-        get_run_logger().info("%s: %s (%s profiles, %s of %s bins usable)", uri,
-                              "already complete" if res["skipped"] else "written", res.get("profiles"),
-                              res.get("valid_bins"), res.get("bins"))
-        out.append({**res, "uri": uri})
-    return out
+def colocate_task(store_root: str, inputs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Colocate one site-day on the dask cluster; returns the intermediate's URI and counts."""
+    client = current_client()
+    if client is None:
+        res = colocate_day(store_root, inputs, config)
+    else:
+        res = client.submit(colocate_day, store_root, inputs, config, pure=False).result()
+    uri = Store(store_root).uri(res["key"])
+    get_run_logger().info("%s: %s (%s profiles, %s of %s bins usable)", uri,
+                          "already complete" if res["skipped"] else "written", res.get("profiles"),
+                          res.get("valid_bins"), res.get("bins"))
+    return {**res, "uri": uri}
 
 
 @task(name="plan-split", cache_policy=NO_CACHE, persist_result=False)
@@ -101,30 +73,19 @@ def write_task(store_root: str, config: dict[str, Any], plan_uri: str) -> str:
 
 
 def colocate_site_days(store_root: str, cfg: BuildConfig, inputs: list[DayInputs]) -> list[dict[str, Any]]:
-    """One ``colocate-site-month`` task per site and month, at most ``max_in_flight`` at once, with a
-    progress artifact per site-day; every failed site-day is collected, then the step fails once
-    naming them all."""
+    """One ``colocate-site-day`` task per site-day, at most ``max_in_flight`` at once, with a progress
+    artifact; every failed site-day is collected, then the step fails once naming them all."""
     cfg_json = cfg.model_dump(mode="json")
     progress = Progress(len(inputs), f"colocation of {len(inputs)} site-day(s)")
-    months: dict[str, list[int]] = {}
-    for i, d in enumerate(inputs):
-        months.setdefault(f"{d.site}-{d.day:%Y-%m}", []).append(i)
     done: dict[int, dict[str, Any]] = {}
     failed = []
-    def submit(item: tuple[str, list[int]]) -> Any:
-        return colocate_task.submit(store_root, item[0], [inputs[i].to_json() for i in item[1]], cfg_json)
-
-    for (_, idx), f in bounded(submit, months.items(), cfg.max_in_flight):
+    for (i, d), f in bounded(lambda item: colocate_task.submit(store_root, item[1].to_json(), cfg_json),
+                             enumerate(inputs), cfg.max_in_flight):
         try:
-            results = f.result()
-        except Exception as e:  # noqa: BLE001 - the task itself failed: every day of it did
-            results = [{"error": f"{type(e).__name__}: {e}"}] * len(idx)
-        for i, r in zip(idx, results, strict=True):
-            if "error" in r:
-                failed.append(f"{inputs[i].site} {inputs[i].day}: {r['error']}")
-            else:
-                done[i] = r
-            progress.advance()
+            done[i] = f.result()
+        except Exception as e:  # noqa: BLE001 - collect every failed site-day, then fail once
+            failed.append(f"{d.site} {d.day}: {type(e).__name__}: {e}")
+        progress.advance()
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(inputs)} site-days failed to colocate (the others "
                            "are kept and will be reused):\n  " + "\n  ".join(failed))

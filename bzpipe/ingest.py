@@ -161,10 +161,9 @@ def plan_arm_offline(cfg: IngestConfig, kind: str) -> list[IngestItem]:
     from bzpipe.sources import synthetic
 
     name_of = synthetic.kazr_file_name if kind == "kazr" else synthetic.met_file_name
-    sites = [site_for(cfg, s) for s in cfg.site_objects()]
-    return [IngestItem(kind=kind, site=site.name, name=name_of(site, d), source="offline",
-                       datastream=arm_datastream(cfg, site, kind), day=d.isoformat())
-            for site in sites for d in cfg.days()]
+    sites = [(site_for(cfg, s), arm_datastream(cfg, s, kind)) for s in cfg.site_objects()]
+    return [IngestItem(kind=kind, site=site.name, name=name_of(site, d), source="offline", datastream=ds,
+                       day=d.isoformat()) for site, ds in sites for d in cfg.days()]
 
 
 def offline_batches(items: Iterable[IngestItem]) -> dict[str, list[IngestItem]]:

@@ -39,6 +39,7 @@ import numpy as np
 import xarray as xr
 
 from bzpipe.checksums import sha256_json
+from bzpipe.colocate.grid import to_ns
 from bzpipe.config import BuildConfig
 from bzpipe.schema import ERA5_VARIABLES
 from bzpipe.split import (
@@ -340,7 +341,7 @@ def plan_dataset(store: Store, config: BuildConfig, keys: list[str], *, recipe_i
     held = config.split.test_from
     split = make_split(valid, t0, step_s, fractions=tuple(config.split.fractions), gap_s=gap_s,
                        block_s=block_s, seed=config.seed, decorrelation_s=scales["decorrelation_s"],
-                       test_from_ns=None if held is None else int(np.datetime64(held, "ns").astype(np.int64)))
+                       test_from_ns=None if held is None else to_ns(held))
     labels = split.labels(n)
 
     # --- patches and the sample filter (observed rows above the blind zone only)

@@ -117,26 +117,31 @@ def build_values(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def sample_selection(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """How the dataset's patches were chosen (:func:`_filter_rule`) and where its test split came from
+    (``split_rule``: :func:`split_rule`)."""
+    return {**_filter_rule(attrs), "split_rule": split_rule(attrs)}
+
+
+def _filter_rule(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """How the dataset's patches were chosen: King et al.'s echo-block filter from the recorded build
     config, and the splits it applied to as the build's plan recorded them (``provenance.counts``;
     datasets built before the plan recorded them filtered every split)."""
     patch = build_values(attrs).get("patch")
     if not isinstance(patch, dict):
-        return {"rule": "not recorded in the dataset", "split_rule": split_rule(attrs)}
+        return {"rule": "not recorded in the dataset"}
     block = int(patch.get("echo_block", 0) or 0)
     min_frac = float(patch.get("min_echo_fraction", 0.0) or 0.0)
     counts = (attrs.get("provenance") or {}).get("counts") or {}
     splits = list(counts.get("filtered_splits", ["train", "val", "test"]))
     if block <= 0 and min_frac <= 0:
         return {"echo_block": 0, "min_echo_fraction": 0.0, "filtered_splits": [],
-                "rule": "every window kept (no sample filter)", "split_rule": split_rule(attrs)}
+                "rule": "every window kept (no sample filter)"}
     what = [f"an echo block of {block} x {block} pixels in the observed rows above the blind zone"] \
         if block > 0 else []
     what += [f"echo in at least {min_frac:g} of those rows"] if min_frac > 0 else []
     return {"echo_block": block, "min_echo_fraction": min_frac, "filtered_splits": splits,
             "rule": f"{'/'.join(splits)} patches kept only with {' and '.join(what)}"
-                    + ("; training on every window" if "train" not in splits else ""),
-            "split_rule": split_rule(attrs)}
+                    + ("; training on every window" if "train" not in splits else "")}
 
 
 def split_rule(attrs: Mapping[str, Any]) -> str:

@@ -110,7 +110,7 @@ def ahead(diffs: dict[str, dict[str, bs.Interval]]) -> dict[str, dict[str, bool]
 def verdict_power(s: PatchScores, n_site_days: int, *, n_sims: int = 200, block_days: int = 3, seed: int = 0,
                   reference: str = "UNET", baselines: tuple[str, ...] = ("REP", "MAR"),
                   settings: ScoreSettings | None = None) -> dict[str, Any]:
-    """The share of ``n_sims`` resampled test splits of ``n_units`` site-days in which each headline
+    """The share of ``n_sims`` resampled test splits of ``n_site_days`` site-days in which each headline
     difference, and all of them together, is significantly on the reference's side.
 
     Returns ``{"n_site_days": mean site-days drawn, "n_units": mean bootstrap units drawn, "n_sims",

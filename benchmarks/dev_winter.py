@@ -3,6 +3,7 @@
     python benchmarks/dev_winter.py --store bzpipe-data --runs demo                    # after the main job
     python benchmarks/dev_winter.py --store bzpipe-data --runs bzpipe-data:demo /scratch/lr:lr1_s7 ...
     python benchmarks/dev_winter.py --store /tmp/dev --runs demo --tiny               # smoke test (minutes)
+    python benchmarks/dev_winter.py --store /scratch/dev --winter 2020 --runs bzpipe-data:demo  # the second
 
 The demo's validation split is six 3-day blocks, too few to stand for the test split: in the demo,
 8 % of its patches have echo through the blind zone against 30 % of the test patches, and neither the
@@ -18,6 +19,11 @@ mean +- sd over the runs.  Nothing of the demo's test split is read.
 
 A run is ``RUN`` (a model in ``--store``) or ``STORE:RUN`` (a model in another store, e.g. a
 scratch sweep); every run must use the demo's grid and channels.
+
+``--winter 2020`` takes the second development winter, 2020-21 (dataset version ``dev2020``): its
+days are 1 h long from the demo's ``hours_per_day_from``, as the test winter's are, so it has the
+test's design without being the test.  A setting that the first development winter cannot tell
+apart from another (a failure it does not show) is decided on both.
 """
 
 from __future__ import annotations
@@ -36,15 +42,28 @@ from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path whe
 
 DEMO = Path(__file__).resolve().parents[1] / "flows" / "configs" / "offline-demo.yaml"
 VERSION = "dev"
+#: development winters (November of this year to March of the next), never the demo's training
+#: (2018-19) or test (2019-20) winter; the first is 2017-18, with the demo's 6-h days, the second
+#: 2020-21, whose days are 1 h long like the test winter's (the demo's ``hours_per_day_from``)
+WINTERS = (2017, 2020)
 SCORES = ("MAE", "cloud_CSI", "shallow_snowfall_CSI", "virga_CSI")
 
 
-def dev_config(store: str, tiny: bool) -> Any:
-    """The demo's pipeline config moved to the development winter (dataset version ``dev``)."""
+def dev_version(winter: int = WINTERS[0]) -> str:
+    """Dataset version of a development winter: ``dev`` for 2017-18, ``dev2020`` for 2020-21."""
+    if winter not in WINTERS:
+        raise ValueError(f"development winter {winter} is not one of {WINTERS} (2018-19 trains, 2019-20 tests)")
+    return VERSION if winter == WINTERS[0] else f"{VERSION}{winter}"
+
+
+def dev_config(store: str, tiny: bool, winter: int = WINTERS[0]) -> Any:
+    """The demo's pipeline config moved to a development winter (dataset version :func:`dev_version`)."""
     from bzpipe.config.loading import load_pipeline_config
 
-    start, end = ("2018-01-01", "2018-01-21") if tiny else ("2017-11-01", "2018-03-31")
-    over = [f"store_root={store}", f"start={start}", f"end={end}", f"build.version={VERSION}",
+    version = dev_version(winter)
+    start, end = ((f"{winter + 1}-01-01", f"{winter + 1}-01-21") if tiny
+                  else (f"{winter}-11-01", f"{winter + 1}-03-31"))
+    over = [f"store_root={store}", f"start={start}", f"end={end}", f"build.version={version}",
             "build.overwrite=true", "build.split.fractions=[0.02,0.03,0.95]", "build.split.test_from=null"]
     if tiny:
         over += ["build.split.min_block_days=1", "evaluate.mc_passes=2", "evaluate.n_bootstrap=50"]
@@ -78,10 +97,11 @@ def score_run(cfg: Any, store: str, spec: str, every: int = 1) -> dict[str, Any]
     from bzpipe.torchdata import PatchDataset
 
     model_store, run = spec.rsplit(":", 1) if ":" in spec else (store, spec)
-    ev = cfg.evaluate.model_copy(update={"run_name": run, "dataset": VERSION, "split": "test", "xai": False,
+    version = cfg.build.version
+    ev = cfg.evaluate.model_copy(update={"run_name": run, "dataset": version, "split": "test", "xai": False,
                                          "n_cases": 0, "seed_runs": [], "allow_dataset_mismatch": True,
                                          "device": "cpu"})
-    n = len(PatchDataset(Store(store), VERSION, "test"))
+    n = len(PatchDataset(Store(store), version, "test"))
     res = run_evaluation(ev, Store(store), model_store=Store(model_store), indices=np.arange(0, n, every))
     return to_json(res.summary)
 
@@ -96,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", nargs="+", required=True, help="RUN or STORE:RUN")
     p.add_argument("--every", type=int, default=1, help="score every N-th test window (2: no overlap)")
     p.add_argument("--tiny", action="store_true", help="three weeks, 2 MC passes: a smoke test")
+    p.add_argument("--winter", type=int, default=WINTERS[0], choices=WINTERS,
+                   help="the development winter's first year (default 2017: 2017-18)")
     a = p.parse_args(argv)
     print("machine:", machine_info(), flush=True)
-    cfg = dev_config(a.store, a.tiny)
+    cfg = dev_config(a.store, a.tiny, a.winter)
     ensure_dev_dataset(cfg)
     diffs: dict[tuple[str, str], list[float]] = {}
     for spec in a.runs:

@@ -4,6 +4,7 @@
     python benchmarks/verdict_power.py --store bzpipe-data --run demo --units 37 74 104 --sims 200
     python benchmarks/verdict_power.py --store bzpipe-data --run demo --population test   # the run's own test
     python benchmarks/verdict_power.py --store bzpipe-data --run demo --hours 1 --every 1 --units 250 300
+    python benchmarks/verdict_power.py --store bzpipe-data --run demo --dev-store /scratch/dev --winter 2020 --every 1
 
 Scores ``--run`` with the evaluation stage (MC-dropout fill, baselines, mask) on a population of
 patches, then resamples whole 3-day blocks of site-days from it into test splits of each ``--units``
@@ -45,7 +46,7 @@ def first_hours(times: np.ndarray, width_s: float, hours: float) -> np.ndarray:
 
 
 def population(store: str, run: str, which: str, dev_store: str, tiny: bool, every: int | None = None,
-               hours: float | None = None) -> tuple[Any, Any]:
+               hours: float | None = None, winter: int = 2017) -> tuple[Any, Any]:
     """The run scored on the population: (:class:`~bzpipe.metrics.power.PatchScores`, ScoreSettings)."""
     from bzpipe.config.loading import load_pipeline_config
     from bzpipe.evaluate import run_evaluation, score_settings
@@ -56,9 +57,9 @@ def population(store: str, run: str, which: str, dev_store: str, tiny: bool, eve
     if which == "dev":
         import dev_winter
 
-        cfg = dev_winter.dev_config(dev_store, tiny)
+        cfg = dev_winter.dev_config(dev_store, tiny, winter)
         dev_winter.ensure_dev_dataset(cfg)
-        data_store, version, every = dev_store, dev_winter.VERSION, every or 2
+        data_store, version, every = dev_store, cfg.build.version, every or 2
     else:
         cfg = load_pipeline_config(str(Path(__file__).resolve().parents[1] / "flows/configs/offline-demo.yaml"),
                                    [f"store_root={store}"])
@@ -100,11 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="every N-th window of the population (default: 2 on the dev winter, 1 on test)")
     p.add_argument("--hours", type=float, default=None,
                    help="only the windows in the first H hours of each UTC day (a design of H-hour days)")
+    p.add_argument("--winter", type=int, default=2017,
+                   help="the development winter (dev_winter.py --winter): 2017 (2017-18) or 2020 (2020-21)")
     p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args(argv)
     print("machine:", machine_info(), flush=True)
     t = time.time()
-    scores, st = population(a.store, a.run, a.population, a.dev_store or a.store, a.tiny, a.every, a.hours)
+    scores, st = population(a.store, a.run, a.population, a.dev_store or a.store, a.tiny, a.every, a.hours,
+                            a.winter)
     whole = headline_differences(scores, settings=st)
     won = ahead(whole)
     site_days = len({(s, d) for s, d in zip(scores.sites, scores.days, strict=True)})

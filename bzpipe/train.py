@@ -299,7 +299,7 @@ class _Run:
             with amp.autocast():
                 outs = net(inputs, heads=cfg.deep_supervision)                       # 5 x (B, 1, H, W)
             outs = outs if isinstance(outs, list) else [outs]
-            loss = supervision_loss(outs, xb[:, :1], mask)
+            loss = supervision_loss(outs, xb[:, :1], mask, cfg.loss_quantile, cfg.echo_weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{cfg.run_name}: non-finite training loss at epoch {epoch} "
                                          f"step {step}")

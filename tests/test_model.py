@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from bzpipe.masking import blind_zone_weight, mask_blind_zone, merge_prediction, supervision_loss
+from bzpipe.masking import (
+    blind_zone_weight,
+    echo_weighted,
+    mask_blind_zone,
+    masked_mae,
+    masked_pinball,
+    merge_prediction,
+    supervision_loss,
+)
 from bzpipe.model import UNet3Plus, UNet3PlusConfig, mc_dropout_mode, mc_predict
 from bzpipe.model.mc_stats import quantiles_along0
 
@@ -92,6 +100,59 @@ def test_every_parameter_gets_a_gradient():
             assert p.grad.abs().max() < 1e-5, name
         else:
             assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def test_pinball_loss_is_king_et_al_mae_at_the_median_and_has_its_quantile_as_minimizer():
+    """``train.loss_quantile``: 0.5 is blind_MAE bit for bit; at q the best constant fill of a pixel is
+    the q-th quantile of its targets (0.6: echo once its probability exceeds 0.4, the no-echo value
+    -1 otherwise)."""
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(3, 1, 12, 8, generator=g), torch.randn(3, 1, 12, 8, generator=g)
+    mask = (torch.rand(3, 1, 12, 8, generator=g) > 0.4).float() * 0.7
+    assert torch.equal(masked_pinball(pred, target, mask, 0.5), masked_mae(pred, target, mask))
+    assert torch.equal(supervision_loss([pred, pred], target, mask, 0.5), masked_mae(pred, target, mask))
+    # a pixel that is clear (-1) 55 % of the time and echo (0.2) 45 % of the time
+    samples = torch.tensor([-1.0] * 55 + [0.2] * 45).reshape(100, 1, 1, 1)
+    ones = torch.ones_like(samples)
+    grid = torch.linspace(-1.0, 0.2, 13)
+
+    def best(q: float) -> float:
+        losses = [float(masked_pinball(c.expand_as(samples), samples, ones, q)) for c in grid]
+        return float(grid[int(np.argmin(losses))])
+
+    assert best(0.5) == -1.0                      # the median: no echo
+    assert abs(best(0.6) - 0.2) < 1e-6            # the 0.6 quantile: echo
+    with pytest.raises(ValueError, match="quantile"):
+        masked_pinball(pred, target, mask, 1.0)
+
+
+def test_echo_weight_moves_the_echo_decision_and_keeps_a_sure_echo_s_median():
+    """``train.echo_weight`` w: 1 is the mask itself (King et al.); with w the best constant fill of a
+    pixel is echo once its echo probability exceeds 1 / (1 + w), and a pixel that is always echo keeps
+    the median of its intensities."""
+    g = torch.Generator().manual_seed(1)
+    target = torch.where(torch.rand(2, 1, 10, 6, generator=g) > 0.5, -1.0, 0.3)
+    mask = torch.rand(2, 1, 10, 6, generator=g)
+    assert echo_weighted(mask, target, 1.0) is mask
+    w = echo_weighted(mask, target, 1.5)
+    assert torch.equal(w, mask * torch.where(target > -0.75, 1.5, 1.0))
+    grid = torch.linspace(-1.0, 0.6, 17)
+
+    def best(samples: list[float], weight: float) -> float:
+        x = torch.tensor(samples).reshape(-1, 1, 1, 1)
+        losses = [float(supervision_loss([c.expand_as(x)], x, torch.ones_like(x), echo_weight=weight))
+                  for c in grid]
+        return float(grid[int(np.argmin(losses))])
+
+    uncertain = [-1.0] * 55 + [0.2] * 45          # echo with probability 0.45
+    assert best(uncertain, 1.0) == -1.0           # below 1/2: clear
+    assert abs(best(uncertain, 1.5) - 0.2) < 1e-6  # above 1 / 2.5: echo
+    assert abs(best([0.0] * 30 + [0.2] * 31 + [0.6] * 30, 1.5) - 0.2) < 1e-6   # always echo: the median
+    with pytest.raises(ValueError, match="echo weight"):
+        echo_weighted(mask, target, 0.0)
 
 
 # --------------------------------------------------------------------------- masking

@@ -138,9 +138,9 @@ def test_the_ramp_is_hidden_or_visible_and_always_weighed(tiny_root: Path, monke
             seen.append(x.detach().clone())
         return real_forward(self, x, *a, **k)
 
-    def loss(outs, target, mask):  # type: ignore[no-untyped-def]
+    def loss(outs, target, mask, *rest):  # type: ignore[no-untyped-def]
         weighed.append(mask.detach().clone())
-        return real_loss(outs, target, mask)
+        return real_loss(outs, target, mask, *rest)
 
     monkeypatch.setattr(UNet3Plus, "forward", forward)
     monkeypatch.setattr(train_mod, "supervision_loss", loss)

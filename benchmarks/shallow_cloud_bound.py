@@ -50,8 +50,10 @@ def has_echo_block(echo: np.ndarray, block: int = ECHO_BLOCK) -> np.ndarray:
     return np.array([echo_block_starts(e.T, block).any() for e in echo], dtype=bool)
 
 
-def features(x: np.ndarray, blind: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``x`` ``(n, 5, H, W)`` normalized patches -> (features, cloud target, clear lowest row, filter)."""
+def features(x: np.ndarray, blind: int, era5_only: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``x`` ``(n, 5, H, W)`` normalized patches -> (features, cloud target, clear lowest row, filter);
+    ``era5_only``: the ERA-5 column means alone, without the observed echo above the blind zone."""
     from bzpipe.metrics.contingency import cloud_presence
     from bzpipe.schema import norm_to_dbz
 
@@ -60,7 +62,8 @@ def features(x: np.ndarray, blind: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     above = echo[:, blind:]
     era5 = x[:, 1:, :blind + ERA5_ROWS_ABOVE].mean(-1).reshape(x.shape[0], -1)   # (n, 4 * rows)
     refl_above = np.where(echo, x[:, 0], -1.0)[:, blind:].mean(-1)      # (n, H - blind)
-    feats = np.concatenate([era5, above.mean(-1), refl_above], axis=1).astype(np.float32)
+    parts = [era5] if era5_only else [era5, above.mean(-1), refl_above]
+    feats = np.concatenate(parts, axis=1).astype(np.float32)
     target = cloud_presence(dbz[:, :blind])
     return feats, target, ~echo[:, blind].any(-1), has_echo_block(above)
 
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev-store", required=True, help="where the development winter is (dev_winter.py)")
     p.add_argument("--winter", type=int, default=2020)
     p.add_argument("--runs", nargs="*", default=[], help="models in --store to score on the same patches")
+    p.add_argument("--era5-only", action="store_true", help="the ERA-5 column means alone as features")
     a = p.parse_args(argv)
     print("machine:", machine_info(), flush=True)
     import dev_winter
@@ -115,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     dev_winter.ensure_dev_dataset(cfg)
     xtr, train_ds = load(a.store, "demo", "train", None)
     blind = train_ds.blind_zone_rows
-    f_tr, y_tr, clear_tr, keep_tr = features(xtr, blind)
+    f_tr, y_tr, clear_tr, keep_tr = features(xtr, blind, a.era5_only)
     del xtr
     sel = clear_tr & keep_tr & np.isfinite(y_tr)
     f_tr, y_tr = f_tr[sel], y_tr[sel] == 1
     xdv, dev_ds = load(a.dev_store, cfg.build.version, "test", train_ds.normalization)
-    f_dv, y_dv, clear_dv, _ = features(xdv, blind)
+    f_dv, y_dv, clear_dv, _ = features(xdv, blind, a.era5_only)
     del xdv
     sel_dv = clear_dv & np.isfinite(y_dv)
     f_dv, y_dv = f_dv[sel_dv], y_dv[sel_dv] == 1

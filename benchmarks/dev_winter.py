@@ -71,8 +71,9 @@ def dev_config(store: str, tiny: bool, winter: int = WINTERS[0]) -> Any:
 
 
 def ensure_dev_dataset(cfg: Any) -> str:
-    """Ingest the winter (files already present are skipped) and build version ``dev`` (skipped when
-    built with the same recipe, rebuilt when code or config changed, as the demo); returns its URI."""
+    """Ingest the winter (files already present are skipped) and build its version (:func:`dev_version`;
+    skipped when built with the same recipe, rebuilt when code or config changed, as the demo); returns
+    its URI."""
     from bzpipe import ingest
     from bzpipe.dataset.build import build_dataset
 
@@ -86,6 +87,14 @@ def ensure_dev_dataset(cfg: Any) -> str:
     return uri
 
 
+def evaluation_config(cfg: Any, run: str) -> Any:
+    """The demo's evaluation settings for model ``run`` on the development winter's test split (CPU, no
+    report extras; the winter's own build, so a dataset mismatch with the model is expected)."""
+    return cfg.evaluate.model_copy(update={"run_name": run, "dataset": cfg.build.version, "split": "test",
+                                           "xai": False, "n_cases": 0, "seed_runs": [],
+                                           "allow_dataset_mismatch": True, "device": "cpu"})
+
+
 def score_run(cfg: Any, store: str, spec: str, every: int = 1) -> dict[str, Any]:
     """One run's summary on every ``every``-th patch of the dev winter's test split: the evaluation
     stage itself (:func:`bzpipe.evaluate.run_evaluation`: the model's own ERA-5 normalization, the
@@ -97,11 +106,8 @@ def score_run(cfg: Any, store: str, spec: str, every: int = 1) -> dict[str, Any]
     from bzpipe.torchdata import PatchDataset
 
     model_store, run = spec.rsplit(":", 1) if ":" in spec else (store, spec)
-    version = cfg.build.version
-    ev = cfg.evaluate.model_copy(update={"run_name": run, "dataset": version, "split": "test", "xai": False,
-                                         "n_cases": 0, "seed_runs": [], "allow_dataset_mismatch": True,
-                                         "device": "cpu"})
-    n = len(PatchDataset(Store(store), version, "test"))
+    ev = evaluation_config(cfg, run)
+    n = len(PatchDataset(Store(store), ev.dataset, "test"))
     res = run_evaluation(ev, Store(store), model_store=Store(model_store), indices=np.arange(0, n, every))
     return to_json(res.summary)
 

@@ -39,10 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ERA5_ROWS_ABOVE = 16     #: ERA-5 rows above the blind zone in the features
-ECHO_BLOCK = 10          #: King et al.'s sample filter: a 10 x 10 block of echo above the blind zone
 
 
-def has_echo_block(echo: np.ndarray, block: int = ECHO_BLOCK) -> np.ndarray:
+def has_echo_block(echo: np.ndarray, block: int) -> np.ndarray:
     """Whether each ``(n, rows, cols)`` boolean array holds a full ``block`` x ``block`` square of echo:
     the build's sample filter (:func:`bzpipe.dataset.plan.echo_block_starts`) on each patch."""
     from bzpipe.dataset.plan import echo_block_starts
@@ -50,9 +49,10 @@ def has_echo_block(echo: np.ndarray, block: int = ECHO_BLOCK) -> np.ndarray:
     return np.array([echo_block_starts(e.T, block).any() for e in echo], dtype=bool)
 
 
-def features(x: np.ndarray, blind: int, era5_only: bool = False
+def features(x: np.ndarray, blind: int, echo_block: int, era5_only: bool = False
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``x`` ``(n, 5, H, W)`` normalized patches -> (features, cloud target, clear lowest row, filter);
+    """``x`` ``(n, 5, H, W)`` normalized patches -> (features, cloud target, clear lowest row, whether the
+    patch passes the build's sample filter of an ``echo_block`` square above the blind zone);
     ``era5_only``: the ERA-5 column means alone, without the observed echo above the blind zone."""
     from bzpipe.metrics.contingency import cloud_presence
     from bzpipe.schema import norm_to_dbz
@@ -65,7 +65,7 @@ def features(x: np.ndarray, blind: int, era5_only: bool = False
     parts = [era5] if era5_only else [era5, above.mean(-1), refl_above]
     feats = np.concatenate(parts, axis=1).astype(np.float32)
     target = cloud_presence(dbz[:, :blind])
-    return feats, target, ~echo[:, blind].any(-1), has_echo_block(above)
+    return feats, target, ~echo[:, blind].any(-1), has_echo_block(above, echo_block)
 
 
 def fit(kind: str, xf: np.ndarray, y: np.ndarray, seed: int = 0) -> torch.nn.Module:
@@ -95,7 +95,8 @@ def table(pred: np.ndarray, obs: np.ndarray) -> tuple[int, int, int, float]:
     return h, m, f, h / max(h + m + f, 1)
 
 
-def load(store: str, version: str, split: str, normalization: dict[str, Any] | None) -> np.ndarray:
+def load(store: str, version: str, split: str, normalization: dict[str, Any] | None) -> tuple[np.ndarray, Any]:
+    """A split's patches ``(n, 5, H, W)`` in ``normalization`` (None: the dataset's own) and its dataset."""
     from bzpipe.store import Store
     from bzpipe.torchdata import PatchDataset
 
@@ -119,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     dev_winter.ensure_dev_dataset(cfg)
     xtr, train_ds = load(a.store, "demo", "train", None)
     blind = train_ds.blind_zone_rows
-    f_tr, y_tr, clear_tr, keep_tr = features(xtr, blind, a.era5_only)
+    block = cfg.build.patch.echo_block
+    f_tr, y_tr, clear_tr, keep_tr = features(xtr, blind, block, a.era5_only)
     del xtr
     sel = clear_tr & keep_tr & np.isfinite(y_tr)
     f_tr, y_tr = f_tr[sel], y_tr[sel] == 1
     xdv, dev_ds = load(a.dev_store, cfg.build.version, "test", train_ds.normalization)
-    f_dv, y_dv, clear_dv, _ = features(xdv, blind, a.era5_only)
+    f_dv, y_dv, clear_dv, _ = features(xdv, blind, block, a.era5_only)
     del xdv
     sel_dv = clear_dv & np.isfinite(y_dv)
     f_dv, y_dv = f_dv[sel_dv], y_dv[sel_dv] == 1
@@ -150,10 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         from bzpipe.store import Store
 
         for run in a.runs:
-            ev = cfg.evaluate.model_copy(update={"run_name": run, "dataset": cfg.build.version, "split": "test",
-                                                 "xai": False, "n_cases": 0, "seed_runs": [],
-                                                 "allow_dataset_mismatch": True, "device": "cpu",
-                                                 "max_truth_dbz": None})
+            ev = dev_winter.evaluation_config(cfg, run)
             res = run_evaluation(ev, Store(a.dev_store), model_store=Store(a.store),
                                  indices=np.arange(len(dev_ds)))
             fl = res.fields

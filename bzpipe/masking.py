@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from bzpipe.schema import NO_ECHO, NORM_LO
+from bzpipe.schema import NO_ECHO_MIDPOINT
 
 #: value written into hidden reflectivity pixels (a neutral value; the mask channel says they are hidden)
 HIDDEN_VALUE = 0.0
@@ -161,7 +161,7 @@ def echo_weighted(mask: Tensor, target: Tensor, echo_weight: float) -> Tensor:
         return mask
     if not echo_weight > 0:
         raise ValueError(f"echo weight must be positive, not {echo_weight}")
-    echo = target.float() > (NO_ECHO + NORM_LO) / 2
+    echo = target.float() > NO_ECHO_MIDPOINT
     return mask.float() * torch.where(echo, echo_weight, 1.0)
 
 

@@ -53,6 +53,8 @@ DBZ_MAX = 30.0
 NORM_LO = -0.5
 NORM_HI = 1.0
 NO_ECHO = -1.0
+#: normalized values below this (midway between no echo and the weakest echo, -60 dBZ) are no echo
+NO_ECHO_MIDPOINT = (NO_ECHO + NORM_LO) / 2
 #: dBZ per normalized unit in the echo range (90 dBZ over 1.5 units): an MC spread of the
 #: normalized output times this is a spread in dB
 DBZ_PER_NORM = (DBZ_MAX - DBZ_MIN) / (NORM_HI - NORM_LO)
@@ -72,7 +74,7 @@ def norm_to_dbz(norm: np.ndarray) -> np.ndarray:
     """Inverse of :func:`dbz_to_norm`; values below the no-echo midpoint -> NaN."""
     norm = np.asarray(norm, dtype=np.float32)
     dbz = DBZ_MIN + (np.clip(norm, NORM_LO, NORM_HI) - NORM_LO) * ((DBZ_MAX - DBZ_MIN) / (NORM_HI - NORM_LO))
-    return np.where(norm < (NO_ECHO + NORM_LO) / 2, np.nan, dbz).astype(np.float32)
+    return np.where(norm < NO_ECHO_MIDPOINT, np.nan, dbz).astype(np.float32)
 
 
 def default_normalization() -> dict[str, dict[str, float]]:

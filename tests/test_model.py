@@ -155,9 +155,6 @@ def test_echo_weight_moves_the_echo_decision_and_keeps_a_sure_echo_s_median():
         echo_weighted(mask, target, 0.0)
 
 
-# --------------------------------------------------------------------------- masking
-
-
 def test_mask_weights_hand_computed():
     w = blind_zone_weight((1, 1, 8, 2), blind_rows=3, ramp_rows=2)
     np.testing.assert_allclose(w[0, 0, :, 0].numpy(), [1, 1, 1, 2 / 3, 1 / 3, 0, 0, 0], rtol=1e-6)
